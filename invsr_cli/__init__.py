@@ -1,0 +1,44 @@
+"""invsr: batch x4 image super-resolution with InvSR (diffusion inversion on SD-Turbo).
+
+The public API lives here. Nothing heavy is imported at import time: torch, diffusers and friends are
+imported on first use, so ``import invsr_cli`` and ``invsr --help`` stay instant.
+
+    >>> from invsr_cli import InvSREngine            # doctest: +SKIP
+    >>> engine = InvSREngine.load(device="auto")     # doctest: +SKIP
+    >>> hr = engine.upscale(lr, steps=1, seed=0)     # lr: (B,3,h,w) in [0,1]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# name -> module that defines it (imported lazily on first attribute access)
+_LAZY = {
+    "InvSREngine": "invsr_cli.engine.sampler",
+    "default_timesteps": "invsr_cli.engine.sampler",
+    "Settings": "invsr_cli.settings",
+    "resolve_settings": "invsr_cli.settings",
+    "load_preset": "invsr_cli.settings",
+    "plan_tiles": "invsr_cli.tiling",
+    "run_batch": "invsr_cli.runner",
+    "analyse_image": "invsr_cli.analyse",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from invsr_cli.analyse import analyse_image
+    from invsr_cli.engine.sampler import InvSREngine, default_timesteps
+    from invsr_cli.runner import run_batch
+    from invsr_cli.settings import Settings, load_preset, resolve_settings
+    from invsr_cli.tiling import plan_tiles
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'invsr_cli' has no attribute {name!r}")
+    return getattr(import_module(module), name)
