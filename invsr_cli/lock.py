@@ -1,0 +1,39 @@
+"""An advisory lock on the output folder, so two runs (overlapping cron jobs) never write the same folder."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from invsr_cli.errors import LockedError
+
+__all__ = ["LOCK_NAME", "output_lock"]
+
+LOCK_NAME = ".invsr.lock"
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: Path, *, wait: bool = False) -> Iterator[Path]:
+    """Hold ``fcntl.flock`` on ``output_dir/.invsr.lock`` for the duration. Without ``wait``, a folder already
+    held raises :class:`LockedError` at once (exit 75); with it, block until the other run ends. The lock dies
+    with the process, so a crashed run never leaves the folder locked."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise LockedError(
+                f"another invsr run (pid {holder}) is writing to {output_dir}; "
+                "wait for it to finish, or pass --wait to queue behind it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
