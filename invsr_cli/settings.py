@@ -1,0 +1,438 @@
+"""Settings: one frozen object, resolved by one pure function.
+
+Precedence: built-in defaults < preset < explicit flags. ``resolve_settings`` is pure (no I/O); presets are
+read from YAML by ``load_preset`` and handed to it. Every error names the key, where the value came from
+(the preset file or the command-line flag) and the allowed values.
+
+A preset is a YAML mapping that sets any subset of ``PRESET_KEYS`` plus ``description``. The special
+``auto`` preset instead carries an ``auto:`` section (rules choosing another preset per image, see
+``invsr_cli.analyse``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from invsr_cli.errors import ConfigError
+
+__all__ = [
+    "DEFAULTS",
+    "PRESET_KEYS",
+    "Preset",
+    "Settings",
+    "available_presets",
+    "default_timesteps",
+    "load_preset",
+    "load_settings",
+    "resolve_settings",
+    "user_preset_dir",
+]
+
+# METHOD.md, "Default schedules" (the official defaults for --num_steps). Kept here, in pure code, so settings
+# never import torch; the engine validates against the same table.
+_DEFAULT_SCHEDULES: dict[int, tuple[int, ...]] = {
+    1: (200,),
+    2: (200, 100),
+    3: (200, 100, 50),
+    4: (200, 150, 100, 50),
+    5: (250, 200, 150, 100, 50),
+}
+
+# Default input limit, in LR pixels, checked from the image header before decoding. 8 MP (e.g. 3264x2448) gives a
+# 128 MP x4 output whose float32 blend buffers (RGB + weight) take 2 GiB; with SD-Turbo in fp16 (~2.6 GiB) and a
+# batch of tiles this fits an 8 GB GPU.
+DEFAULT_MAX_PIXELS = 8_000_000
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "blend": ("gaussian", "linear"),
+    "posterior": ("sample", "mean"),
+    "color_fix": ("none", "wavelet", "ycbcr", "adain"),
+    "dtype": ("auto", "fp32", "fp16", "bf16"),
+    "format": ("auto", "png", "jpg", "webp", "tiff"),
+}
+
+
+def default_timesteps(steps: int) -> tuple[int, ...]:
+    """The official schedule for ``steps`` (1..5) on the 1..1000 scale."""
+    try:
+        return _DEFAULT_SCHEDULES[steps]
+    except KeyError:
+        raise ConfigError(f"`steps` must be one of 1, 2, 3, 4, 5, got {steps!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides how inputs are turned into outputs. Immutable; build it with resolve_settings."""
+
+    timesteps: tuple[int, ...] = (200,)
+    guidance: float = 1.0
+    posterior: str = "sample"
+    seed: int = 0
+    color_fix: str = "none"
+    tile: int = 128
+    overlap: int = 32
+    blend: str = "gaussian"
+    batch_size: int | str = "auto"
+    scale: float = 4.0
+    device: str = "auto"
+    dtype: str = "auto"
+    vae_fp32: bool = False
+    compile: bool = False
+    sd_model: str = "stabilityai/sd-turbo"
+    noise_predictor: str | None = None
+    format: str = "auto"
+    quality: int = 95
+    suffix: str = ""
+    skip_existing: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    preset: str = "default"
+    # With the `auto` preset: per image, the name of the chosen preset -> its fully resolved Settings.
+    auto_choices: Mapping[str, Settings] | None = field(default=None, compare=False, repr=False)
+    auto_rules: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def steps(self) -> int:
+        return len(self.timesteps)
+
+    def output_fingerprint(self) -> str:
+        """A short hash of every setting that changes an output's pixels or encoding (not device placement,
+        batching or logging), so a run manifest can tell a stale output from an up-to-date one."""
+        keys = ("timesteps", "guidance", "posterior", "seed", "color_fix", "tile", "overlap", "blend",
+                "scale", "dtype", "vae_fp32", "sd_model", "noise_predictor", "format", "quality", "suffix")
+        data = {k: getattr(self, k) for k in keys}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(replace(self, auto_choices=None, auto_rules=None))
+        d.pop("auto_choices")
+        d.pop("auto_rules")
+        d["steps"] = self.steps
+        d["timesteps"] = list(self.timesteps)
+        return d
+
+
+DEFAULTS = Settings()
+
+# -- validation ---------------------------------------------------------------------------------------------------
+# Each validator gets the raw value and returns the normalised one, or raises ValueError with the allowed values.
+
+
+def _int(lo: int | None = None, hi: int | None = None, multiple: int | None = None) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+                v = int(v)
+            else:
+                raise ValueError(f"must be an integer, got {v!r}")
+        if lo is not None and v < lo or hi is not None and v > hi:
+            rng = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
+            raise ValueError(f"must be in {rng}, got {v}")
+        if multiple and v % multiple:
+            raise ValueError(f"must be a multiple of {multiple}, got {v}")
+        return v
+
+    return check
+
+
+def _float(lo: float, hi: float, lo_open: bool = False) -> Callable[[Any], float]:
+    def check(v: Any) -> float:
+        if isinstance(v, bool):
+            raise ValueError(f"must be a number, got {v!r}")
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a number, got {v!r}") from None
+        if not (lo < f if lo_open else lo <= f) or f > hi:
+            raise ValueError(f"must be in {'(' if lo_open else '['}{lo}, {hi}], got {v}")
+        return f
+
+    return check
+
+
+def _choice(key: str) -> Callable[[Any], str]:
+    allowed = CHOICES[key]
+
+    def check(v: Any) -> str:
+        s = str(v).lower() if isinstance(v, str) else v
+        if key == "format" and s == "jpeg":
+            s = "jpg"
+        if key == "dtype":
+            s = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}.get(s, s)
+        if s not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, got {v!r}")
+        return s
+
+    return check
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    raise ValueError(f"must be true or false, got {v!r}")
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"must be a non-empty string, got {v!r}")
+    return v
+
+
+def _opt_str(v: Any) -> str | None:
+    return None if v is None else _str(v)
+
+
+def _suffix(v: Any) -> str:
+    if not isinstance(v, str) or "/" in v or "\\" in v or "\0" in v:
+        raise ValueError(f"must be a string without path separators, got {v!r}")
+    return v
+
+
+def _batch_size(v: Any) -> int | str:
+    if v == "auto":
+        return v
+    try:
+        return _int(1, 1024)(v)
+    except ValueError:
+        raise ValueError(f"must be 'auto' or an integer in 1..1024, got {v!r}") from None
+
+
+def _device(v: Any) -> str:
+    s = _str(v).lower()
+    base = s.split(":", 1)[0]
+    if base not in ("auto", "cpu", "cuda", "mps") or (":" in s and (base != "cuda" or not s[5:].isdigit())):
+        raise ValueError(f"must be one of auto, cpu, cuda, cuda:N, mps, got {v!r}")
+    return s
+
+
+def _timesteps(v: Any) -> tuple[int, ...]:
+    if isinstance(v, str):
+        parts = [p.strip() for p in v.split(",") if p.strip()]
+    elif isinstance(v, (list, tuple)):
+        parts = list(v)
+    else:
+        raise ValueError(f"must be a list of integers like 250,200,150, got {v!r}")
+    try:
+        ts = tuple(_int(1, 1000)(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"must be integers in 1..1000, strictly descending, got {v!r}") from None
+    if not 1 <= len(ts) <= 5:
+        raise ValueError(f"must hold 1 to 5 timesteps, got {len(ts)}")
+    if any(a <= b for a, b in zip(ts, ts[1:])):
+        raise ValueError(f"must be strictly descending integers in 1..1000, got {v!r}")
+    return ts
+
+
+_VALIDATORS: dict[str, Callable[[Any], Any]] = {
+    "steps": _int(1, 5),
+    "timesteps": _timesteps,
+    "guidance": _float(1.0, 20.0),
+    "posterior": _choice("posterior"),
+    "seed": _int(0, 2**63 - 1),
+    "color_fix": _choice("color_fix"),
+    "tile": _int(16, 2048, multiple=16),
+    "overlap": _int(0, 2047),
+    "blend": _choice("blend"),
+    "batch_size": _batch_size,
+    "scale": _float(0.0, 4.0, lo_open=True),
+    "device": _device,
+    "dtype": _choice("dtype"),
+    "vae_fp32": _bool,
+    "compile": _bool,
+    "sd_model": _str,
+    "noise_predictor": _opt_str,
+    "format": _choice("format"),
+    "quality": _int(1, 100),
+    "suffix": _suffix,
+    "skip_existing": _bool,
+    "max_pixels": _int(1, None),
+}
+
+# Keys a preset (or a flag) may set. `steps` and `timesteps` are two spellings of one setting, the schedule.
+PRESET_KEYS: tuple[str, ...] = tuple(_VALIDATORS)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    source: str  # file path, or "<built-in>"
+    description: str = ""
+    values: Mapping[str, Any] = field(default_factory=dict)
+    auto: Mapping[str, Any] | None = None  # raw `auto:` section (validated by invsr_cli.analyse)
+
+
+def _apply_layer(base: dict[str, Any], layer: Mapping[str, Any], where: str) -> None:
+    """Validate ``layer`` and merge it into ``base`` in place. ``where`` names the source for errors."""
+    unknown = sorted(set(layer) - set(_VALIDATORS))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key `{unknown[0]}`; allowed keys: {', '.join(PRESET_KEYS)}"
+        )
+    clean: dict[str, Any] = {}
+    for key, raw in layer.items():
+        try:
+            clean[key] = _VALIDATORS[key](raw)
+        except ValueError as e:
+            raise ConfigError(f"{where}: `{key}` {e}") from None
+    if "steps" in clean and "timesteps" in clean and len(clean["timesteps"]) != clean["steps"]:
+        raise ConfigError(
+            f"{where}: `steps` is {clean['steps']} but `timesteps` has {len(clean['timesteps'])} values; "
+            "give one of them"
+        )
+    if "steps" in clean:
+        base["timesteps"] = default_timesteps(clean.pop("steps"))
+    base.update(clean)
+
+
+def _resolve_one(preset: Preset | None, flags: Mapping[str, Any], flag_source: str) -> Settings:
+    values: dict[str, Any] = {}
+    if preset is not None:
+        _apply_layer(values, preset.values, f"preset `{preset.name}` ({preset.source})")
+    # A flag's schedule replaces the preset's schedule whichever spelling each used.
+    _apply_layer(values, {k: v for k, v in flags.items() if v is not None}, flag_source)
+    values["preset"] = preset.name if preset is not None else "default"
+    s = replace(DEFAULTS, **values)
+    if s.overlap >= s.tile:
+        raise ConfigError(
+            f"`overlap` must be smaller than `tile` ({s.tile} LR px), got {s.overlap} "
+            f"(from {_origin('overlap', preset, flags, flag_source)})"
+        )
+    return s
+
+
+def _origin(key: str, preset: Preset | None, flags: Mapping[str, Any], flag_source: str) -> str:
+    if flags.get(key) is not None:
+        return flag_source
+    if preset is not None and key in preset.values:
+        return f"preset `{preset.name}` ({preset.source})"
+    return "the defaults"
+
+
+def resolve_settings(
+    preset: Preset | None = None,
+    flags: Mapping[str, Any] | None = None,
+    *,
+    presets: Mapping[str, Preset] | None = None,
+    auto_rules: Any = None,
+    flag_source: str = "command line",
+) -> Settings:
+    """Resolve defaults < ``preset`` < ``flags`` into a frozen :class:`Settings`. Pure: no I/O.
+
+    ``flags`` maps setting names to values; ``None`` means "not given". For an ``auto`` preset, ``presets`` must
+    hold every preset its rules can choose and ``auto_rules`` the parsed rules (``invsr_cli.analyse``); each
+    choice is resolved as defaults < chosen preset < flags and stored in ``Settings.auto_choices``.
+    """
+    flags = dict(flags or {})
+    if preset is not None and preset.auto is not None:
+        if auto_rules is None or presets is None:
+            raise ConfigError(f"preset `{preset.name}` ({preset.source}): an auto preset needs its rules and presets")
+        base = _resolve_one(preset, flags, flag_source)
+        choices: dict[str, Settings] = {}
+        for name in _rule_targets(auto_rules):
+            if name not in presets:
+                raise ConfigError(
+                    f"preset `{preset.name}` ({preset.source}): `auto` names unknown preset `{name}`; "
+                    f"available: {', '.join(sorted(presets))}"
+                )
+            choices[name] = replace(_resolve_one(presets[name], flags, flag_source), preset=name)
+        return replace(base, auto_choices=choices, auto_rules=auto_rules)
+    return _resolve_one(preset, flags, flag_source)
+
+
+def _rule_targets(rules: Any) -> list[str]:
+    names = [r.preset for r in rules.rules] + [rules.fallback]
+    return list(dict.fromkeys(names))
+
+
+# -- presets on disk ----------------------------------------------------------------------------------------------
+
+
+def user_preset_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "invsr" / "presets"
+
+
+def _builtin_dir() -> Any:
+    return resources.files("invsr_cli") / "presets"
+
+
+def available_presets() -> dict[str, str]:
+    """name -> source of every preset visible by name: shipped ones, then user ones (which shadow shipped)."""
+    found: dict[str, str] = {}
+    for entry in sorted(_builtin_dir().iterdir(), key=lambda e: e.name):
+        if entry.name.endswith((".yaml", ".yml")):
+            found[entry.name.rsplit(".", 1)[0]] = str(entry)
+    udir = user_preset_dir()
+    if udir.is_dir():
+        for p in sorted(udir.iterdir()):
+            if p.suffix in (".yaml", ".yml"):
+                found[p.stem] = str(p)
+    return found
+
+
+def load_preset(name_or_path: str) -> Preset:
+    """Read and validate one preset by name (user dir, then shipped) or by path (contains '/' or ends .yaml)."""
+    import yaml
+
+    looks_like_path = "/" in name_or_path or name_or_path.endswith((".yaml", ".yml"))
+    if looks_like_path:
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"preset file {path} does not exist")
+        source, text = str(path), _read(path)
+        name = path.stem
+    else:
+        known = available_presets()
+        if name_or_path not in known:
+            raise ConfigError(
+                f"unknown preset `{name_or_path}`; available: {', '.join(sorted(known))} "
+                f"(or a path to a YAML file; user presets go in {user_preset_dir()})"
+            )
+        source = known[name_or_path]
+        text = _read(Path(source)) if Path(source).is_file() else (_builtin_dir() / Path(source).name).read_text()
+        name = name_or_path
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"preset file {source}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset file {source}: must be a mapping of settings, got {type(data).__name__}")
+    data = dict(data)
+    description = data.pop("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"preset file {source}: `description` must be a string")
+    auto = data.pop("auto", None)
+    if auto is not None and not isinstance(auto, dict):
+        raise ConfigError(f"preset file {source}: `auto` must be a mapping with `rules` and `fallback`")
+    preset = Preset(name=name, source=source, description=description, values=data, auto=auto)
+    # Validate now, so a broken preset fails at load time with its file named.
+    _apply_layer({}, preset.values, f"preset `{name}` ({source})")
+    return preset
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"preset file {path}: cannot be read: {e}") from None
+
+
+def load_settings(preset_name: str | None, flags: Mapping[str, Any]) -> Settings:
+    """The I/O half of settings: read the preset (``default`` when none is named, so a user's own
+    ``default.yaml`` applies), and for ``auto`` its rules and every preset they name; then resolve."""
+    preset = load_preset(preset_name or "default")
+    if preset.auto is None:
+        return resolve_settings(preset, flags)
+    from invsr_cli.analyse import parse_auto_rules
+
+    rules = parse_auto_rules(preset.auto, preset.source)
+    presets = {name: load_preset(name) for name in _rule_targets(rules)}
+    return resolve_settings(preset, flags, presets=presets, auto_rules=rules)
