@@ -27,7 +27,18 @@ _LAZY = {
     "analyse_image": "invsr_cli.analyse",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "__version__",
+    "InvSREngine",
+    "default_timesteps",
+    "Settings",
+    "resolve_settings",
+    "load_preset",
+    "plan_tiles",
+    "run_batch",
+    "analyse_image",
+]
+assert set(__all__) == {"__version__", *_LAZY}
 
 if TYPE_CHECKING:  # pragma: no cover
     from invsr_cli.analyse import analyse_image

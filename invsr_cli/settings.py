@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from invsr_cli.errors import ConfigError
+from invsr_cli.schedules import MAX_STEPS, default_timesteps, validate_timesteps
 
 __all__ = [
     "DEFAULTS",
@@ -35,16 +36,6 @@ __all__ = [
     "user_preset_dir",
 ]
 
-# METHOD.md, "Default schedules" (the official defaults for --num_steps). Kept here, in pure code, so settings
-# never import torch; the engine validates against the same table.
-_DEFAULT_SCHEDULES: dict[int, tuple[int, ...]] = {
-    1: (200,),
-    2: (200, 100),
-    3: (200, 100, 50),
-    4: (200, 150, 100, 50),
-    5: (250, 200, 150, 100, 50),
-}
-
 # Default input limit, in LR pixels, checked from the image header before decoding. 8 MP (e.g. 3264x2448) gives a
 # 128 MP x4 output whose float32 blend buffers (RGB + weight) take 2 GiB; with SD-Turbo in fp16 (~2.6 GiB) and a
 # batch of tiles this fits an 8 GB GPU.
@@ -57,14 +48,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dtype": ("auto", "fp32", "fp16", "bf16"),
     "format": ("auto", "png", "jpg", "webp", "tiff"),
 }
-
-
-def default_timesteps(steps: int) -> tuple[int, ...]:
-    """The official schedule for ``steps`` (1..5) on the 1..1000 scale."""
-    try:
-        return _DEFAULT_SCHEDULES[steps]
-    except KeyError:
-        raise ConfigError(f"`steps` must be one of 1, 2, 3, 4, 5, got {steps!r}") from None
 
 
 @dataclass(frozen=True)
@@ -213,24 +196,23 @@ def _device(v: Any) -> str:
 
 def _timesteps(v: Any) -> tuple[int, ...]:
     if isinstance(v, str):
-        parts = [p.strip() for p in v.split(",") if p.strip()]
+        parts: Any = [p.strip() for p in v.split(",") if p.strip()]
+        parts = [int(p) if p.lstrip("-").isdigit() else p for p in parts]
     elif isinstance(v, (list, tuple)):
         parts = list(v)
     else:
         raise ValueError(f"must be a list of integers like 250,200,150, got {v!r}")
     try:
-        ts = tuple(_int(1, 1000)(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"must be integers in 1..1000, strictly descending, got {v!r}") from None
-    if not 1 <= len(ts) <= 5:
-        raise ValueError(f"must hold 1 to 5 timesteps, got {len(ts)}")
-    if any(a <= b for a, b in zip(ts, ts[1:])):
-        raise ValueError(f"must be strictly descending integers in 1..1000, got {v!r}")
+        ts = validate_timesteps(parts)
+    except ConfigError as e:
+        raise ValueError(str(e).removeprefix("`timesteps` ")) from None
+    if len(ts) > MAX_STEPS:
+        raise ValueError(f"must hold 1 to {MAX_STEPS} timesteps, got {len(ts)}")
     return ts
 
 
 _VALIDATORS: dict[str, Callable[[Any], Any]] = {
-    "steps": _int(1, 5),
+    "steps": _int(1, MAX_STEPS),
     "timesteps": _timesteps,
     "guidance": _float(1.0, 20.0),
     "posterior": _choice("posterior"),
