@@ -341,13 +341,14 @@ def discover(
     stdin_paths: Sequence[str] | None = None,
     suffix: str = "",
     fmt: str = "auto",
+    check_collisions: bool = True,
 ) -> DiscoveryResult:
     """Expand ``inputs`` into jobs (see the module docstring for the rules).
 
     Inputs that do not exist or match nothing, and outputs that would escape OUTPUT_DIR, are collected in
     ``.errors`` as ``(input spec, one-line reason)``; the rest proceeds. Raises
     :class:`~invsr_cli.errors.ConfigError` for an unknown ``fmt``, a ``suffix`` containing a path separator, or
-    two inputs that map to the same output.
+    two inputs that map to the same output (unless ``check_collisions`` is off: callers that write nothing).
     """
     if fmt not in OUTPUT_FORMATS:
         raise ConfigError(f"`format` must be one of {', '.join(OUTPUT_FORMATS)}; got {fmt!r}")
@@ -356,5 +357,6 @@ def discover(
     state = _Discovery(Path(output_dir), recursive, suffix, fmt)
     for spec in inputs:
         state.one(spec, stdin_paths)
-    _check_collisions(state.result.jobs)
+    if check_collisions:
+        _check_collisions(state.result.jobs)
     return state.result

@@ -1,0 +1,34 @@
+# invsr developer targets. `make install` once, then `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test test-all lint bench bench-quick wheel clean
+
+install:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[dev]"
+
+test:
+	$(BIN)/python -m pytest -q
+
+test-all:
+	INVSR_REAL_WEIGHTS=1 $(BIN)/python -m pytest -q
+
+lint:
+	$(BIN)/ruff check invsr_cli tests
+
+bench:
+	$(BIN)/invsr bench
+
+bench-quick:
+	$(BIN)/invsr bench --quick --json
+
+wheel:
+	$(BIN)/python -m build --wheel --outdir dist .
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

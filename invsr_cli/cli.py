@@ -1,0 +1,352 @@
+"""The `invsr` command line. It parses, resolves settings, makes one library call, and maps exceptions and
+outcomes to exit codes in one place (``main``). Heavy modules are imported inside the commands, so
+``invsr --help`` stays instant.
+
+Exit codes: 0 all done or skipped; 1 some inputs failed (or the run stopped early); 2 usage or configuration
+error; 3 weights unavailable; 75 another run holds the output folder; 130 SIGINT; 143 SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from invsr_cli import __version__
+from invsr_cli.errors import ConfigError, InvSRError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WEIGHTS, EXIT_LOCKED = 0, 1, 2, 3, 75
+EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
+
+app = typer.Typer(
+    name="invsr",
+    help="Batch x4 image super-resolution with InvSR (diffusion inversion, 1-5 steps on SD-Turbo).\n\n"
+    "Example:  invsr upscale photos/ out/ --preset blur",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+presets_app = typer.Typer(help="List and show presets.\n\nExample:  invsr presets show blur", no_args_is_help=False)
+models_app = typer.Typer(help="Fetch and inspect model weights.\n\nExample:  invsr models download", no_args_is_help=True)
+app.add_typer(presets_app, name="presets")
+app.add_typer(models_app, name="models")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"invsr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Batch x4 image super-resolution with InvSR."""
+
+
+# -- upscale ------------------------------------------------------------------------------------------------------
+
+SAMPLING = "Sampling"
+TILING = "Tiling and batching"
+OUTPUT = "Output"
+MODELS = "Models and device"
+RUN = "Run"
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  invsr upscale in/ out/ --steps 1\n\n"
+    "  invsr upscale scans/ out/ --preset blur --format png\n\n"
+    "  invsr upscale 'shots/**/*.jpg' out/ --preset auto\n\n"
+    "  find photos -name '*.jpg' -print0 | invsr upscale -0 - out/\n\n"
+    "  0 3 * * * invsr upscale -q -r /srv/inbox /srv/upscaled   (crontab: nightly, errors only)",
+)
+def upscale(
+    paths: Annotated[list[str], typer.Argument(
+        help="Input files, folders, quoted glob patterns ('shots/**/*.jpg') or - (paths on stdin), then the "
+        "output folder (cp-style; or give it with -o).", show_default=False)],
+    output: Annotated[str | None, typer.Option("-o", "--output", help="Output folder (then every PATH is an input).",
+                                               rich_help_panel=RUN)] = None,
+    recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Descend into sub-folders.",
+                                            rich_help_panel=RUN)] = False,
+    null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated (find -print0).",
+                                       rich_help_panel=RUN)] = False,
+    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Preset name or YAML path "
+                                               "(default, noisy, blur, fidelity, perceptual, large, auto; see "
+                                               "`invsr presets`).", rich_help_panel=SAMPLING)] = None,
+    steps: Annotated[int | None, typer.Option(help="Sampling steps 1..5 (official schedule).",
+                                              rich_help_panel=SAMPLING)] = None,
+    timesteps: Annotated[str | None, typer.Option(help="Custom schedule, e.g. 250,200,150 (descending, 1..1000).",
+                                                  rich_help_panel=SAMPLING)] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default 0).", rich_help_panel=SAMPLING)] = None,
+    posterior: Annotated[str | None, typer.Option(help="sample (default) or mean (deterministic).",
+                                                  rich_help_panel=SAMPLING)] = None,
+    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale (default 1 = off).",
+                                                   rich_help_panel=SAMPLING)] = None,
+    color_fix: Annotated[str | None, typer.Option("--color-fix", help="none (default), wavelet, ycbcr or adain.",
+                                                  rich_help_panel=SAMPLING)] = None,
+    tile: Annotated[int | None, typer.Option(help="LR tile size, a multiple of 16 (default 128).",
+                                             rich_help_panel=TILING)] = None,
+    overlap: Annotated[int | None, typer.Option(help="Tile overlap in LR pixels (default 32; the authors use 64).",
+                                                rich_help_panel=TILING)] = None,
+    blend: Annotated[str | None, typer.Option(help="gaussian (default, the authors') or linear.",
+                                              rich_help_panel=TILING)] = None,
+    batch_size: Annotated[str | None, typer.Option("--batch-size", help="Tiles per forward pass, or auto.",
+                                                   rich_help_panel=TILING)] = None,
+    scale: Annotated[float | None, typer.Option(help="Output scale (0 < scale <= 4; 4 is native, others resize "
+                                                "the x4 result down).", rich_help_panel=OUTPUT)] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="auto (the input's), png, jpg, webp or tiff.",
+                                            rich_help_panel=OUTPUT)] = None,
+    quality: Annotated[int | None, typer.Option(help="Quality 1..100 for jpg/webp (default 95).",
+                                                rich_help_panel=OUTPUT)] = None,
+    suffix: Annotated[str | None, typer.Option(help="Appended to output file stems, e.g. _x4.",
+                                               rich_help_panel=OUTPUT)] = None,
+    skip_existing: Annotated[bool | None, typer.Option(
+        "--skip-existing/--overwrite", help="Keep up-to-date outputs (default) or recompute everything.",
+        rich_help_panel=OUTPUT, show_default=False)] = None,
+    max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="Refuse inputs larger than this many "
+                                                   "pixels (default 8000000), checked before decoding.",
+                                                   rich_help_panel=RUN)] = None,
+    device: Annotated[str | None, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.",
+                                               rich_help_panel=MODELS)] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.",
+                                              rich_help_panel=MODELS)] = None,
+    vae_fp32: Annotated[bool | None, typer.Option("--vae-fp32/--no-vae-fp32", help="Keep the VAE in fp32 "
+                                                  "(avoids fp16 overflow).", rich_help_panel=MODELS,
+                                                  show_default=False)] = None,
+    compile_: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the UNet and "
+                                                  "VAE (slow first batch, faster after).",
+                                                  rich_help_panel=MODELS, show_default=False)] = None,
+    sd_model: Annotated[str | None, typer.Option("--sd-model", help="SD-Turbo: Hub id or local diffusers folder.",
+                                                 rich_help_panel=MODELS)] = None,
+    noise_predictor: Annotated[str | None, typer.Option("--noise-predictor", help="Noise predictor: local "
+                                                        "file or REPO:FILE on the Hub.",
+                                                        rich_help_panel=MODELS)] = None,
+    manifest: Annotated[Path | None, typer.Option(help="Run manifest path (default OUTPUT/.invsr-manifest.jsonl).",
+                                                  rich_help_panel=RUN)] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="If another run holds the output folder, wait for it "
+                                       "instead of exiting 75.", rich_help_panel=RUN)] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (files, tiles, outputs); compute "
+                                          "nothing.", rich_help_panel=RUN)] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Errors only.", rich_help_panel=RUN)] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="More detail.", rich_help_panel=RUN)] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout, then a summary.",
+                                              rich_help_panel=RUN)] = False,
+) -> None:
+    """Upscale images x4: files, folders, globs or a stdin list into an output folder."""
+    from invsr_cli.discover import discover
+    from invsr_cli.report import make_reporter
+    from invsr_cli.runner import run_batch
+    from invsr_cli.settings import load_settings
+
+    inputs, out_dir = _split_paths(paths, output)
+    flags = dict(
+        steps=steps, timesteps=timesteps, seed=seed, posterior=posterior, guidance=guidance, color_fix=color_fix,
+        tile=tile, overlap=overlap, blend=blend, batch_size=batch_size, scale=scale, format=fmt, quality=quality,
+        suffix=suffix, skip_existing=skip_existing, max_pixels=max_pixels, device=device, dtype=dtype,
+        vae_fp32=vae_fp32, compile=compile_, sd_model=sd_model, noise_predictor=noise_predictor,
+    )
+    settings = load_settings(preset, {k: v for k, v in flags.items() if v is not None})
+    stdin_paths = _read_stdin(null) if "-" in inputs else None
+    found = discover(inputs, out_dir, recursive=recursive, stdin_paths=stdin_paths, suffix=settings.suffix,
+                     fmt=settings.format)
+    reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
+    for spec, reason in found.errors:
+        from invsr_cli.report import Outcome
+
+        reporter.outcome(Outcome(spec, "", "failed", reason=reason))
+    summary = run_batch(found.jobs, settings, output_dir=out_dir, reporter=reporter, dry_run=dry_run,
+                        manifest_path=manifest, wait=wait)
+    summary.failed += len(found.errors)
+    raise typer.Exit(_exit_code(summary))
+
+
+def _split_paths(paths: list[str], output: str | None) -> tuple[list[str], Path]:
+    if output is not None:
+        if not paths:
+            raise ConfigError("no inputs given; usage: invsr upscale INPUT... OUTPUT_DIR")
+        return paths, Path(output)
+    if len(paths) < 2:
+        raise ConfigError("give at least one input and the output folder: invsr upscale INPUT... OUTPUT_DIR "
+                          "(or -o OUTPUT_DIR)")
+    out = Path(paths[-1])
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"the output folder {out} exists and is not a folder (the last path is the output folder; "
+                          "use -o to name it explicitly)")
+    return paths[:-1], out
+
+
+def _read_stdin(null: bool) -> list[str]:
+    if sys.stdin is None or sys.stdin.isatty():
+        raise ConfigError("'-' reads input paths from stdin, but stdin is a terminal; pipe a list in "
+                          "(find ... -print0 | invsr upscale -0 - out/)")
+    data = sys.stdin.buffer.read()
+    parts = data.split(b"\0") if null else data.splitlines()
+    return [os.fsdecode(p) for p in parts if p.strip()]
+
+
+def _exit_code(summary: Any) -> int:
+    if summary.interrupted:
+        return EXIT_SIGNAL.get(summary.interrupted, 130)
+    if summary.failed or summary.stopped:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# -- presets ------------------------------------------------------------------------------------------------------
+
+
+@presets_app.callback(invoke_without_command=True)
+def presets_list(ctx: typer.Context) -> None:
+    """List presets with one-line descriptions.\n\nExample:  invsr presets"""
+    if ctx.invoked_subcommand is not None:
+        return
+    from invsr_cli.settings import available_presets, load_preset
+
+    for name, source in available_presets().items():
+        p = load_preset(name)
+        origin = "" if _is_builtin(source) else f"  [{source}]"
+        typer.echo(f"{name:<11} {p.description}{origin}")
+
+
+@presets_app.command("show")
+def presets_show(name: Annotated[str, typer.Argument(help="Preset name or YAML path.")]) -> None:
+    """Show a preset's file and the settings it resolves to.\n\nExample:  invsr presets show blur"""
+    import yaml
+
+    from invsr_cli.settings import load_settings
+
+    settings = load_settings(name, {})
+    typer.echo(f"# {name}" + (f" ({settings.auto_choices and 'auto'})" if settings.auto_choices else ""))
+    from invsr_cli.settings import load_preset
+
+    p = load_preset(name)
+    typer.echo(f"# source: {p.source}\n# {p.description}")
+    shown = settings.to_dict()
+    if settings.auto_choices:
+        shown = {"auto": p.auto, "choices": {k: v.to_dict()["timesteps"] for k, v in settings.auto_choices.items()}}
+    typer.echo(yaml.safe_dump(shown, sort_keys=False).rstrip())
+
+
+def _is_builtin(source: str) -> bool:
+    return Path(source).parent.name == "presets" and Path(source).parent.parent.name == "invsr_cli"
+
+
+# -- models -------------------------------------------------------------------------------------------------------
+
+
+@models_app.command("download")
+def models_download(
+    sd_model: Annotated[str | None, typer.Option("--sd-model", help="Hub id or local folder.")] = None,
+    noise_predictor: Annotated[str | None, typer.Option("--noise-predictor", help="Local file or REPO:FILE.")] = None,
+) -> None:
+    """Pre-fetch the weights into the Hugging Face cache (for offline and cron machines).\n
+    Example:  invsr models download   (then run jobs with HF_HUB_OFFLINE=1)"""
+    from invsr_cli.engine.models import DEFAULT_SD_MODEL, download_models
+
+    result = download_models(sd_model=sd_model or DEFAULT_SD_MODEL, noise_predictor=noise_predictor)
+    for name, where in result.items():
+        typer.echo(f"{name}: {where}")
+
+
+@models_app.command("info")
+def models_info(
+    sd_model: Annotated[str | None, typer.Option("--sd-model", help="Hub id or local folder.")] = None,
+    noise_predictor: Annotated[str | None, typer.Option("--noise-predictor", help="Local file or REPO:FILE.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """Show where the weights are and their sizes, without downloading.\n\nExample:  invsr models info"""
+    import json
+
+    from invsr_cli.engine.models import DEFAULT_SD_MODEL
+    from invsr_cli.engine.models import models_info as info
+
+    rows = info(sd_model=sd_model or DEFAULT_SD_MODEL, noise_predictor=noise_predictor)
+    if json_output:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for r in rows:
+        size = f"{r.get('size', 0) / 1e6:.1f} MB" if r.get("present") else "missing"
+        typer.echo(f"{r['name']:<16} {size:>10}  {r.get('where', '')}")
+
+
+# -- analyse ------------------------------------------------------------------------------------------------------
+
+
+@app.command(epilog="Example:\n\n  invsr analyse photos/ -r --json")
+def analyse(
+    paths: Annotated[list[str], typer.Argument(help="Input files, folders, globs or - (stdin).", show_default=False)],
+    recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Descend into sub-folders.")] = False,
+    null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.")] = False,
+    preset: Annotated[str, typer.Option("--preset", "-p", help="The auto preset whose rules decide.")] = "auto",
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
+) -> None:
+    """Measure noise, blur and JPEG blockiness, and show the preset `--preset auto` would choose."""
+    from invsr_cli.runner import analyse_inputs
+    from invsr_cli.settings import load_settings
+
+    settings = load_settings(preset, {})
+    if not settings.auto_rules:
+        raise ConfigError(f"preset `{preset}` has no `auto` rules; analyse needs an auto preset")
+    stdin_paths = _read_stdin(null) if "-" in paths else None
+    rows = analyse_inputs(paths, settings.auto_rules, recursive=recursive, stdin_paths=stdin_paths,
+                          max_pixels=settings.max_pixels)
+    failed = sum(1 for r in rows if r.get("error"))
+    if json_output:
+        import json
+
+        for r in rows:
+            typer.echo(json.dumps(r, ensure_ascii=False))
+    else:
+        _analyse_table(rows)
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+def _analyse_table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def num(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f}"  # None: not measurable (e.g. blur of a flat image)
+
+    table = Table("input", "noise σ (/255)", "blur σ (px)", "blockiness", "preset", "why", box=None)
+    for r in rows:
+        if r.get("error"):
+            table.add_row(r["input"], "", "", "", "error", r["error"])
+        else:
+            table.add_row(r["input"], num(r["noise_sigma"]), num(r["blur"]), num(r["blockiness"]), r["preset"],
+                          r["reason"])
+    Console(soft_wrap=True).print(table)
+
+
+# -- errors -> exit codes, in one place ---------------------------------------------------------------------------
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app(prog_name="invsr")
+    except InvSRError as e:
+        _print_error(str(e))
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        _print_error("interrupted")
+        sys.exit(EXIT_SIGNAL["SIGINT"])
+    except BrokenPipeError:
+        # stdout closed early (| head): not an error of ours; stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_FAILED)
+
+
+def _print_error(text: str) -> None:
+    print(f"invsr: error: {text}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,231 @@
+"""Reporting: what a run tells the person or program that started it.
+
+* a terminal gets a rich progress display (images and tiles, throughput, ETA) with failures printed above it;
+* anything else (cron, pipes, files) gets one plain line per image, with no control characters;
+* ``--json`` gets one JSON object per image on stdout and a final summary object;
+* ``--quiet`` keeps only failures and errors.
+
+The runner calls a :class:`Reporter`; it never prints by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
+
+__all__ = [
+    "Outcome",
+    "Summary",
+    "Reporter",
+    "PlainReporter",
+    "JsonReporter",
+    "RichReporter",
+    "make_reporter",
+]
+
+
+@dataclass
+class Outcome:
+    input: str
+    output: str
+    status: str  # "done" | "skipped" | "failed" | "planned"
+    reason: str = ""
+    seconds: float = 0.0
+    width: int = 0  # output size
+    height: int = 0
+    tiles: int = 0
+    preset: str = ""
+    timesteps: tuple[int, ...] = ()
+    degradation: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["timesteps"] = list(self.timesteps)
+        if d["degradation"] is None:
+            del d["degradation"]
+        return d
+
+
+@dataclass
+class Summary:
+    processed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    planned: int = 0
+    output_pixels: int = 0
+    tiles: int = 0
+    wall_seconds: float = 0.0
+    interrupted: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run
+    stopped: str | None = None  # why the run stopped early (e.g. disk full)
+    outcomes: list[Outcome] = field(default_factory=list, repr=False)
+
+    def line(self) -> str:
+        parts = [
+            f"processed {self.processed}",
+            f"skipped {self.skipped}",
+            f"failed {self.failed}",
+            f"output {self.output_pixels / 1e6:.1f} MP",
+            f"wall {self.wall_seconds:.1f} s",
+        ]
+        if self.planned:
+            parts.insert(0, f"planned {self.planned}")
+        text = "summary: " + ", ".join(parts)
+        if self.interrupted:
+            text += f" (interrupted by {self.interrupted})"
+        if self.stopped:
+            text += f" (stopped early: {self.stopped})"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("outcomes")
+        d["type"] = "summary"
+        return d
+
+
+class Reporter:
+    """Base reporter: the runner's callbacks. Subclasses override what they show."""
+
+    def start(self, total: int, to_do: int, tiles: int) -> None: ...
+
+    def tiles_done(self, n: int) -> None: ...
+
+    def outcome(self, o: Outcome) -> None: ...
+
+    def warning(self, text: str) -> None:
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
+    def finish(self, summary: Summary) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _plain_line(o: Outcome) -> str:
+    if o.status == "failed":
+        return f"failed  {o.input}: {o.reason}"
+    if o.status == "skipped":
+        return f"skipped {o.input} -> {o.output} ({o.reason})"
+    extra = f" preset={o.preset}" if o.degradation is not None else ""
+    verb = "plan   " if o.status == "planned" else "done   "
+    timing = "" if o.status == "planned" else f" {o.seconds:.2f}s"
+    steps = f" steps={len(o.timesteps)}" if o.timesteps else ""
+    return f"{verb} {o.input} -> {o.output} {o.width}x{o.height} tiles={o.tiles}{steps}{extra}{timing}"
+
+
+def _clean(text: str) -> str:
+    """No control characters in plain output (file names can hold anything)."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+class PlainReporter(Reporter):
+    """One line per image on ``out``; failures also when quiet (on ``err``)."""
+
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None, quiet: bool = False,
+                 verbose: bool = False):
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.quiet = quiet
+        self.verbose = verbose
+
+    def outcome(self, o: Outcome) -> None:
+        if o.status == "failed":
+            print(_clean(_plain_line(o)), file=self.err if self.quiet else self.out, flush=True)
+        elif not self.quiet:
+            print(_clean(_plain_line(o)), file=self.out, flush=True)
+
+    def warning(self, text: str) -> None:
+        print(_clean(f"warning: {text}"), file=self.err, flush=True)
+
+    def finish(self, summary: Summary) -> None:
+        if not self.quiet or summary.failed or summary.interrupted or summary.stopped:
+            print(summary.line(), file=self.out if not self.quiet else self.err, flush=True)
+
+
+class JsonReporter(Reporter):
+    """One JSON object per image on stdout, then a summary object; warnings go to stderr as text."""
+
+    def __init__(self, out: TextIO | None = None):
+        self.out = out or sys.stdout
+
+    def _emit(self, obj: dict[str, Any]) -> None:
+        self.out.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+        self.out.flush()
+
+    def outcome(self, o: Outcome) -> None:
+        self._emit({"type": "image", **o.to_dict()})
+
+    def finish(self, summary: Summary) -> None:
+        self._emit(summary.to_dict())
+
+
+class RichReporter(PlainReporter):
+    """A live progress display on a terminal (stderr), with per-image lines printed above it."""
+
+    def __init__(self, quiet: bool = False, verbose: bool = False):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = Console(stderr=True)
+        super().__init__(quiet=quiet, verbose=verbose)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._images = self._tiles = None
+        self._tiles_n = 0
+
+    def start(self, total: int, to_do: int, tiles: int) -> None:
+        self.progress.start()
+        self._images = self.progress.add_task("images", total=to_do, rate="")
+        self._tiles = self.progress.add_task("tiles", total=tiles or None, rate="")
+
+    def tiles_done(self, n: int) -> None:
+        if self._tiles is not None:
+            self._tiles_n += n
+            task = self.progress.tasks[self._tiles]
+            rate = f"{self._tiles_n / task.elapsed:.2f} tiles/s" if task.elapsed else ""
+            self.progress.update(self._tiles, advance=n, rate=rate)
+
+    def outcome(self, o: Outcome) -> None:
+        if o.status == "failed":
+            self.console.print(f"[red]failed[/red]  {_clean(o.input)}: {_clean(o.reason)}", markup=True,
+                               highlight=False)
+        elif not self.quiet:
+            self.console.print(_clean(_plain_line(o)), markup=False, highlight=False)
+        if self._images is not None and o.status != "skipped":
+            self.progress.update(self._images, advance=1)
+
+    def warning(self, text: str) -> None:
+        self.console.print(f"[yellow]warning:[/yellow] {_clean(text)}", highlight=False)
+
+    def finish(self, summary: Summary) -> None:
+        self.close()
+        self.console.print(summary.line(), markup=False, highlight=False)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def make_reporter(*, json_output: bool, quiet: bool, verbose: bool, tty: bool | None = None) -> Reporter:
+    if json_output:
+        return JsonReporter()
+    if tty is None:
+        tty = sys.stderr.isatty()
+    if tty and not quiet:
+        return RichReporter(quiet=quiet, verbose=verbose)
+    return PlainReporter(quiet=quiet, verbose=verbose)

@@ -1,0 +1,248 @@
+"""End-to-end tests through the real `invsr` executable (subprocess), with the tiny random models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import imagegen
+
+INVSR = str(Path(sys.executable).parent / "invsr")
+
+
+def run(args, *, cwd=None, stdin: bytes | None = None, env=None, timeout=300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", **(env or {})}
+    return subprocess.run([INVSR, *map(str, args)], cwd=cwd, input=stdin, capture_output=True, env=full_env,
+                          timeout=timeout)
+
+
+def text(p: subprocess.CompletedProcess) -> str:
+    return p.stdout.decode(errors="replace") + p.stderr.decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def models(tiny_models):
+    return ["--sd-model", tiny_models.sd_dir, "--noise-predictor", tiny_models.noise_predictor_path,
+            "--device", "cpu", "--tile", "32", "--overlap", "8"]
+
+
+@pytest.fixture
+def mixed(tmp_path) -> Path:
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    imagegen.rgb(d / "a.png")
+    imagegen.rgb(d / "b.jpg", seed=5, quality=90)
+    imagegen.rgba(d / "c_rgba.png")
+    imagegen.gray(d / "d_gray.png")
+    imagegen.gray16(d / "e16.png")
+    imagegen.exif_rotated_jpeg(d / "f_rot.jpg")
+    imagegen.rgb(d / "sub" / "g.png", 16, 16, seed=7)
+    imagegen.rgb(d / ".hidden.png")
+    return d
+
+
+def test_folder_of_every_kind_end_to_end(mixed, tmp_path, models):
+    out = tmp_path / "out"
+    p = run(["upscale", mixed, out, "-r", *models], cwd=tmp_path)
+    assert p.returncode == 0, text(p)
+    a = Image.open(out / "a.png")
+    assert a.size == (128, 96) and a.mode == "RGB"
+    b = Image.open(out / "b.jpg")
+    assert b.format == "JPEG" and b.size == (128, 96)
+    c = Image.open(out / "c_rgba.png")
+    assert c.mode == "RGBA" and c.size == (128, 128)
+    alpha = np.asarray(c)[..., 3]
+    assert alpha[:, :56].max() < 16 and alpha[:, 72:].min() > 239  # alpha upscaled and re-attached
+    d = Image.open(out / "d_gray.png")
+    assert d.mode == "L" and d.size == (80, 112)
+    e = Image.open(out / "e16.png")
+    assert e.mode.startswith("I") and e.size == (96, 64)
+    assert np.asarray(e).max() > 255  # really 16-bit values, not 8-bit ones in a 16-bit container
+    f = Image.open(out / "f_rot.jpg")
+    assert f.size == (64, 128)  # stored 32x16 with Orientation=6: displayed 16x32, upscaled x4
+    assert f.getexif().get(0x0112, 1) == 1
+    assert Image.open(out / "sub" / "g.png").size == (64, 64)
+    assert not (out / ".hidden.png").exists()
+    lines = p.stdout.decode().splitlines()
+    assert sum(line.startswith("done") for line in lines) == 7
+    assert lines[-1].startswith("summary: processed 7, skipped 0, failed 0")
+    assert "\x1b" not in p.stdout.decode() + p.stderr.decode()  # not a TTY: no control characters
+
+
+def test_glob_and_stdin_lists(mixed, tmp_path, models):
+    p = run(["upscale", "in/*.png", "out_glob", *models], cwd=tmp_path)
+    assert p.returncode == 0, text(p)
+    assert sorted(x.name for x in (tmp_path / "out_glob").glob("*.png")) == ["a.png", "c_rgba.png", "d_gray.png",
+                                                                             "e16.png"]
+    p = run(["upscale", "-0", "-", "out_stdin", *models], cwd=tmp_path, stdin=b"in/a.png\0in/sub/g.png\0")
+    assert p.returncode == 0, text(p)
+    assert (tmp_path / "out_stdin" / "in" / "a.png").is_file()
+    assert (tmp_path / "out_stdin" / "in" / "sub" / "g.png").is_file()
+    p = run(["upscale", "-", "-o", "out_lines", *models], cwd=tmp_path, stdin=f"{mixed / 'a.png'}\n".encode())
+    assert p.returncode == 0, text(p)
+    assert (tmp_path / "out_lines" / "a.png").is_file()  # absolute stdin path: its basename
+
+
+def test_json_output_and_summary(mixed, tmp_path, models):
+    p = run(["upscale", mixed / "a.png", mixed / "d_gray.png", tmp_path / "o", "--json", *models])
+    assert p.returncode == 0, text(p)
+    objs = [json.loads(line) for line in p.stdout.decode().splitlines()]
+    assert [o["type"] for o in objs] == ["image", "image", "summary"]
+    assert objs[0]["status"] == "done" and objs[0]["width"] == 128 and objs[0]["timesteps"] == [200]
+    assert objs[-1]["processed"] == 2 and objs[-1]["failed"] == 0
+
+
+def test_corrupt_file_among_good_ones(mixed, tmp_path, models):
+    (mixed / "bad.png").write_bytes(b"this is not a png")
+    (mixed / "trunc.jpg").write_bytes((mixed / "b.jpg").read_bytes()[:200])
+    out = tmp_path / "out"
+    p = run(["upscale", mixed, out, *models])
+    assert p.returncode == 1, text(p)
+    out_text = text(p)
+    assert "bad.png" in out_text and "trunc.jpg" in out_text
+    for name in ("a.png", "b.jpg", "c_rgba.png", "d_gray.png", "e16.png", "f_rot.jpg"):
+        assert (out / name).is_file(), name
+    assert not (out / "bad.png").exists() and not (out / "trunc.jpg").exists()
+    assert "failed 2" in p.stdout.decode().splitlines()[-1]
+
+
+def test_skip_existing_overwrite_and_stale_outputs(mixed, tmp_path, models):
+    out = tmp_path / "out"
+    args = ["upscale", mixed / "a.png", out, *models]
+    assert run(args).returncode == 0
+    mtime = (out / "a.png").stat().st_mtime_ns
+    p = run(args)
+    assert p.returncode == 0 and "skipped" in p.stdout.decode(), text(p)
+    assert (out / "a.png").stat().st_mtime_ns == mtime
+    p = run([*args, "--overwrite"])
+    assert p.returncode == 0 and (out / "a.png").stat().st_mtime_ns != mtime, text(p)
+    mtime = (out / "a.png").stat().st_mtime_ns
+    p = run([*args, "--steps", "2"])  # other settings: the manifest says the output is stale
+    assert p.returncode == 0 and "stale" in text(p) and (out / "a.png").stat().st_mtime_ns != mtime
+
+
+def test_dry_run_computes_and_writes_nothing(mixed, tmp_path, models):
+    out = tmp_path / "out"
+    p = run(["upscale", mixed, out, "--dry-run", "--tile", "16", "--overlap", "0"])  # no models needed
+    assert p.returncode == 0, text(p)
+    lines = p.stdout.decode().splitlines()
+    plan = [line for line in lines if line.startswith("plan")]
+    assert len(plan) == 6 and any("a.png" in line and "128x96" in line and "tiles=4" in line for line in plan)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_collisions_are_reported_before_any_work(tmp_path, models):
+    d = tmp_path / "in"
+    d.mkdir()
+    imagegen.rgb(d / "x.jpg")
+    imagegen.rgb(d / "x.png")
+    p = run(["upscale", d, tmp_path / "out", "--format", "png", *models])
+    assert p.returncode == 2, text(p)
+    assert "x.jpg" in text(p) and "x.png" in text(p)
+    assert not (tmp_path / "out" / "x.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--tile", "100"], "multiple of 16"),
+        (["--steps", "7"], "`steps`"),
+        (["--preset", "nope"], "unknown preset `nope`"),
+        (["--blend", "cosine"], "gaussian, linear"),
+        (["--no-such-flag"], "No such option"),
+    ],
+)
+def test_usage_and_config_errors_exit_2(tmp_path, args, fragment):
+    imagegen.rgb(tmp_path / "a.png")
+    p = run(["upscale", tmp_path / "a.png", tmp_path / "out", *args])
+    assert p.returncode == 2, text(p)
+    assert fragment in text(p)
+
+
+def test_missing_weights_offline_exit_3(tmp_path):
+    imagegen.rgb(tmp_path / "a.png")
+    p = run(["upscale", tmp_path / "a.png", tmp_path / "out"], env={"HF_HOME": str(tmp_path / "hf")})
+    assert p.returncode == 3, text(p)
+    assert "invsr models download" in text(p)
+    assert "Traceback" not in text(p)
+
+
+def test_nonexistent_input_is_a_failure_not_a_crash(tmp_path, models):
+    imagegen.rgb(tmp_path / "a.png")
+    p = run(["upscale", tmp_path / "a.png", tmp_path / "missing.png", tmp_path / "out", *models])
+    assert p.returncode == 1, text(p)
+    assert "missing.png" in text(p) and (tmp_path / "out" / "a.png").is_file()
+
+
+def test_batch_size_does_not_change_results(tmp_path, models):
+    d = tmp_path / "in"
+    d.mkdir()
+    for i, (w, h) in enumerate([(48, 40), (32, 32), (64, 24)]):
+        imagegen.rgb(d / f"{i}.png", w, h, seed=i)
+    outs = {}
+    for bs in (1, 7):
+        out = tmp_path / f"out{bs}"
+        p = run(["upscale", d, out, "--batch-size", bs, "--posterior", "mean", *models])
+        assert p.returncode == 0, text(p)
+        outs[bs] = {f.name: np.asarray(Image.open(f)).astype(int) for f in sorted(out.glob("*.png"))}
+    assert outs[1].keys() == outs[7].keys() and len(outs[1]) == 3
+    for name in outs[1]:
+        diff = np.abs(outs[1][name] - outs[7][name])
+        # Batched convolutions round differently in the last float bit; after 8-bit quantisation that can flip a
+        # pixel by one level, never more.
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (name, diff.max(), (diff > 0).mean())
+
+
+def test_presets_command_lists_and_shows():
+    p = run(["presets"])
+    assert p.returncode == 0, text(p)
+    names = [line.split()[0] for line in p.stdout.decode().splitlines()]
+    assert {"default", "noisy", "blur", "fidelity", "perceptual", "large", "auto"} <= set(names)
+    p = run(["presets", "show", "blur"])
+    assert p.returncode == 0 and "- 250" in p.stdout.decode(), text(p)
+
+
+def test_version_and_help_have_examples():
+    p = run(["--version"])
+    assert p.returncode == 0 and p.stdout.decode().startswith("invsr ")
+    for cmd in (["--help"], ["upscale", "--help"], ["presets", "--help"], ["models", "--help"],
+                ["analyse", "--help"]):
+        p = run(cmd)
+        assert p.returncode == 0 and "Example" in p.stdout.decode(), (cmd, text(p))
+
+
+def test_help_is_fast_and_imports_nothing_heavy():
+    code = ("import sys, invsr_cli.cli; heavy = [m for m in ('torch', 'diffusers', 'transformers', 'cv2', 'PIL',"
+            " 'numpy') if m in sys.modules]; print(heavy)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.stdout.strip() == "[]", p.stdout + p.stderr
+
+
+def test_wheel_ships_presets(tmp_path):
+    """Build the wheel, install it alone in a fresh venv, and list the presets from there."""
+    root = Path(__file__).resolve().parents[1]
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", dist,
+                    root], check=True, capture_output=True)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q", "--no-deps",
+                    "--no-index", *dist.glob("*.whl")], check=True, capture_output=True)
+    import typer  # the dependencies come from the dev venv; invsr_cli itself must come from the wheel
+
+    deps = str(Path(typer.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": deps}
+    where = subprocess.run([venv / "bin" / "python", "-c", "import invsr_cli; print(invsr_cli.__file__)"],
+                           capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert str(venv) in where.stdout, where.stdout + where.stderr
+    p = subprocess.run([venv / "bin" / "invsr", "presets"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    for name in ("default", "noisy", "blur", "fidelity", "perceptual", "large", "auto"):
+        assert name in p.stdout
