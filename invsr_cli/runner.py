@@ -339,7 +339,11 @@ class _Compute:
         self.engine = engine
         self.device = engine.device
         self.batch = _batch_size(run.settings, engine)
-        self.cap = self.batch + 2  # images read ahead of the compute: enough to fill a batch, a few more
+        # Images read ahead of the compute: enough to fill a batch for every schedule `auto` can pick (so a folder
+        # mixing schedules still fills batches), and a couple more. Bounded, whatever the number of inputs.
+        choices = run.settings.auto_choices or {"": run.settings}
+        schedules = {(s.timesteps, s.guidance, s.posterior) for s in choices.values()}
+        self.cap = self.batch * len(schedules) + 2
         self.todo = deque(todo)
         self.reads: deque[tuple[int, Job, Future]] = deque()
         self.inflight: dict[int, _Image] = {}
