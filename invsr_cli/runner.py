@@ -40,7 +40,9 @@ __all__ = ["run_batch", "analyse_inputs", "load_engine", "MIN_OOM_TILE"]
 
 MIN_OOM_TILE = 64  # LR px: the smallest tile the out-of-memory retry goes down to
 CPU_BATCH = 1  # `--batch-size auto` on a CPU: batching buys nothing there and costs memory
-GPU_BATCH = 8  # `--batch-size auto` on an accelerator (issue: measure free memory and pick; see docs/PERFORMANCE.md)
+MPS_BATCH = 4  # `--batch-size auto` on Apple MPS, which reports no free memory to measure
+MAX_AUTO_BATCH = 32  # past this a GPU gains nothing more from batching; a bound on host memory too
+AUTO_MARGIN = 0.8  # use at most this share of the free device memory
 WRITERS = 2
 READERS = 2
 
@@ -287,10 +289,37 @@ def _reason(e: BaseException, job: Job) -> str:
     return text.replace(f"{job.input}: ", "")
 
 
+def fit_batch(free_bytes: int, per_tile_bytes: int, *, margin: float = AUTO_MARGIN, cap: int = MAX_AUTO_BATCH) -> int:
+    """The largest batch whose measured per-tile memory fits ``margin`` of the free memory, within 1..cap.
+    (A batch never holds more tiles than are waiting, so a small job never pays for a large batch.)"""
+    return max(1, min(int(free_bytes * margin) // max(per_tile_bytes, 1), cap))
+
+
 def _batch_size(settings: Settings, engine: Any) -> int:
     if settings.batch_size != "auto":
         return int(settings.batch_size)
-    return CPU_BATCH if str(getattr(engine, "device", "cpu")).startswith("cpu") else GPU_BATCH
+    kind = str(getattr(engine, "device", "cpu")).split(":")[0]
+    if kind == "cuda":
+        return fit_batch(*_measure_cuda_tile(settings, engine))
+    return MPS_BATCH if kind == "mps" else CPU_BATCH
+
+
+def _measure_cuda_tile(settings: Settings, engine: Any) -> tuple[int, int]:
+    """Run one tile of the real schedule and measure its peak memory above what is already allocated (measure,
+    don't guess); returns (free bytes, bytes per tile). The run also warms up the kernels."""
+    import torch
+
+    device = engine.device
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    lr = torch.full((1, 3, settings.tile, settings.tile), 0.5, device=device)
+    engine.upscale(lr, timesteps=settings.timesteps, seed=0, posterior="mean", guidance=settings.guidance,
+                   check_finite=False)
+    torch.cuda.synchronize(device)
+    per_tile = torch.cuda.max_memory_allocated(device) - base
+    free, _ = torch.cuda.mem_get_info(device)
+    return free, per_tile
 
 
 # -- the compute loop ---------------------------------------------------------------------------------------------

@@ -59,3 +59,4 @@ def test_second_lock_holder_is_refused_then_admitted(tmp_path):
         holder.wait()
     with output_lock(tmp_path):  # the lock died with its holder
         pass
+
