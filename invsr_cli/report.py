@@ -66,7 +66,7 @@ class Summary:
             f"processed {self.processed}",
             f"skipped {self.skipped}",
             f"failed {self.failed}",
-            f"output {self.output_pixels / 1e6:.1f} MP",
+            f"output {self.output_pixels / 1e6:.2f} MP",
             f"wall {self.wall_seconds:.1f} s",
         ]
         if self.planned:
@@ -150,7 +150,12 @@ class JsonReporter(Reporter):
         self.out = out or sys.stdout
 
     def _emit(self, obj: dict[str, Any]) -> None:
-        self.out.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+        line = json.dumps(obj, ensure_ascii=False, default=str)
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # a non-UTF-8 file name (surrogate escapes): \udcXX escapes keep it valid JSON
+            line = json.dumps(obj, ensure_ascii=True, default=str)
+        self.out.write(line + "\n")
         self.out.flush()
 
     def outcome(self, o: Outcome) -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from invsr_cli.discover import Job
+from invsr_cli.discover import Job, display_path
 from invsr_cli.errors import DiskFullError, InvSRError
 from invsr_cli.manifest import MANIFEST_NAME, Manifest, input_stamp
 from invsr_cli.report import Outcome, Reporter, Summary
@@ -51,6 +51,7 @@ def load_engine(settings: Settings) -> Any:
     """Load the InvSR engine the settings ask for (weights from the HF cache or local paths)."""
     from invsr_cli.engine.sampler import InvSREngine
 
+    _quiet_libraries()
     return InvSREngine.load(
         settings.sd_model,
         settings.noise_predictor,
@@ -89,6 +90,18 @@ def analyse_inputs(
         choice = choose(deg, rules)
         rows.append({"input": str(job.input), **deg.as_dict(), "preset": choice.preset, "reason": choice.reason})
     return rows
+
+
+def _quiet_libraries() -> None:
+    """diffusers and transformers print progress bars (with carriage returns) and advice while loading; a
+    batch tool's output is its own, and cron logs must hold no control characters. Errors still surface as
+    exceptions, which the CLI reports."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    for lib in (dlog, tlog):
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
 
 
 def run_fingerprint(settings: Settings) -> str:
@@ -286,7 +299,7 @@ def _output_size(w: int, h: int, scale: float) -> tuple[int, int]:
 
 def _reason(e: BaseException, job: Job) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text.replace(f"{job.input}: ", "")
+    return text.replace(f"{job.input}: ", "").replace(f"{display_path(job.input)}: ", "")
 
 
 def fit_batch(free_bytes: int, per_tile_bytes: int, *, margin: float = AUTO_MARGIN, cap: int = MAX_AUTO_BATCH) -> int:
@@ -419,12 +432,13 @@ class _Compute:
 
     def run_group(self, key: tuple) -> None:
         group = self.groups[key]
-        items = [group.popleft() for _ in range(min(self.batch, len(group)))]
-        items = [it for it in items if it[0].index in self.inflight and it[2] == it[0].generation]
-        if items:
-            self.run_tiles(items)
+        self.run_tiles([group.popleft() for _ in range(min(self.batch, len(group)))])
 
     def run_tiles(self, items: list[tuple[_Image, int, int]]) -> None:
+        # After an out-of-memory split, the other half may hold tiles of an image since failed or re-planned.
+        items = [it for it in items if it[0].index in self.inflight and it[2] == it[0].generation]
+        if not items:
+            return
         torch = self.torch
         img0 = items[0][0]
         s, t = img0.settings, img0.plan.tile

@@ -73,7 +73,8 @@ def test_folder_of_every_kind_end_to_end(mixed, tmp_path, models):
     lines = p.stdout.decode().splitlines()
     assert sum(line.startswith("done") for line in lines) == 7
     assert lines[-1].startswith("summary: processed 7, skipped 0, failed 0")
-    assert "\x1b" not in p.stdout.decode() + p.stderr.decode()  # not a TTY: no control characters
+    everything = p.stdout.decode() + p.stderr.decode()
+    assert "\x1b" not in everything and "\r" not in everything  # not a TTY: no control characters, no bars
 
 
 def test_glob_and_stdin_lists(mixed, tmp_path, models):
