@@ -70,7 +70,8 @@ RUN = "Run"
 def upscale(
     paths: Annotated[list[str], typer.Argument(
         help="Input files, folders, quoted glob patterns ('shots/**/*.jpg') or - (paths on stdin), then the "
-        "output folder (cp-style; or give it with -o).", show_default=False)],
+        "output folder (cp-style; or give it with -o).", show_default=False,
+        metavar="INPUT... OUTPUT_DIR")],
     output: Annotated[str | None, typer.Option("-o", "--output", help="Output folder (then every PATH is an input).",
                                                rich_help_panel=RUN)] = None,
     recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Descend into sub-folders.",
@@ -281,7 +282,8 @@ def models_info(
 
 @app.command(epilog="Example:\n\n  invsr analyse photos/ -r --json")
 def analyse(
-    paths: Annotated[list[str], typer.Argument(help="Input files, folders, globs or - (stdin).", show_default=False)],
+    paths: Annotated[list[str], typer.Argument(help="Input files, folders, globs or - (stdin).", show_default=False,
+                                               metavar="INPUT...")],
     recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Descend into sub-folders.")] = False,
     null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.")] = False,
     preset: Annotated[str, typer.Option("--preset", "-p", help="The auto preset whose rules decide.")] = "auto",
@@ -323,6 +325,47 @@ def _analyse_table(rows: list[dict[str, Any]]) -> None:
             table.add_row(r["input"], num(r["noise_sigma"]), num(r["blur"]), num(r["blockiness"]), r["preset"],
                           r["reason"])
     Console(soft_wrap=True).print(table)
+
+
+# -- bench --------------------------------------------------------------------------------------------------------
+
+
+@app.command(epilog="Example:\n\n  invsr bench --quick --json\n\n"
+             "  invsr bench --lr-size 512x384 --overlap 64 --dtype bf16")
+def bench(
+    lr_size: Annotated[str, typer.Option("--lr-size", help="LR size WxH of each image.")] = "128x128",
+    steps: Annotated[int, typer.Option(help="Sampling steps (1-5).")] = 1,
+    tile: Annotated[int, typer.Option(help="Engine LR tile size.")] = 128,
+    overlap: Annotated[int, typer.Option(help="Engine tile overlap (LR px).")] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per forward pass (both paths).")] = 1,
+    images: Annotated[int, typer.Option(help="Number of images.")] = 1,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
+    baseline_tile: Annotated[int, typer.Option("--baseline-tile", help="Baseline LR tile (the authors': 128).")
+                             ] = 128,
+    baseline_overlap: Annotated[int | None, typer.Option("--baseline-overlap", help="Baseline overlap "
+                                                         "(default: half the baseline tile, as the authors).")
+                                ] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up runs of the engine path (and of the baseline "
+                                        "on CUDA or with --compile).")] = 1,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet (warm-up untimed).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="LR 64x64, 1 step, CPU, tile 64.")] = False,
+    tiny: Annotated[bool, typer.Option("--tiny", help="Tiny random models instead of full-size (tests).")] = False,
+    no_baseline: Annotated[bool, typer.Option("--no-baseline", help="Measure the engine path only.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Time the engine against the authors' pipeline (random weights, nothing downloaded)."""
+    from invsr_cli.bench import BenchOptions, render_table, run_bench, to_json
+
+    report = run_bench(BenchOptions(
+        lr_size=lr_size, steps=steps, tile=tile, overlap=overlap, batch_size=batch_size, images=images,
+        device=device, dtype=dtype, tiny=tiny, baseline=not no_baseline, baseline_tile=baseline_tile,
+        baseline_overlap=baseline_overlap, warmup=warmup, compile=compile_, quick=quick,
+    ))
+    if json_output:
+        typer.echo(to_json(report))
+    else:
+        render_table(report)
 
 
 # -- errors -> exit codes, in one place ---------------------------------------------------------------------------

@@ -1,0 +1,60 @@
+"""`invsr bench` on the tiny random models: the report's shape, and that the speed-ups keep the results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from invsr_cli.bench import STAGES, parse_size, run_bench
+
+
+def test_cli_bench_tiny_quick_json():
+    from typer.testing import CliRunner
+
+    from invsr_cli.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "--tiny", "--quick", "--json", "--warmup", "0"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    eng, base, ratios = report["engine"], report["baseline"], report["ratios"]
+    assert report["config"]["lr_width"] == 64 and report["config"]["tile"] == 64
+    assert report["config"]["baseline_tile"] == 128 and report["config"]["baseline_overlap"] == 64
+    assert report["machine"]["device"] == "cpu" and report["machine"]["cores"] >= 1
+    for path in (eng, base):
+        assert set(STAGES) <= set(path["stages"])
+        assert path["seconds"] > 0 and path["tiles"] >= 1 and path["tiles_per_s"] > 0
+        assert path["output_mp"] == pytest.approx(256 * 256 / 1e6, abs=1e-4)
+        assert path["peak_rss_mb"] > 0
+        for stage in ("noise_predictor", "vae_encode", "unet", "vae_decode", "text_encoder"):
+            assert path["stages"][stage] > 0 and path["calls"][stage] >= 1
+    assert base["tiles"] >= eng["tiles"]
+    assert ratios["time"] > 0 and ratios["tiles"] == pytest.approx(base["tiles"] / eng["tiles"], rel=1e-3)
+    assert report["output_difference"] is None  # different tiles: results differ by design
+
+
+def test_speedups_do_not_change_results(tiny_engine):
+    """Posterior mean, fp32, the same tile/overlap: prompt caching, float32 accumulation on the device and tiles
+    packed across images give the authors' pipeline's result to 1e-4 (issue 4)."""
+    report = run_bench(engine=tiny_engine, lr_size="96x32", images=2, tile=32, overlap=8, batch_size=3,
+                       posterior="mean", warmup=0, baseline_tile=32, baseline_overlap=8)
+    eng, base = report["engine"], report["baseline"]
+    assert eng["tiles"] == base["tiles"] == 2 * 4  # 32/8 on 96x32: 4 tiles per image
+    assert eng["calls"]["text_encoder"] == 1  # the prompt once per run
+    assert eng["calls"]["unet"] == 3  # 8 tiles packed across the two images in batches of 3
+    assert base["calls"]["unet"] == base["calls"]["text_encoder"] == 2 * 2  # one image per batch, prompt each
+    assert report["machine"]["dtype"] == "float32" and report["config"]["posterior"] == "mean"
+    assert report["output_difference"]["max_abs_diff"] < 1e-4
+
+
+def test_no_baseline(tiny_engine):
+    report = run_bench(engine=tiny_engine, lr_size="32x32", tile=32, baseline=False, warmup=0)
+    assert report["baseline"] is None and report["ratios"] is None and report["engine"]["tiles"] == 1
+
+
+def test_parse_size():
+    from invsr_cli.errors import ConfigError
+
+    assert parse_size("192x128") == (192, 128)
+    with pytest.raises(ConfigError):
+        parse_size("128")
