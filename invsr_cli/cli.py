@@ -221,17 +221,16 @@ def presets_show(name: Annotated[str, typer.Argument(help="Preset name or YAML p
     """Show a preset's file and the settings it resolves to.\n\nExample:  invsr presets show blur"""
     import yaml
 
-    from invsr_cli.settings import load_settings
+    from invsr_cli.settings import load_preset, load_settings
 
+    preset = load_preset(name)
     settings = load_settings(name, {})
-    typer.echo(f"# {name}" + (f" ({settings.auto_choices and 'auto'})" if settings.auto_choices else ""))
-    from invsr_cli.settings import load_preset
-
-    p = load_preset(name)
-    typer.echo(f"# source: {p.source}\n# {p.description}")
-    shown = settings.to_dict()
-    if settings.auto_choices:
-        shown = {"auto": p.auto, "choices": {k: v.to_dict()["timesteps"] for k, v in settings.auto_choices.items()}}
+    typer.echo(f"# {name}: {preset.description}\n# source: {preset.source}")
+    if settings.auto_choices:  # the rules, and the schedule each preset they can pick resolves to
+        shown = {"auto": preset.auto,
+                 "choices": {k: list(v.timesteps) for k, v in settings.auto_choices.items()}}
+    else:
+        shown = settings.to_dict()
     typer.echo(yaml.safe_dump(shown, sort_keys=False).rstrip())
 
 
