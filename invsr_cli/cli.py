@@ -158,13 +158,8 @@ def upscale(
     found = discover(inputs, out_dir, recursive=recursive, stdin_paths=stdin_paths, suffix=settings.suffix,
                      fmt=settings.format)
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
-    for spec, reason in found.errors:
-        from invsr_cli.report import Outcome
-
-        reporter.outcome(Outcome(spec, "", "failed", reason=reason))
     summary = run_batch(found.jobs, settings, output_dir=out_dir, reporter=reporter, dry_run=dry_run,
-                        manifest_path=manifest, wait=wait)
-    summary.failed += len(found.errors)
+                        manifest_path=manifest, wait=wait, input_errors=found.errors)
     raise typer.Exit(_exit_code(summary))
 
 

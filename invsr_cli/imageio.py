@@ -193,8 +193,14 @@ def _n_frames(im: Image.Image) -> int:
     return int(getattr(im, "n_frames", 1) or 1)
 
 
-def probe_image(path: str | os.PathLike[str]) -> ImageInfo:
-    """Read the header only (no pixel decoding). Raises :class:`ImageReadError`."""
+def _check_pixels(path: Path, w: int, h: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and w * h > max_pixels:
+        raise _fail(path, f"{w}x{h} = {w * h / 1e6:.1f} MP exceeds --max-pixels {max_pixels / 1e6:.1f} MP")
+
+
+def probe_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> ImageInfo:
+    """Read the header only (no pixel decoding). Raises :class:`ImageReadError`, also for an image larger than
+    ``max_pixels`` (the same check and message as :func:`read_image`)."""
     path = Path(path)
     _check_file(path)
     with _open_file(path) as fp, _open(path, fp) as im:
@@ -202,6 +208,7 @@ def probe_image(path: str | os.PathLike[str]) -> ImageInfo:
             n_frames = _n_frames(im)
         except Exception as exc:
             raise _fail(path, f"unreadable frames ({_describe(exc)})") from None
+        _check_pixels(path, im.width, im.height, max_pixels)
         return ImageInfo(im.width, im.height, canonical_format(im.format or ""), im.mode, n_frames)
 
 
@@ -371,10 +378,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
         if n_frames > 1 and im.format != "MPO":
             raise _fail(path, f"animated image with {n_frames} frames; invsr upscales still images only")
         w, h = im.size
-        if max_pixels is not None and w * h > max_pixels:
-            raise _fail(
-                path, f"{w}x{h} = {w * h / 1e6:.1f} MP exceeds --max-pixels {max_pixels / 1e6:.1f} MP"
-            )
+        _check_pixels(path, w, h, max_pixels)
         colour16 = _is_16bit_colour(im)
         rawmode = _rawmode(im)  # before load(), which clears the tile list
         orientation = _safe_orientation(im) if im.format == "TIFF" and colour16 else None

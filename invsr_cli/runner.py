@@ -189,8 +189,12 @@ def run_batch(
     engine: Any = None,
     engine_loader: Callable[[Settings], Any] = load_engine,
     handle_signals: bool = True,
+    input_errors: Sequence[tuple[str, str]] = (),
 ) -> Summary:
     """Upscale ``jobs`` with ``settings`` into ``output_dir`` and return the summary (see the module docstring).
+
+    ``input_errors`` are ``(input, reason)`` pairs that discovery could not turn into jobs (no such file, matches
+    nothing): they are reported and counted as failed like any other input, so the summary tells the whole run.
 
     ``engine`` may be given (tests, benchmarks, programs that keep one loaded); otherwise ``engine_loader`` is
     called once, and only if some job needs computing. Raises ``LockedError`` when another run holds the
@@ -203,6 +207,7 @@ def run_batch(
     start = time.perf_counter()
     if dry_run:
         run = _Run(settings, reporter, None, run_fingerprint(settings))
+        _record_input_errors(input_errors, run)
         _plan_only(jobs, run)
         run.summary.wall_seconds = time.perf_counter() - start
         reporter.finish(run.summary)
@@ -214,6 +219,7 @@ def run_batch(
             reporter.warning(f"removed {removed} temporary file(s) left by an interrupted run in {output_dir}")
         manifest = Manifest(manifest_path or output_dir / MANIFEST_NAME)
         run = _Run(settings, reporter, manifest, run_fingerprint(settings))
+        _record_input_errors(input_errors, run)
         todo = _skip_existing(jobs, run)
         reporter.start(len(jobs), len(todo), 0)
         try:
@@ -228,6 +234,11 @@ def run_batch(
     return run.summary
 
 
+def _record_input_errors(errors: Sequence[tuple[str, str]], run: _Run) -> None:
+    for spec, reason in errors:
+        run.record(Outcome(spec, "", "failed", reason=reason))
+
+
 def _plan_only(jobs: Sequence[Job], run: _Run) -> None:
     """--dry-run: read headers only, print files, tiles and outputs; compute nothing, write nothing."""
     from invsr_cli.imageio import probe_image
@@ -236,12 +247,7 @@ def _plan_only(jobs: Sequence[Job], run: _Run) -> None:
     s = run.settings
     for job in jobs:
         try:
-            info = probe_image(job.input)
-            if info.width * info.height > s.max_pixels:
-                raise InvSRError(
-                    f"{info.width}x{info.height} = {info.width * info.height / 1e6:.1f} MP exceeds --max-pixels "
-                    f"{s.max_pixels / 1e6:.1f} MP"
-                )
+            info = probe_image(job.input, max_pixels=s.max_pixels)
             plan = plan_tiles(info.height, info.width, s.tile, s.overlap)
         except InvSRError as e:
             run.record(Outcome(str(job.input), str(job.output), "failed", reason=_reason(e, job)))

@@ -180,6 +180,7 @@ def test_nonexistent_input_is_a_failure_not_a_crash(tmp_path, models):
     p = run(["upscale", tmp_path / "a.png", tmp_path / "missing.png", tmp_path / "out", *models])
     assert p.returncode == 1, text(p)
     assert "missing.png" in text(p) and (tmp_path / "out" / "a.png").is_file()
+    assert "processed 1, skipped 0, failed 1" in p.stdout.decode().splitlines()[-1]  # the summary counts it
 
 
 def test_batch_size_does_not_change_results(tmp_path, models):
