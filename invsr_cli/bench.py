@@ -12,9 +12,11 @@ the arithmetic per tile is identical; only the pipeline around it differs.
   float64 accumulation of Gaussian-weighted tiles on the device, everything sequential.
 
 Stage times come from forward pre/post hooks on the components (noise predictor, VAE encoder, UNet, VAE decoder,
-text encoder; CUDA is synchronised in each hook), plus timers around blending. Peak memory is the process-wide
-peak RSS on a CPU (``ru_maxrss``: it never goes down, so the second path's figure includes the first's) and
-``torch.cuda.max_memory_allocated/reserved`` (reset before each path) on CUDA.
+text encoder; CUDA is synchronised in each hook), plus timers around blending. Peak memory on a CPU is the peak RSS
+of each path: on Linux the kernel's high-water mark (``VmHWM``) is reset before each path through
+``/proc/self/clear_refs``; where that is not possible it is the process-wide ``ru_maxrss`` (it never goes down, so
+the second path's figure includes the first's), and ``peak_rss_scope`` says which. On CUDA:
+``torch.cuda.max_memory_allocated/reserved``, reset before each path.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class BenchOptions:
     posterior: str = "mean"
     seed: int = 0
     warmup: int = 1  # untimed runs first: the engine path; also the baseline on CUDA or with compile
+    baseline_first: bool = False  # measure the baseline before the engine path (to see order effects)
     compile: bool = False
     quick: bool = False
 
@@ -350,7 +353,23 @@ def machine_info(device: Any = "cpu", dtype: Any = None) -> dict[str, Any]:
     return info
 
 
-def _peak_rss_mb() -> float:
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark of this process (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb(since_reset: bool) -> float:
+    """Peak RSS in MB: ``VmHWM`` (since the last reset) or the process-wide ``ru_maxrss``."""
+    if since_reset:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
@@ -362,6 +381,7 @@ def _measure(engine: Any, timer: StageTimer, fn: Any, hr_pixels: int) -> dict[st
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(engine.device)
+    rss_reset = not cuda and _reset_peak_rss()
     timer.reset()
     timer.sync()
     t0 = time.perf_counter()
@@ -384,7 +404,8 @@ def _measure(engine: Any, timer: StageTimer, fn: Any, hr_pixels: int) -> dict[st
         stats["peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(engine.device) / 2**20, 1)
         stats["peak_reserved_mb"] = round(torch.cuda.max_memory_reserved(engine.device) / 2**20, 1)
     else:
-        stats["peak_rss_mb"] = round(_peak_rss_mb(), 1)  # process-wide, never decreases
+        stats["peak_rss_mb"] = round(_peak_rss_mb(rss_reset), 1)
+        stats["peak_rss_scope"] = "path" if rss_reset else "process"
     return stats | {"_outputs": outputs}
 
 
@@ -437,8 +458,12 @@ def run_bench(options: BenchOptions | None = None, *, engine: Any = None, **over
             run_engine(timer)
             if warm_baseline:
                 run_baseline(timer)
-        eng = _measure(engine, timer, run_engine, hr_pixels)
-        base = _measure(engine, timer, run_baseline, hr_pixels) if opts.baseline else None
+        if opts.baseline and opts.baseline_first:
+            base = _measure(engine, timer, run_baseline, hr_pixels)
+            eng = _measure(engine, timer, run_engine, hr_pixels)
+        else:
+            eng = _measure(engine, timer, run_engine, hr_pixels)
+            base = _measure(engine, timer, run_baseline, hr_pixels) if opts.baseline else None
     finally:
         timer.detach()
     e_out = eng.pop("_outputs")
@@ -459,7 +484,9 @@ def run_bench(options: BenchOptions | None = None, *, engine: Any = None, **over
     config = asdict(opts) | {
         "lr_width": width, "lr_height": height, "hr_width": 4 * width, "hr_height": 4 * height,
         "timesteps": list(default_timesteps(opts.steps)), "baseline_tile": b_tile, "baseline_overlap": b_overlap,
-        "warmup": warmup, "warmup_baseline": warm_baseline, "models": "tiny random" if opts.tiny else "full-size random (SD-Turbo + noise predictor)",
+        "warmup": warmup, "warmup_baseline": warm_baseline,
+        "order": "baseline, engine" if opts.baseline and opts.baseline_first else "engine, baseline",
+        "models": "tiny random" if opts.tiny else "full-size random (SD-Turbo + noise predictor)",
     }
     return {
         "machine": machine_info(dev, dt),
@@ -502,7 +529,8 @@ def render_table(report: dict[str, Any], file: Any = None) -> None:
     for stage in (*STAGES, "other"):
         row(f"  {stage} s", [f"{p['stages'][stage]:.3f}" + (f" ({p['calls'][stage]}x)" if stage in p["calls"]
                                                             else "") for _, p in paths])
-    for key, label in (("peak_rss_mb", "peak RSS MB (process)"), ("peak_allocated_mb", "peak allocated MB"),
+    scope = report["engine"].get("peak_rss_scope", "process")
+    for key, label in (("peak_rss_mb", f"peak RSS MB ({'per path' if scope == 'path' else 'process'})"), ("peak_allocated_mb", "peak allocated MB"),
                        ("peak_reserved_mb", "peak reserved MB")):
         if key in report["engine"]:
             row(label, [f"{p[key]:.0f}" for _, p in paths])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -25,7 +26,7 @@ def test_cli_bench_tiny_quick_json():
         assert set(STAGES) <= set(path["stages"])
         assert path["seconds"] > 0 and path["tiles"] >= 1 and path["tiles_per_s"] > 0
         assert path["output_mp"] == pytest.approx(256 * 256 / 1e6, abs=1e-4)
-        assert path["peak_rss_mb"] > 0
+        assert path["peak_rss_mb"] > 0 and path["peak_rss_scope"] in ("path", "process")
         for stage in ("noise_predictor", "vae_encode", "unet", "vae_decode", "text_encoder"):
             assert path["stages"][stage] > 0 and path["calls"][stage] >= 1
     assert base["tiles"] >= eng["tiles"]
@@ -58,3 +59,29 @@ def test_parse_size():
     assert parse_size("192x128") == (192, 128)
     with pytest.raises(ConfigError):
         parse_size("128")
+
+
+def test_baseline_first_measures_the_same_thing(tiny_engine):
+    """The order flag only swaps which path is timed first: same tiles, same results, order recorded."""
+    report = run_bench(engine=tiny_engine, lr_size="64x32", tile=32, overlap=8, baseline_tile=32,
+                       baseline_overlap=8, posterior="mean", warmup=0, baseline_first=True)
+    assert report["config"]["order"] == "baseline, engine"
+    assert report["engine"]["tiles"] == report["baseline"]["tiles"] == 3
+    assert report["output_difference"]["max_abs_diff"] < 1e-4
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM reset is Linux-only")
+def test_peak_rss_is_per_path_on_linux():
+    """After a reset the high-water mark forgets an earlier, larger peak: each path gets its own figure."""
+    import numpy as np
+
+    from invsr_cli.bench import _peak_rss_mb, _reset_peak_rss
+
+    if not _reset_peak_rss():
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    big = np.ones(400 * 2**20 // 8)  # 400 MB, touched
+    with_big = _peak_rss_mb(True)
+    del big
+    assert _reset_peak_rss()
+    after = _peak_rss_mb(True)
+    assert with_big - after > 300, (with_big, after)
