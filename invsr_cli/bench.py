@@ -77,6 +77,7 @@ class BenchOptions:
     seed: int = 0
     warmup: int = 1  # untimed runs first: the engine path; also the baseline on CUDA or with compile
     baseline_first: bool = False  # measure the baseline before the engine path (to see order effects)
+    repeat: int = 1  # timed runs of each path, alternating; each path reports its median run
     compile: bool = False
     quick: bool = False
 
@@ -182,11 +183,14 @@ def build_engine(device: str = "auto", dtype: str = "auto", *, tiny: bool = Fals
     """An InvSREngine with random weights: full-size SD-Turbo + noise predictor, or the tiny test models."""
     from invsr_cli.engine.models import load_components, resolve_device, resolve_dtype
     from invsr_cli.engine.sampler import InvSREngine
+    from invsr_cli.malloc import keep_freed_memory
     from invsr_cli.testing import build_full_size_components, build_tiny_models
 
     _quiet_libraries()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if dev.type == "cpu":  # as `invsr upscale` does on a CPU, before building (invsr_cli/malloc.py)
+        keep_freed_memory()
     if tiny:
         with tempfile.TemporaryDirectory(prefix="invsr-bench-") as tmp:
             models = build_tiny_models(tmp, seed=0)
@@ -332,6 +336,8 @@ def baseline_path(engine: Any, images: Sequence[np.ndarray], *, tile: int = AUTH
 def machine_info(device: Any = "cpu", dtype: Any = None) -> dict[str, Any]:
     import torch
 
+    from invsr_cli.malloc import mode as malloc_mode
+
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -347,6 +353,7 @@ def machine_info(device: Any = "cpu", dtype: Any = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "device": str(device),
         "dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
+        "malloc": malloc_mode(),  # "keep": glibc keeps freed memory for reuse (invsr_cli/malloc.py)
     }
     if str(device).startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
@@ -384,10 +391,12 @@ def _measure(engine: Any, timer: StageTimer, fn: Any, hr_pixels: int) -> dict[st
     rss_reset = not cuda and _reset_peak_rss()
     timer.reset()
     timer.sync()
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.perf_counter()
     outputs, tiles = fn(timer)
     timer.sync()
     seconds = time.perf_counter() - t0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
     stages = {name: round(timer.seconds.get(name, 0.0), 4) for name in STAGES}
     stages["other"] = round(max(0.0, seconds - sum(stages.values())), 4)
     stats: dict[str, Any] = {
@@ -399,6 +408,8 @@ def _measure(engine: Any, timer: StageTimer, fn: Any, hr_pixels: int) -> dict[st
         "output_mp_per_s": round(hr_pixels / 1e6 / seconds, 5),
         "stages": stages,
         "calls": {name: timer.calls.get(name, 0) for name in STAGES},
+        # minor page faults in this path (process-wide counter): fresh pages the allocator had to map
+        "page_faults": faults,
     }
     if cuda:
         stats["peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(engine.device) / 2**20, 1)
@@ -407,6 +418,12 @@ def _measure(engine: Any, timer: StageTimer, fn: Any, hr_pixels: int) -> dict[st
         stats["peak_rss_mb"] = round(_peak_rss_mb(rss_reset), 1)
         stats["peak_rss_scope"] = "path" if rss_reset else "process"
     return stats | {"_outputs": outputs}
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median time (the lower middle one for an even count), with all runs' seconds."""
+    ranked = sorted(runs, key=lambda r: r["seconds"])
+    return ranked[(len(ranked) - 1) // 2] | {"seconds_runs": [r["seconds"] for r in runs]}
 
 
 def run_bench(options: BenchOptions | None = None, *, engine: Any = None, **overrides: Any) -> dict[str, Any]:
@@ -421,7 +438,7 @@ def run_bench(options: BenchOptions | None = None, *, engine: Any = None, **over
 
     opts = replace(options or BenchOptions(), **overrides).resolved()
     width, height = parse_size(opts.lr_size)
-    for name in ("images", "steps", "batch_size"):
+    for name in ("images", "steps", "batch_size", "repeat"):
         if int(getattr(opts, name)) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(opts, name)}")
     dev = engine.device if engine is not None else resolve_device(opts.device)
@@ -458,14 +475,20 @@ def run_bench(options: BenchOptions | None = None, *, engine: Any = None, **over
             run_engine(timer)
             if warm_baseline:
                 run_baseline(timer)
-        if opts.baseline and opts.baseline_first:
-            base = _measure(engine, timer, run_baseline, hr_pixels)
-            eng = _measure(engine, timer, run_engine, hr_pixels)
-        else:
-            eng = _measure(engine, timer, run_engine, hr_pixels)
-            base = _measure(engine, timer, run_baseline, hr_pixels) if opts.baseline else None
+        # --repeat N: the paths alternate (E B, B E, E B, ...: ABBA cancels a linear drift of the machine's speed)
+        # and each path reports its median-time run, with every run's seconds in `seconds_runs`.
+        runs: dict[str, list[dict[str, Any]]] = {"engine": [], "baseline": []}
+        for r in range(opts.repeat):
+            order = ["engine", "baseline"] if opts.baseline else ["engine"]
+            if opts.baseline_first != (r % 2 == 1):
+                order.reverse()
+            for name in order:
+                runs[name].append(_measure(engine, timer, run_engine if name == "engine" else run_baseline,
+                                           hr_pixels))
     finally:
         timer.detach()
+    eng = _median_run(runs["engine"])
+    base = _median_run(runs["baseline"]) if opts.baseline else None
     e_out = eng.pop("_outputs")
     ratios = same = None
     if base is not None:
@@ -485,7 +508,8 @@ def run_bench(options: BenchOptions | None = None, *, engine: Any = None, **over
         "lr_width": width, "lr_height": height, "hr_width": 4 * width, "hr_height": 4 * height,
         "timesteps": list(default_timesteps(opts.steps)), "baseline_tile": b_tile, "baseline_overlap": b_overlap,
         "warmup": warmup, "warmup_baseline": warm_baseline,
-        "order": "baseline, engine" if opts.baseline and opts.baseline_first else "engine, baseline",
+        "order": ("engine" if not opts.baseline else
+                  "baseline, engine" if opts.baseline_first else "engine, baseline"),
         "models": "tiny random" if opts.tiny else "full-size random (SD-Turbo + noise predictor)",
     }
     return {
@@ -534,6 +558,7 @@ def render_table(report: dict[str, Any], file: Any = None) -> None:
                        ("peak_reserved_mb", "peak reserved MB")):
         if key in report["engine"]:
             row(label, [f"{p[key]:.0f}" for _, p in paths])
+    row("minor page faults", [str(p.get("page_faults", "")) for _, p in paths])
     console.print(table)
     if report.get("output_difference"):
         d = report["output_difference"]

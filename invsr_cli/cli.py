@@ -348,6 +348,8 @@ def bench(
     no_baseline: Annotated[bool, typer.Option("--no-baseline", help="Measure the engine path only.")] = False,
     baseline_first: Annotated[bool, typer.Option("--baseline-first", help="Measure the baseline before the "
                                                  "engine path (the default order is engine first).")] = False,
+    repeat: Annotated[int, typer.Option(help="Timed runs of each path, alternating (engine, baseline, baseline, "
+                                        "engine, ...); each reports its median run.")] = 1,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     """Time the engine against the authors' pipeline (random weights, nothing downloaded)."""
@@ -357,7 +359,7 @@ def bench(
         lr_size=lr_size, steps=steps, tile=tile, overlap=overlap, batch_size=batch_size, images=images,
         device=device, dtype=dtype, tiny=tiny, baseline=not no_baseline, baseline_tile=baseline_tile,
         baseline_overlap=baseline_overlap, warmup=warmup, compile=compile_, quick=quick,
-        baseline_first=baseline_first,
+        baseline_first=baseline_first, repeat=repeat,
     ))
     if json_output:
         typer.echo(to_json(report))

@@ -49,9 +49,13 @@ READERS = 2
 
 def load_engine(settings: Settings) -> Any:
     """Load the InvSR engine the settings ask for (weights from the HF cache or local paths)."""
+    from invsr_cli.engine.models import resolve_device
     from invsr_cli.engine.sampler import InvSREngine
+    from invsr_cli.malloc import keep_freed_memory
 
     _quiet_libraries()
+    if resolve_device(settings.device).type == "cpu":
+        keep_freed_memory()  # before loading, so the weights come from the heap too; see invsr_cli/malloc.py
     return InvSREngine.load(
         settings.sd_model,
         settings.noise_predictor,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -27,6 +28,7 @@ def test_cli_bench_tiny_quick_json():
         assert path["seconds"] > 0 and path["tiles"] >= 1 and path["tiles_per_s"] > 0
         assert path["output_mp"] == pytest.approx(256 * 256 / 1e6, abs=1e-4)
         assert path["peak_rss_mb"] > 0 and path["peak_rss_scope"] in ("path", "process")
+        assert path["page_faults"] >= 0
         for stage in ("noise_predictor", "vae_encode", "unet", "vae_decode", "text_encoder"):
             assert path["stages"][stage] > 0 and path["calls"][stage] >= 1
     assert base["tiles"] >= eng["tiles"]
@@ -70,18 +72,47 @@ def test_baseline_first_measures_the_same_thing(tiny_engine):
     assert report["output_difference"]["max_abs_diff"] < 1e-4
 
 
+_RSS_PROBE = """
+import json
+import numpy as np
+from invsr_cli.bench import _peak_rss_mb, _reset_peak_rss
+ok = _reset_peak_rss()
+big = np.ones(400 * 2**20 // 8)  # 400 MB, touched
+with_big = _peak_rss_mb(True)
+del big
+print(json.dumps({"ok": ok and _reset_peak_rss(), "with_big": with_big, "after": _peak_rss_mb(True)}))
+"""
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM reset is Linux-only")
 def test_peak_rss_is_per_path_on_linux():
-    """After a reset the high-water mark forgets an earlier, larger peak: each path gets its own figure."""
-    import numpy as np
+    """After a reset the high-water mark forgets an earlier, larger peak: each path gets its own figure.
+    In a fresh process with glibc's default allocator, so the freed 400 MB really leave the process."""
+    import subprocess
 
-    from invsr_cli.bench import _peak_rss_mb, _reset_peak_rss
-
-    if not _reset_peak_rss():
+    env = {**os.environ, "INVSR_MALLOC": "system"}
+    r = json.loads(subprocess.run([sys.executable, "-c", _RSS_PROBE], env=env, check=True, capture_output=True,
+                                  text=True).stdout)
+    if not r["ok"]:
         pytest.skip("/proc/self/clear_refs is not writable here")
-    big = np.ones(400 * 2**20 // 8)  # 400 MB, touched
-    with_big = _peak_rss_mb(True)
-    del big
-    assert _reset_peak_rss()
-    after = _peak_rss_mb(True)
-    assert with_big - after > 300, (with_big, after)
+    assert r["with_big"] - r["after"] > 300, r
+
+
+def test_repeat_alternates_and_reports_the_median(tiny_engine, monkeypatch):
+    import invsr_cli.bench as bench
+
+    order, real = [], bench._measure
+
+    def spy(engine, timer, fn, hr_pixels):
+        order.append(fn.__name__)
+        return real(engine, timer, fn, hr_pixels)
+
+    monkeypatch.setattr(bench, "_measure", spy)
+    report = run_bench(engine=tiny_engine, lr_size="32x32", tile=32, overlap=8, baseline_tile=32,
+                       baseline_overlap=8, posterior="mean", warmup=0, repeat=3)
+    assert order == ["run_engine", "run_baseline", "run_baseline", "run_engine", "run_engine", "run_baseline"]
+    for path in (report["engine"], report["baseline"]):
+        assert len(path["seconds_runs"]) == 3
+        assert path["seconds"] == sorted(path["seconds_runs"])[1]
+    assert report["ratios"]["time"] == pytest.approx(report["baseline"]["seconds"] / report["engine"]["seconds"],
+                                                     rel=1e-2)
