@@ -554,7 +554,8 @@ def render_table(report: dict[str, Any], file: Any = None) -> None:
         row(f"  {stage} s", [f"{p['stages'][stage]:.3f}" + (f" ({p['calls'][stage]}x)" if stage in p["calls"]
                                                             else "") for _, p in paths])
     scope = report["engine"].get("peak_rss_scope", "process")
-    for key, label in (("peak_rss_mb", f"peak RSS MB ({'per path' if scope == 'path' else 'process'})"), ("peak_allocated_mb", "peak allocated MB"),
+    rss_label = f"peak RSS MB ({'per path' if scope == 'path' else 'process'})"
+    for key, label in (("peak_rss_mb", rss_label), ("peak_allocated_mb", "peak allocated MB"),
                        ("peak_reserved_mb", "peak reserved MB")):
         if key in report["engine"]:
             row(label, [f"{p[key]:.0f}" for _, p in paths])

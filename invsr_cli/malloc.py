@@ -3,9 +3,10 @@
 A full-size tile on a CPU allocates and frees activation tensors of up to hundreds of MB, hundreds of times. glibc
 serves every allocation above its mmap threshold (at most 32 MB) with a fresh ``mmap`` and unmaps it on ``free``,
 so each one is faulted in again page by page and zeroed by the kernel: `invsr bench` counted ~5 million minor page
-faults per 128-px tile in fp32, and the VAE stages ran ~20% faster without them (docs/PERFORMANCE.md,
-"Allocator"). :func:`keep_freed_memory` makes glibc serve large blocks from its heap and never trim it, so a freed
-block is reused by the next tile. Peak memory is unchanged; the process keeps its peak until it exits.
+faults per 128-px tile in fp32. :func:`keep_freed_memory` makes glibc serve large blocks from its heap and never
+trim it, so a freed block is reused by the next tile: a fp32 tile ran 1.18x faster on average (the VAE stages
+1.25-1.4x), for 0.5-1.4 GB more peak RSS (the heap fragments), and the process keeps its peak until it exits
+(docs/PERFORMANCE.md, "Allocator").
 
 It changes the whole process's allocator, so the library never calls it on import or in ``InvSREngine``: the
 ``invsr`` command does (`runner.load_engine`, `invsr bench`), for CPU engines only. ``INVSR_MALLOC=system`` turns it
