@@ -57,6 +57,12 @@ def main() -> None:
                   f"{report['output_difference']}", flush=True)
         return report
 
+    def cast(engine: InvSREngine, dtype: torch.dtype) -> InvSREngine:
+        """The same models in another dtype, in place, behind a new engine (it reads the dtypes at construction)."""
+        for module in (engine.vae, engine.unet, engine.text_encoder, engine.noise_predictor):
+            module.to(dtype=dtype)
+        return InvSREngine(engine.components)
+
     def ratio(base: dict, eng: dict) -> float:
         return round(base["seconds"] / eng["seconds"], 3)
 
@@ -75,9 +81,7 @@ def main() -> None:
         summary["fp32_defaults_baseline_over_engine"] = ratio(base32, defaults["engine"])
         save()
         # bf16: the same models cast (as `--dtype bf16` does after building in fp32).
-        for module in (engine.vae, engine.unet, engine.text_encoder, engine.noise_predictor):
-            module.to(dtype=torch.bfloat16)
-        engine = InvSREngine(engine.components)
+        engine = cast(engine, torch.bfloat16)
         bf = case("bf16_defaults", lr_size=size, baseline_first=True)
         summary["bf16_defaults_baseline_bf16_over_engine"] = bf["ratios"]["time"]
         summary["bf16_defaults_vs_fp32_baseline"] = ratio(base32, bf["engine"])
@@ -85,9 +89,7 @@ def main() -> None:
         bfa = case("bf16_authors", lr_size=size, overlap=64, baseline=False)
         summary["bf16_authors_baseline_bf16_over_engine"] = ratio(bf["baseline"], bfa["engine"])
         save()
-        for module in (engine.vae, engine.unet, engine.text_encoder, engine.noise_predictor):
-            module.to(dtype=torch.float32)
-        engine = InvSREngine(engine.components)
+        engine = cast(engine, torch.float32)
     if "linearity" in parts:
         # Overlap 0: tiles proportional to pixels (1, 4, 16), so this isolates the pipeline's own scaling; the
         # defaults' overlap adds tiles by geometry (see docs/PERFORMANCE.md).
