@@ -1,4 +1,5 @@
-"""The sampling schedules of METHOD.md, in pure code (no torch), shared by the settings and the engine.
+"""The sampling schedules of METHOD.md and the engine's other option lists, in pure code (no torch), shared by the
+settings and the engine: each list has this one owner.
 
 Timesteps are on the 1..1000 scale; the model is evaluated at ``t - 1``.
 """
@@ -10,10 +11,22 @@ from collections.abc import Sequence
 
 from invsr_cli.errors import ConfigError
 
-__all__ = ["DEFAULT_SCHEDULES", "NUM_TRAIN_TIMESTEPS", "MAX_STEPS", "default_timesteps", "validate_timesteps"]
+__all__ = [
+    "COLOR_FIXES",
+    "DEFAULT_SCHEDULES",
+    "DTYPES",
+    "MAX_STEPS",
+    "NUM_TRAIN_TIMESTEPS",
+    "POSTERIORS",
+    "default_timesteps",
+    "validate_timesteps",
+]
 
 NUM_TRAIN_TIMESTEPS = 1000
 MAX_STEPS = 5
+POSTERIORS = ("sample", "mean")  # draw from the VAE posterior / take its mean
+COLOR_FIXES = ("wavelet", "ycbcr", "adain")  # implemented in invsr_cli.engine.colorfix
+DTYPES = ("auto", "fp32", "fp16", "bf16")  # resolved in invsr_cli.engine (auto: fp16 on a GPU, fp32 on a CPU)
 
 # The official defaults for --num_steps.
 DEFAULT_SCHEDULES: dict[int, tuple[int, ...]] = {

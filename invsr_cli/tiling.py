@@ -40,10 +40,13 @@ __all__ = [
     "gaussian_kernel_1d",
     "crop_hr",
     "BlendAccumulator",
+    "BLEND_MODES",
+    "max_overlap",
     "BlendMode",
 ]
 
 BlendMode = Literal["gaussian", "linear"]
+BLEND_MODES: tuple[str, ...] = ("gaussian", "linear")
 
 SCALE = 4
 
@@ -107,6 +110,12 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     if value < minimum:
         raise ConfigError(f"`{name}` must be >= {minimum}, got {value}")
     return int(value)
+
+
+def max_overlap(tile: int) -> int:
+    """The largest overlap allowed for ``tile``: half of it (the authors' setting, 64 of 128). More would cover
+    every pixel by three tiles or more for no gain in seams."""
+    return tile // 2
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -224,7 +233,7 @@ def blend_weights(plan: TilePlan, mode: BlendMode = "gaussian") -> np.ndarray:
     elif mode == "linear":
         g = _linear_ramp_1d(k, plan.overlap * plan.scale)
     else:
-        raise ConfigError(f"`blend` must be one of gaussian, linear; got {mode!r}")
+        raise ConfigError(f"`blend` must be one of {', '.join(BLEND_MODES)}; got {mode!r}")
     return np.outer(g, g).astype(np.float32)
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from invsr_cli.errors import ConfigError, InputError
+from invsr_cli.schedules import COLOR_FIXES
 
 __all__ = [
     "COLOR_FIXES",
@@ -28,7 +29,6 @@ __all__ = [
     "ycbcr_to_rgb",
 ]
 
-COLOR_FIXES = ("wavelet", "ycbcr", "adain")
 WAVELET_LEVELS = 5
 
 

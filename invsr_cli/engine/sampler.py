@@ -45,7 +45,13 @@ from invsr_cli.engine.models import (
     resolve_dtype,
 )
 from invsr_cli.errors import ConfigError, InputError, InvalidOutputError
-from invsr_cli.schedules import DEFAULT_SCHEDULES, default_timesteps, validate_timesteps
+from invsr_cli.schedules import (
+    COLOR_FIXES,
+    DEFAULT_SCHEDULES,
+    POSTERIORS,
+    default_timesteps,
+    validate_timesteps,
+)
 
 __all__ = [
     "POSITIVE_PROMPT",
@@ -71,7 +77,6 @@ NEGATIVE_PROMPT = (
 SCALE = 4
 MULTIPLE = 16
 RANGE_TOLERANCE = 1e-3
-POSTERIORS = ("sample", "mean")
 
 
 def alphas_cumprod_from_config(scheduler_config: Any) -> torch.Tensor:
@@ -274,8 +279,8 @@ class InvSREngine:
             raise ConfigError(f"`guidance` must be a number >= 1, got {guidance!r}") from None
         if not math.isfinite(g) or g < 1.0:
             raise ConfigError(f"`guidance` must be a number >= 1 (1 = no negative prompt), got {guidance!r}")
-        if color_fix not in (None, "none", "wavelet", "ycbcr", "adain"):
-            raise ConfigError(f"`color_fix` must be none, wavelet, ycbcr or adain, got {color_fix!r}")
+        if color_fix not in (None, "none", *COLOR_FIXES):
+            raise ConfigError(f"`color_fix` must be one of none, {', '.join(COLOR_FIXES)}, got {color_fix!r}")
         return ts, self._seeds(seed, b)
 
     @staticmethod
@@ -324,6 +329,10 @@ class InvSREngine:
         return self.unet(
             z_in.to(self._dtype), timestep, encoder_hidden_states=pos.expand(b, -1, -1)
         ).sample.float()
+
+    def clear_prompt_cache(self) -> None:
+        """Forget the encoded prompts (the next batch runs the text encoder again)."""
+        self._prompt_cache.clear()
 
     def upscale(
         self,
