@@ -21,10 +21,14 @@ _LAZY = {
     "default_timesteps": "invsr_cli.engine.sampler",
     "Settings": "invsr_cli.settings",
     "resolve_settings": "invsr_cli.settings",
-    "load_preset": "invsr_cli.settings",
+    "load_preset": "invsr_cli.preset_files",
     "plan_tiles": "invsr_cli.tiling",
     "run_batch": "invsr_cli.runner",
     "analyse_image": "invsr_cli.analyse",
+    "load_policy": "invsr_cli.preset_files",
+    "resolve_policy": "invsr_cli.settings",
+    "ImageTask": "invsr_cli.process",
+    "process_images": "invsr_cli.process",
 }
 
 __all__ = [
@@ -37,14 +41,20 @@ __all__ = [
     "plan_tiles",
     "run_batch",
     "analyse_image",
+    "load_policy",
+    "resolve_policy",
+    "ImageTask",
+    "process_images",
 ]
 assert set(__all__) == {"__version__", *_LAZY}
 
 if TYPE_CHECKING:  # pragma: no cover
     from invsr_cli.analyse import analyse_image
     from invsr_cli.engine.sampler import InvSREngine, default_timesteps
+    from invsr_cli.preset_files import load_policy, load_preset
+    from invsr_cli.process import ImageTask, process_images
     from invsr_cli.runner import run_batch
-    from invsr_cli.settings import Settings, load_preset, resolve_settings
+    from invsr_cli.settings import Settings, resolve_policy, resolve_settings
     from invsr_cli.tiling import plan_tiles
 
 

@@ -4,7 +4,7 @@ Both paths run in the same process, on the same models (random weights: timing d
 nothing is downloaded), and call the same engine core (:meth:`InvSREngine.upscale`) for the diffusion math, so
 the arithmetic per tile is identical; only the pipeline around it differs.
 
-* **engine**: the runner's own compute loop (:class:`invsr_cli.runner._Compute`) fed with in-memory images
+* **engine**: the unit of work every run uses (:func:`invsr_cli.process.process_images`) fed with in-memory images
   instead of files: tiles packed across images into batches, the prompt embedded once, Gaussian blending into a
   float32 accumulator on the engine's device. Only reading and writing files are left out.
 * **baseline** (METHOD.md, "Tiling in the official code"): tile 128 LR with 50% overlap (stride 64) unless told
@@ -29,14 +29,13 @@ import resource
 import sys
 import tempfile
 import time
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
+from invsr_cli.engine.timing import STAGES, StageTimer
 from invsr_cli.errors import ConfigError
 
 __all__ = [
@@ -52,7 +51,6 @@ __all__ = [
     "machine_info",
 ]
 
-STAGES = ("noise_predictor", "vae_encode", "unet", "vae_decode", "text_encoder", "blend")
 AUTHORS_TILE = 128
 QUICK = dict(lr_size="64x64", steps=1, device="cpu", tile=64)
 
@@ -101,79 +99,6 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 # -- timing -------------------------------------------------------------------------------------------------------
-
-
-class StageTimer:
-    """Per-stage seconds and call counts, from forward hooks on the engine's components and explicit blocks."""
-
-    def __init__(self, device: Any) -> None:
-        import torch
-
-        self._torch = torch
-        self._cuda = str(device).startswith("cuda")
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.calls: dict[str, int] = defaultdict(int)
-        self._start: dict[str, float] = {}
-        self._handles: list[Any] = []
-
-    def sync(self) -> None:
-        if self._cuda:
-            self._torch.cuda.synchronize()
-
-    def reset(self) -> None:
-        self.seconds.clear()
-        self.calls.clear()
-
-    def _begin(self, name: str) -> None:
-        self.sync()
-        self._start[name] = time.perf_counter()
-
-    def _end(self, name: str) -> None:
-        self.sync()
-        self.seconds[name] += time.perf_counter() - self._start.pop(name)
-        self.calls[name] += 1
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        self._begin(name)
-        try:
-            yield
-        finally:
-            self._end(name)
-
-    def attach(self, engine: Any) -> None:
-        """Hook the components the engine calls (the VAE's encoder and decoder halves: ``encode``/``decode`` are
-        methods, not forwards; their quant convs are 1x1 and left out)."""
-        modules = {
-            "noise_predictor": engine.noise_predictor,
-            "vae_encode": engine.vae.encoder,
-            "unet": engine.unet,
-            "vae_decode": engine.vae.decoder,
-            "text_encoder": engine.text_encoder,
-        }
-        for name, module in modules.items():
-            self._handles.append(module.register_forward_pre_hook(lambda m, a, n=name: self._begin(n)))
-            self._handles.append(module.register_forward_hook(lambda m, a, o, n=name: self._end(n)))
-
-    def detach(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-
-class _TimedAccumulator:
-    """A BlendAccumulator whose ``add``/``result`` count as the blend stage."""
-
-    def __init__(self, acc: Any, timer: StageTimer) -> None:
-        self._acc, self._timer = acc, timer
-
-    def add(self, index: int, tile_out: Any) -> None:
-        with self._timer.stage("blend"):
-            self._acc.add(index, tile_out)
-
-    def result(self) -> Any:
-        with self._timer.stage("blend"):
-            return self._acc.result()
 
 
 # -- models and inputs --------------------------------------------------------------------------------------------
@@ -240,52 +165,50 @@ def _settings(tile: int, overlap: int, batch_size: int, steps: int, posterior: s
 # -- the two paths ------------------------------------------------------------------------------------------------
 
 
-def _bench_compute_class() -> type:
-    from invsr_cli.runner import _Compute, _Image, _plan
-
-    class _BenchCompute(_Compute):
-        """The runner's compute loop on in-memory images: no reading, no writing, results kept on the host."""
-
-        def __init__(self, images: Sequence[np.ndarray], run: Any, engine: Any, timer: StageTimer) -> None:
-            super().__init__([], run, engine)
-            self.timer = timer
-            self.results: dict[int, np.ndarray] = {}
-            for index, rgb in enumerate(images):
-                loaded = SimpleNamespace(rgb=rgb, height=rgb.shape[0], width=rgb.shape[1], alpha=None)
-                img = _Image(index, None, run.settings, loaded, None, None, time.perf_counter())
-                _plan(img, run.settings.tile, pin=self.pin)
-                self.inflight[index] = img
-                self.enqueue(img)
-
-        def new_accumulator(self, img: Any) -> Any:
-            with self.timer.stage("blend"):
-                return _TimedAccumulator(super().new_accumulator(img), self.timer)
-
-        def finish_image(self, img: Any) -> None:
-            hr = img.acc.result()
-            self.results[img.index] = hr.clamp(0, 1).permute(1, 2, 0).contiguous().cpu().numpy()
-            del self.inflight[img.index]
-            img.acc = img.lr = None
-
-    return _BenchCompute
-
-
 def engine_path(engine: Any, images: Sequence[np.ndarray], settings: Any,
                 timer: StageTimer | None = None) -> tuple[list[np.ndarray], int]:
-    """Upscale ``images`` (HxWx3 float32) through the runner's compute loop; returns (HR images, tiles run).
+    """Upscale ``images`` (HxWx3 float32) through :func:`invsr_cli.process.process_images`, the unit of work every
+    run uses, with the decoded pixels handed in and the results kept on the host instead of written; returns
+    (HR images, tiles run).
 
     The prompt cache is emptied first, so the one text-encoder run a real process makes is counted."""
-    from invsr_cli.report import Reporter
-    from invsr_cli.runner import _Run
+    from invsr_cli.process import ImageTask, process_images
+    from invsr_cli.settings import FixedPolicy
 
     timer = timer or StageTimer(engine.device)
-    engine._prompt_cache.clear()
-    run = _Run(settings, Reporter(), None, "bench")
-    compute = _bench_compute_class()(images, run, engine, timer)
-    compute.loop()
-    if len(compute.results) != len(images):
-        raise RuntimeError(f"the engine path finished {len(compute.results)} of {len(images)} images")
-    return [compute.results[i] for i in range(len(images))], run.summary.tiles
+    engine.clear_prompt_cache()
+    results: dict[int, np.ndarray] = {}
+
+    def keep(img: Any, rgb: np.ndarray) -> tuple[int, int]:
+        results[img.task.index] = rgb
+        return rgb.shape[1], rgb.shape[0]
+
+    tasks = [ImageTask(job=_in_memory_job(i), index=i, image=_in_memory_image(rgb)) for i, rgb in enumerate(images)]
+    outcomes = list(process_images(tasks, FixedPolicy(settings), engine, write=keep, timer=timer))
+    failed = [o for o in outcomes if o.status != "done"]
+    if failed or len(results) != len(images):
+        raise RuntimeError(f"the engine path finished {len(results)} of {len(images)} images: "
+                           f"{[o.reason for o in failed]}")
+    return [results[i] for i in range(len(images))], sum(o.tiles for o in outcomes)
+
+
+def _in_memory_job(index: int) -> Any:
+    from pathlib import Path, PurePosixPath
+
+    from invsr_cli.discover import Job
+
+    name = f"<bench image {index}>"
+    return Job(Path(name), Path(name), PurePosixPath(name), "png")
+
+
+def _in_memory_image(rgb: np.ndarray) -> Any:
+    from pathlib import Path
+
+    from invsr_cli.imageio import LoadedImage
+
+    h, w = rgb.shape[:2]
+    return LoadedImage(Path("<bench>"), rgb, None, grayscale=False, bit_depth=8, format="png", icc=None, exif=None,
+                       width=w, height=h)
 
 
 def baseline_path(engine: Any, images: Sequence[np.ndarray], *, tile: int = AUTHORS_TILE,
@@ -317,7 +240,7 @@ def baseline_path(engine: Any, images: Sequence[np.ndarray], *, tile: int = AUTH
         for start in range(0, n, batch_size):
             idx = list(range(start, min(n, start + batch_size)))
             x = torch.stack([lr[:, rows, cols] for i in idx for rows, cols in [plan.lr_slices(i)]]).to(device)
-            engine._prompt_cache.clear()  # the authors encode the prompt for every batch
+            engine.clear_prompt_cache()  # the authors encode the prompt for every batch
             out = engine.upscale(x, timesteps=timesteps, seed=[seed + i for i in idx], posterior=posterior,
                                  check_finite=False)
             with timer.stage("blend"):

@@ -142,9 +142,9 @@ def upscale(
 ) -> None:
     """Upscale images x4: files, folders, globs or a stdin list into an output folder."""
     from invsr_cli.discover import discover
+    from invsr_cli.preset_files import load_policy
     from invsr_cli.report import make_reporter
     from invsr_cli.runner import run_batch
-    from invsr_cli.settings import load_settings
 
     inputs, out_dir = _split_paths(paths, output)
     flags = dict(
@@ -153,12 +153,12 @@ def upscale(
         suffix=suffix, skip_existing=skip_existing, max_pixels=max_pixels, device=device, dtype=dtype,
         vae_fp32=vae_fp32, compile=compile_, sd_model=sd_model, noise_predictor=noise_predictor,
     )
-    settings = load_settings(preset, {k: v for k, v in flags.items() if v is not None})
+    policy = load_policy(preset, {k: v for k, v in flags.items() if v is not None})
     stdin_paths = _read_stdin(null) if "-" in inputs else None
-    found = discover(inputs, out_dir, recursive=recursive, stdin_paths=stdin_paths, suffix=settings.suffix,
-                     fmt=settings.format)
+    found = discover(inputs, out_dir, recursive=recursive, stdin_paths=stdin_paths, suffix=policy.settings.suffix,
+                     fmt=policy.settings.format)
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
-    summary = run_batch(found.jobs, settings, output_dir=out_dir, reporter=reporter, dry_run=dry_run,
+    summary = run_batch(found.jobs, policy, output_dir=out_dir, reporter=reporter, dry_run=dry_run,
                         manifest_path=manifest, wait=wait, input_errors=found.errors)
     raise typer.Exit(_exit_code(summary))
 
@@ -203,7 +203,7 @@ def presets_list(ctx: typer.Context) -> None:
     """List presets with one-line descriptions.\n\nExample:  invsr presets"""
     if ctx.invoked_subcommand is not None:
         return
-    from invsr_cli.settings import available_presets, load_preset
+    from invsr_cli.preset_files import available_presets, load_preset
 
     for name, source in available_presets().items():
         p = load_preset(name)
@@ -216,16 +216,15 @@ def presets_show(name: Annotated[str, typer.Argument(help="Preset name or YAML p
     """Show a preset's file and the settings it resolves to.\n\nExample:  invsr presets show blur"""
     import yaml
 
-    from invsr_cli.settings import load_preset, load_settings
+    from invsr_cli.preset_files import load_policy, load_preset
 
     preset = load_preset(name)
-    settings = load_settings(name, {})
+    policy = load_policy(name, {})
     typer.echo(f"# {name}: {preset.description}\n# source: {preset.source}")
-    if settings.auto_choices:  # the rules, and the schedule each preset they can pick resolves to
-        shown = {"auto": preset.auto,
-                 "choices": {k: list(v.timesteps) for k, v in settings.auto_choices.items()}}
+    if policy.measures:  # the rules, and the schedule each preset they can pick resolves to
+        shown = {"auto": preset.auto, "choices": {k: list(v.timesteps) for k, v in policy.choices.items()}}
     else:
-        shown = settings.to_dict()
+        shown = policy.settings.to_dict()
     typer.echo(yaml.safe_dump(shown, sort_keys=False).rstrip())
 
 
@@ -284,15 +283,16 @@ def analyse(
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
 ) -> None:
     """Measure noise, blur and JPEG blockiness, and show the preset `--preset auto` would choose."""
-    from invsr_cli.runner import analyse_inputs
-    from invsr_cli.settings import load_settings
+    from invsr_cli.analyse import analyse_inputs
+    from invsr_cli.preset_files import load_policy
+    from invsr_cli.settings import AutoPolicy
 
-    settings = load_settings(preset, {})
-    if not settings.auto_rules:
+    policy = load_policy(preset, {})
+    if not isinstance(policy, AutoPolicy):
         raise ConfigError(f"preset `{preset}` has no `auto` rules; analyse needs an auto preset")
     stdin_paths = _read_stdin(null) if "-" in paths else None
-    rows = analyse_inputs(paths, settings.auto_rules, recursive=recursive, stdin_paths=stdin_paths,
-                          max_pixels=settings.max_pixels)
+    rows = analyse_inputs(paths, policy.rules, recursive=recursive, stdin_paths=stdin_paths,
+                          max_pixels=policy.settings.max_pixels)
     failed = sum(1 for r in rows if r.get("error"))
     if json_output:
         import json

@@ -42,7 +42,12 @@ __all__ = [
     "OUTPUT_FORMATS",
     "Job",
     "DiscoveryResult",
+    "Expansion",
+    "FoundInput",
+    "case_insensitive",
     "discover",
+    "expand_inputs",
+    "name_outputs",
     "output_name",
     "display_path",
 ]
@@ -97,6 +102,22 @@ class Job:
     spec: str = ""
 
 
+@dataclass(frozen=True)
+class FoundInput:
+    """An image file an input named: its path, its path relative to its root, and the input that named it."""
+
+    path: Path
+    rel: PurePosixPath
+    spec: str
+
+
+@dataclass
+class Expansion:
+    inputs: list[FoundInput] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (input spec, reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # silently skipped (inside OUTPUT_DIR)
+
+
 @dataclass
 class DiscoveryResult:
     jobs: list[Job] = field(default_factory=list)
@@ -130,11 +151,13 @@ def output_name(rel: PurePosixPath, *, suffix: str = "", fmt: str = "auto") -> t
 class _Walker:
     """Folder walks that follow symlinked folders but visit each real folder once."""
 
-    def __init__(self, out_real: str) -> None:
+    def __init__(self, out_real: str | None) -> None:
         self.out_real = out_real
         self.unreadable: list[str] = []
 
     def inside_output(self, real: str) -> bool:
+        if self.out_real is None:
+            return False
         return real == self.out_real or real.startswith(self.out_real.rstrip(os.sep) + os.sep)
 
     def walk(self, root: str, max_depth: int | None) -> Iterator[tuple[str, list[str]]]:
@@ -199,15 +222,14 @@ def _match_parts(pattern: Sequence[str], parts: Sequence[str]) -> bool:
     return bool(parts) and fnmatch.fnmatchcase(parts[0], head) and _match_parts(pattern[1:], parts[1:])
 
 
-class _Discovery:
-    def __init__(self, output_dir: Path, recursive: bool, suffix: str, fmt: str) -> None:
-        self.output_dir = Path(output_dir)
-        self.out_real = os.path.realpath(self.output_dir)
+class _Expansion:
+    """Inputs -> the image files they name. ``exclude`` (OUTPUT_DIR, when outputs will be written) is never
+    walked into, and a file inside it is no input."""
+
+    def __init__(self, exclude: Path | None, recursive: bool) -> None:
+        self.walker = _Walker(os.path.realpath(exclude) if exclude is not None else None)
         self.recursive = recursive
-        self.suffix = suffix
-        self.fmt = fmt
-        self.walker = _Walker(self.out_real)
-        self.result = DiscoveryResult()
+        self.result = Expansion()
         self.seen: set[str] = set()
 
     def add(self, spec: str, path: str, rel: PurePosixPath, *, explicit: bool) -> bool:
@@ -220,22 +242,9 @@ class _Discovery:
             else:
                 self.result.skipped.append((spec, f"{display_path(path)}: inside OUTPUT_DIR"))
             return False
-        if real in self.seen:
-            return True  # a duplicate counts as found
-        out_rel, out_fmt = output_name(rel, suffix=self.suffix, fmt=self.fmt)
-        output = self.output_dir.joinpath(*out_rel.parts)
-        parent_real = os.path.realpath(output.parent)
-        if not self.walker.inside_output(parent_real):
-            self.result.errors.append(
-                (
-                    spec,
-                    f"{display_path(path)}: output {display_path(output)} would land outside OUTPUT_DIR "
-                    f"(through {display_path(parent_real)}); refused",
-                )
-            )
-            return False
-        self.seen.add(real)
-        self.result.jobs.append(Job(Path(path), output, rel, out_fmt, spec))
+        if real not in self.seen:  # a duplicate counts as found
+            self.seen.add(real)
+            self.result.inputs.append(FoundInput(Path(path), rel, spec))
         return True
 
     def folder(self, spec: str, root: str) -> None:
@@ -312,25 +321,84 @@ class _Discovery:
             self.result.errors.append((spec, f"{display_path(spec)}: no such file or folder"))
 
 
-def _check_collisions(jobs: Sequence[Job]) -> None:
-    by_output: dict[Path, list[Job]] = {}
+def case_insensitive(folder: str | os.PathLike[str]) -> bool:
+    """Whether file names differing only in letter case are one file in ``folder`` (or, while it does not exist
+    yet, in its nearest existing parent, where it will be made): probed with a temporary file, never assumed
+    from the platform (macOS and Windows volumes can be either, and so can a Linux mount)."""
+    import tempfile
+
+    probe_dir = Path(folder).absolute()
+    while not probe_dir.is_dir() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    try:
+        fd, name = tempfile.mkstemp(prefix=".invsr-case-probe-", suffix=".tmp", dir=probe_dir)
+    except OSError:
+        return False  # cannot write there: the run will say so when it tries
+    try:
+        os.close(fd)
+        swapped = os.path.join(probe_dir, os.path.basename(name).swapcase())
+        return os.path.exists(swapped)
+    finally:
+        os.unlink(name)
+
+
+def _check_collisions(jobs: Sequence[Job], *, fold_case: bool = False) -> None:
+    by_output: dict[str, list[Job]] = {}
     for job in jobs:
-        by_output.setdefault(job.output, []).append(job)
-    clashes = [(out, js) for out, js in by_output.items() if len(js) > 1]
+        key = str(job.output)
+        by_output.setdefault(key.casefold() if fold_case else key, []).append(job)
+    clashes = [(js[0].output, js) for js in by_output.values() if len(js) > 1]
     if not clashes:
         return
+    how = " (this file system ignores letter case)" if fold_case else ""
     lines = [
-        f"{len(clashes)} output(s) would be written by more than one input "
+        f"{len(clashes)} output(s) would be written by more than one input{how} "
         "(rename the inputs or upscale them into different output folders):"
     ]
     for out, js in clashes[:MAX_COLLISIONS_SHOWN]:
-        shown = ", ".join(display_path(j.input) for j in js[:5]) + (
+        shown = ", ".join(f"{display_path(j.input)}" + (f" -> {display_path(j.output.name)}" if fold_case else "")
+                          for j in js[:5]) + (
             f", ... ({len(js)} in all)" if len(js) > 5 else ""
         )
         lines.append(f"  {display_path(out)} <- {shown}")
     if len(clashes) > MAX_COLLISIONS_SHOWN:
         lines.append(f"  ... and {len(clashes) - MAX_COLLISIONS_SHOWN} more")
     raise ConfigError("\n".join(lines))
+
+
+def expand_inputs(
+    inputs: Sequence[str],
+    *,
+    recursive: bool = False,
+    stdin_paths: Sequence[str] | None = None,
+    exclude: str | os.PathLike[str] | None = None,
+) -> Expansion:
+    """Expand ``inputs`` into the image files they name (see the module docstring for the rules), without naming
+    any output: ``invsr analyse`` uses it alone. ``exclude`` is the output folder of a run, never an input."""
+    state = _Expansion(Path(exclude) if exclude is not None else None, recursive)
+    for spec in inputs:
+        state.one(spec, stdin_paths)
+    return state.result
+
+
+def name_outputs(found: Sequence[FoundInput], output_dir: str | os.PathLike[str], *, suffix: str = "",
+                 fmt: str = "auto") -> tuple[list[Job], list[tuple[str, str]]]:
+    """Each input's output path under ``output_dir``; an output that would resolve outside it (through a symlinked
+    folder) is an ``(input spec, reason)`` error instead."""
+    output_dir = Path(output_dir)
+    walker = _Walker(os.path.realpath(output_dir))
+    jobs: list[Job] = []
+    errors: list[tuple[str, str]] = []
+    for f in found:
+        out_rel, out_fmt = output_name(f.rel, suffix=suffix, fmt=fmt)
+        output = output_dir.joinpath(*out_rel.parts)
+        parent_real = os.path.realpath(output.parent)
+        if not walker.inside_output(parent_real):
+            errors.append((f.spec, f"{display_path(f.path)}: output {display_path(output)} would land outside "
+                                   f"OUTPUT_DIR (through {display_path(parent_real)}); refused"))
+            continue
+        jobs.append(Job(f.path, output, f.rel, out_fmt, f.spec))
+    return jobs, errors
 
 
 def discover(
@@ -342,6 +410,7 @@ def discover(
     suffix: str = "",
     fmt: str = "auto",
     check_collisions: bool = True,
+    fold_case: bool | None = None,
 ) -> DiscoveryResult:
     """Expand ``inputs`` into jobs (see the module docstring for the rules).
 
@@ -349,14 +418,17 @@ def discover(
     ``.errors`` as ``(input spec, one-line reason)``; the rest proceeds. Raises
     :class:`~invsr_cli.errors.ConfigError` for an unknown ``fmt``, a ``suffix`` containing a path separator, or
     two inputs that map to the same output (unless ``check_collisions`` is off: callers that write nothing).
+    Outputs that differ only in letter case collide where the output folder's file system ignores case:
+    ``fold_case`` says whether it does, ``None`` probes it (:func:`case_insensitive`).
     """
     if fmt not in OUTPUT_FORMATS:
         raise ConfigError(f"`format` must be one of {', '.join(OUTPUT_FORMATS)}; got {fmt!r}")
     if "/" in suffix or os.sep in suffix or "\x00" in suffix:
         raise ConfigError(f"`suffix` must not contain a path separator, got {suffix!r}")
-    state = _Discovery(Path(output_dir), recursive, suffix, fmt)
-    for spec in inputs:
-        state.one(spec, stdin_paths)
+    found = expand_inputs(inputs, recursive=recursive, stdin_paths=stdin_paths, exclude=output_dir)
+    jobs, errors = name_outputs(found.inputs, output_dir, suffix=suffix, fmt=fmt)
     if check_collisions:
-        _check_collisions(state.result.jobs)
-    return state.result
+        if fold_case is None:
+            fold_case = len(jobs) > 1 and case_insensitive(output_dir)
+        _check_collisions(jobs, fold_case=fold_case)
+    return DiscoveryResult(jobs, found.errors + errors, found.skipped)

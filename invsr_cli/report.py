@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TextIO
 
 __all__ = [
@@ -38,13 +38,24 @@ class Outcome:
     tiles: int = 0
     preset: str = ""
     timesteps: tuple[int, ...] = ()
-    degradation: dict[str, float] | None = None
+    degradation: dict[str, float] | None = None  # `auto`: the estimates that chose the preset
+    rule: str = ""  # `auto`: the rule that chose it
+    tile: int = 0  # the tile plan the image ran with (after any out-of-memory re-plan)
+    overlap: int = 0
+    batch_sizes: tuple[int, ...] = ()  # the engine batches its tiles ran in
+    stage_seconds: dict[str, float] | None = None  # with -v: noise predictor, VAE, UNet, write
+    settings: Any = field(default=None, compare=False, repr=False)  # the Settings it was made with
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """Plain data for JSON lines and the manifest (the settings go in as their own dict, by the caller)."""
+        d = {k: v for k, v in asdict(replace(self, settings=None)).items() if k != "settings"}
         d["timesteps"] = list(self.timesteps)
-        if d["degradation"] is None:
-            del d["degradation"]
+        d["batch_sizes"] = list(self.batch_sizes)
+        for optional in ("degradation", "stage_seconds"):
+            if d[optional] is None:
+                del d[optional]
+        if not d["rule"]:
+            del d["rule"]
         return d
 
 
@@ -90,7 +101,13 @@ class Reporter:
 
     def start(self, total: int, to_do: int, tiles: int) -> None: ...
 
+    def tiles_planned(self, n: int) -> None:
+        """``n`` more tiles to compute (an image was tiled, or re-planned smaller after out of memory)."""
+
     def tiles_done(self, n: int) -> None: ...
+
+    def info(self, text: str) -> None:
+        """A detail shown only with -v (the models being loaded, the device, dtype and model identities)."""
 
     def outcome(self, o: Outcome) -> None: ...
 
@@ -114,6 +131,20 @@ def _plain_line(o: Outcome) -> str:
     return f"{verb} {o.input} -> {o.output} {o.width}x{o.height} tiles={o.tiles}{steps}{extra}{timing}"
 
 
+def _detail_lines(o: Outcome) -> list[str]:
+    """-v: what an image ran with, indented under its line."""
+    if o.status != "done":
+        return []
+    steps = ",".join(str(t) for t in o.timesteps)
+    lines = [f"        plan: {o.tiles} tile(s) of {o.tile} px, overlap {o.overlap}; schedule {steps}; "
+             f"batches {','.join(str(b) for b in o.batch_sizes) or '-'}"]
+    if o.rule:
+        lines.append(f"        auto: {o.rule}")
+    if o.stage_seconds:
+        lines.append("        seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in o.stage_seconds.items()))
+    return lines
+
+
 def _clean(text: str) -> str:
     """No control characters in plain output (file names can hold anything)."""
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
@@ -134,6 +165,13 @@ class PlainReporter(Reporter):
             print(_clean(_plain_line(o)), file=self.err if self.quiet else self.out, flush=True)
         elif not self.quiet:
             print(_clean(_plain_line(o)), file=self.out, flush=True)
+            if self.verbose:
+                for line in _detail_lines(o):
+                    print(_clean(line), file=self.out, flush=True)
+
+    def info(self, text: str) -> None:
+        if self.verbose:
+            print(_clean(text), file=self.err, flush=True)
 
     def warning(self, text: str) -> None:
         print(_clean(f"warning: {text}"), file=self.err, flush=True)
@@ -212,11 +250,18 @@ class RichReporter(PlainReporter):
                                highlight=False)
         elif not self.quiet:
             self.console.print(_clean(_plain_line(o)), markup=False, highlight=False)
+            if self.verbose:
+                for line in _detail_lines(o):
+                    self.console.print(_clean(line), markup=False, highlight=False)
         if self._images is not None and o.status != "skipped":
             self.progress.update(self._images, advance=1)
 
     def warning(self, text: str) -> None:
         self.console.print(f"[yellow]warning:[/yellow] {_clean(text)}", highlight=False)
+
+    def info(self, text: str) -> None:
+        if self.verbose:
+            self.console.print(_clean(text), markup=False, highlight=False)
 
     def finish(self, summary: Summary) -> None:
         self.close()

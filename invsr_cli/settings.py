@@ -6,34 +6,49 @@ read from YAML by ``load_preset`` and handed to it. Every error names the key, w
 
 A preset is a YAML mapping that sets any subset of ``PRESET_KEYS`` plus ``description``. The special
 ``auto`` preset instead carries an ``auto:`` section (rules choosing another preset per image, see
-``invsr_cli.analyse``).
+``invsr_cli.analyse``). Preset files are found and read by ``invsr_cli.presets``.
+
+``Settings`` is flat: one image's settings, nothing conditional. What varies per image lives in a
+:class:`SettingsPolicy`: :class:`FixedPolicy` gives every image the same ``Settings``; :class:`AutoPolicy` measures an
+image when it is prepared and gives it the resolved ``Settings`` of the preset its rules choose.
+``resolve_policy`` (pure) builds them; ``invsr_cli.presets.load_policy`` reads the preset files first.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
+from invsr_cli.discover import OUTPUT_FORMATS
 from invsr_cli.errors import ConfigError
-from invsr_cli.schedules import MAX_STEPS, default_timesteps, validate_timesteps
+from invsr_cli.schedules import (
+    COLOR_FIXES,
+    DTYPES,
+    MAX_STEPS,
+    POSTERIORS,
+    default_timesteps,
+    validate_timesteps,
+)
+from invsr_cli.tiling import BLEND_MODES, max_overlap
 
 __all__ = [
+    "CHOICES",
     "DEFAULTS",
     "PRESET_KEYS",
+    "AutoPolicy",
+    "FixedPolicy",
+    "ImageSettings",
     "Preset",
     "Settings",
-    "available_presets",
+    "SettingsPolicy",
     "default_timesteps",
-    "load_preset",
-    "load_settings",
+    "max_overlap",
+    "resolve_policy",
     "resolve_settings",
-    "user_preset_dir",
+    "validate_preset",
 ]
 
 # Default input limit, in LR pixels, checked from the image header before decoding. 8 MP (e.g. 3264x2448) gives a
@@ -41,12 +56,13 @@ __all__ = [
 # batch of tiles this fits an 8 GB GPU.
 DEFAULT_MAX_PIXELS = 8_000_000
 
+# Allowed values: each list is imported from the module that owns the rule (one owner per rule).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "blend": ("gaussian", "linear"),
-    "posterior": ("sample", "mean"),
-    "color_fix": ("none", "wavelet", "ycbcr", "adain"),
-    "dtype": ("auto", "fp32", "fp16", "bf16"),
-    "format": ("auto", "png", "jpg", "webp", "tiff"),
+    "blend": BLEND_MODES,
+    "posterior": POSTERIORS,
+    "color_fix": ("none", *COLOR_FIXES),
+    "dtype": DTYPES,
+    "format": OUTPUT_FORMATS,
 }
 
 
@@ -76,9 +92,6 @@ class Settings:
     skip_existing: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
     preset: str = "default"
-    # With the `auto` preset: per image, the name of the chosen preset -> its fully resolved Settings.
-    auto_choices: Mapping[str, Settings] | None = field(default=None, compare=False, repr=False)
-    auto_rules: Any = field(default=None, compare=False, repr=False)
 
     @property
     def steps(self) -> int:
@@ -92,10 +105,12 @@ class Settings:
         data = {k: getattr(self, k) for k in keys}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
+    def engine_key(self) -> tuple:
+        """Images whose settings share this key can share an engine batch (same schedule and sampling)."""
+        return (self.timesteps, self.guidance, self.posterior)
+
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(replace(self, auto_choices=None, auto_rules=None))
-        d.pop("auto_choices")
-        d.pop("auto_rules")
+        d = asdict(self)
         d["steps"] = self.steps
         d["timesteps"] = list(self.timesteps)
         return d
@@ -249,6 +264,11 @@ class Preset:
     auto: Mapping[str, Any] | None = None  # raw `auto:` section (validated by invsr_cli.analyse)
 
 
+def validate_preset(preset: Preset) -> None:
+    """Check every value a preset sets (its file named in errors), without resolving it."""
+    _apply_layer({}, preset.values, f"preset `{preset.name}` ({preset.source})")
+
+
 def _apply_layer(base: dict[str, Any], layer: Mapping[str, Any], where: str) -> None:
     """Validate ``layer`` and merge it into ``base`` in place. ``where`` names the source for errors."""
     unknown = sorted(set(layer) - set(_VALIDATORS))
@@ -280,10 +300,10 @@ def _resolve_one(preset: Preset | None, flags: Mapping[str, Any], flag_source: s
     _apply_layer(values, {k: v for k, v in flags.items() if v is not None}, flag_source)
     values["preset"] = preset.name if preset is not None else "default"
     s = replace(DEFAULTS, **values)
-    if s.overlap >= s.tile:
+    if s.overlap > max_overlap(s.tile):
         raise ConfigError(
-            f"`overlap` must be smaller than `tile` ({s.tile} LR px), got {s.overlap} "
-            f"(from {_origin('overlap', preset, flags, flag_source)})"
+            f"`overlap` must be at most half of `tile` ({s.tile} LR px), so at most {max_overlap(s.tile)}; "
+            f"got {s.overlap} (from {_origin('overlap', preset, flags, flag_source)})"
         )
     return s
 
@@ -300,121 +320,108 @@ def resolve_settings(
     preset: Preset | None = None,
     flags: Mapping[str, Any] | None = None,
     *,
-    presets: Mapping[str, Preset] | None = None,
-    auto_rules: Any = None,
     flag_source: str = "command line",
 ) -> Settings:
     """Resolve defaults < ``preset`` < ``flags`` into a frozen :class:`Settings`. Pure: no I/O.
 
-    ``flags`` maps setting names to values; ``None`` means "not given". For an ``auto`` preset, ``presets`` must
-    hold every preset its rules can choose and ``auto_rules`` the parsed rules (``invsr_cli.analyse``); each
-    choice is resolved as defaults < chosen preset < flags and stored in ``Settings.auto_choices``.
+    ``flags`` maps setting names to values; ``None`` means "not given". An ``auto`` preset chooses per image:
+    resolve it with :func:`resolve_policy`.
     """
-    flags = dict(flags or {})
     if preset is not None and preset.auto is not None:
-        if auto_rules is None or presets is None:
-            raise ConfigError(f"preset `{preset.name}` ({preset.source}): an auto preset needs its rules and presets")
-        base = _resolve_one(preset, flags, flag_source)
-        choices: dict[str, Settings] = {}
-        for name in _rule_targets(auto_rules):
-            if name not in presets:
-                raise ConfigError(
-                    f"preset `{preset.name}` ({preset.source}): `auto` names unknown preset `{name}`; "
-                    f"available: {', '.join(sorted(presets))}"
-                )
-            choices[name] = replace(_resolve_one(presets[name], flags, flag_source), preset=name)
-        return replace(base, auto_choices=choices, auto_rules=auto_rules)
-    return _resolve_one(preset, flags, flag_source)
+        raise ConfigError(f"preset `{preset.name}` ({preset.source}) chooses a preset per image; "
+                          "resolve it with resolve_policy")
+    return _resolve_one(preset, dict(flags or {}), flag_source)
 
 
-def _rule_targets(rules: Any) -> list[str]:
-    names = [r.preset for r in rules.rules] + [rules.fallback]
-    return list(dict.fromkeys(names))
+# -- per-image settings ---------------------------------------------------------------------------------------------
 
 
-# -- presets on disk ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageSettings:
+    """One image's resolved settings, with what decided them (``auto``: the estimates and the rule)."""
+
+    settings: Settings
+    degradation: Mapping[str, float | None] | None = None
+    reason: str = ""
 
 
-def user_preset_dir() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "invsr" / "presets"
+@dataclass(frozen=True)
+class FixedPolicy:
+    """Every image gets the same settings."""
+
+    settings: Settings
+
+    @property
+    def choices(self) -> Mapping[str, Settings]:
+        return {self.settings.preset: self.settings}
+
+    @property
+    def measures(self) -> bool:
+        return False
+
+    def for_image(self, rgb: Any = None) -> ImageSettings:
+        return ImageSettings(self.settings)
+
+    def fingerprint(self) -> str:
+        return self.settings.output_fingerprint()
 
 
-def _builtin_dir() -> Any:
-    return resources.files("invsr_cli") / "presets"
+@dataclass(frozen=True)
+class AutoPolicy:
+    """The ``auto`` preset: measure each image (``invsr_cli.analyse``) and give it the resolved settings of the
+    preset its rules choose. ``settings`` is the auto preset's own resolution: what is not per image (device,
+    dtype, models, batch size, output naming, input limits) comes from it."""
+
+    settings: Settings
+    rules: Any  # invsr_cli.analyse.AutoRules
+    choices: Mapping[str, Settings]
+
+    @property
+    def measures(self) -> bool:
+        return True
+
+    def for_image(self, rgb: Any) -> ImageSettings:
+        from invsr_cli.analyse import analyse_image
+        from invsr_cli.auto_rules import choose
+
+        deg = analyse_image(rgb)
+        choice = choose(deg, self.rules)
+        return ImageSettings(self.choices[choice.preset], deg.as_dict(), choice.reason)
+
+    def fingerprint(self) -> str:
+        """Every schedule the rules can pick and the rules themselves: an output is up to date only if the same
+        rules would again lead to the same settings."""
+        parts = [self.settings.output_fingerprint(), repr(self.rules)]
+        parts += [f"{k}={v.output_fingerprint()}" for k, v in sorted(self.choices.items())]
+        return "auto-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def available_presets() -> dict[str, str]:
-    """name -> source of every preset visible by name: shipped ones, then user ones (which shadow shipped)."""
-    found: dict[str, str] = {}
-    for entry in sorted(_builtin_dir().iterdir(), key=lambda e: e.name):
-        if entry.name.endswith((".yaml", ".yml")):
-            found[entry.name.rsplit(".", 1)[0]] = str(entry)
-    udir = user_preset_dir()
-    if udir.is_dir():
-        for p in sorted(udir.iterdir()):
-            if p.suffix in (".yaml", ".yml"):
-                found[p.stem] = str(p)
-    return found
+SettingsPolicy = FixedPolicy | AutoPolicy
 
 
-def load_preset(name_or_path: str) -> Preset:
-    """Read and validate one preset by name (user dir, then shipped) or by path (contains '/' or ends .yaml)."""
-    import yaml
-
-    looks_like_path = "/" in name_or_path or name_or_path.endswith((".yaml", ".yml"))
-    if looks_like_path:
-        path = Path(name_or_path).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"preset file {path} does not exist")
-        source, text = str(path), _read(path)
-        name = path.stem
-    else:
-        known = available_presets()
-        if name_or_path not in known:
+def resolve_policy(
+    preset: Preset | None = None,
+    flags: Mapping[str, Any] | None = None,
+    *,
+    presets: Mapping[str, Preset] | None = None,
+    auto_rules: Any = None,
+    flag_source: str = "command line",
+) -> SettingsPolicy:
+    """Pure: a :class:`FixedPolicy` for a plain preset; for an ``auto`` preset an :class:`AutoPolicy` whose every
+    choice is resolved as defaults < chosen preset < ``flags`` (``presets`` holds every preset the rules name,
+    ``auto_rules`` the parsed rules)."""
+    flags = dict(flags or {})
+    if preset is None or preset.auto is None:
+        return FixedPolicy(_resolve_one(preset, flags, flag_source))
+    if auto_rules is None or presets is None:
+        raise ConfigError(f"preset `{preset.name}` ({preset.source}): an auto preset needs its rules and presets")
+    base = _resolve_one(preset, flags, flag_source)
+    choices: dict[str, Settings] = {}
+    for name in auto_rules.presets:
+        if name not in presets:
             raise ConfigError(
-                f"unknown preset `{name_or_path}`; available: {', '.join(sorted(known))} "
-                f"(or a path to a YAML file; user presets go in {user_preset_dir()})"
+                f"preset `{preset.name}` ({preset.source}): `auto` names unknown preset `{name}`; "
+                f"available: {', '.join(sorted(presets))}"
             )
-        source = known[name_or_path]
-        text = _read(Path(source)) if Path(source).is_file() else (_builtin_dir() / Path(source).name).read_text()
-        name = name_or_path
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"preset file {source}: not valid YAML: {str(e).splitlines()[0]}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"preset file {source}: must be a mapping of settings, got {type(data).__name__}")
-    data = dict(data)
-    description = data.pop("description", "")
-    if not isinstance(description, str):
-        raise ConfigError(f"preset file {source}: `description` must be a string")
-    auto = data.pop("auto", None)
-    if auto is not None and not isinstance(auto, dict):
-        raise ConfigError(f"preset file {source}: `auto` must be a mapping with `rules` and `fallback`")
-    preset = Preset(name=name, source=source, description=description, values=data, auto=auto)
-    # Validate now, so a broken preset fails at load time with its file named.
-    _apply_layer({}, preset.values, f"preset `{name}` ({source})")
-    return preset
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"preset file {path}: cannot be read: {e}") from None
-
-
-def load_settings(preset_name: str | None, flags: Mapping[str, Any]) -> Settings:
-    """The I/O half of settings: read the preset (``default`` when none is named, so a user's own
-    ``default.yaml`` applies), and for ``auto`` its rules and every preset they name; then resolve."""
-    preset = load_preset(preset_name or "default")
-    if preset.auto is None:
-        return resolve_settings(preset, flags)
-    from invsr_cli.analyse import parse_auto_rules
-
-    rules = parse_auto_rules(preset.auto, preset.source)
-    presets = {name: load_preset(name) for name in _rule_targets(rules)}
-    return resolve_settings(preset, flags, presets=presets, auto_rules=rules)
+        choices[name] = replace(_resolve_one(presets[name], flags, flag_source), preset=name)
+    return AutoPolicy(base, auto_rules, choices)

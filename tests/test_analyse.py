@@ -24,14 +24,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from invsr_cli.analyse import (
-    METRICS,
+from invsr_cli.analyse import METRICS, Degradation, analyse_image
+from invsr_cli.auto_rules import (
     AutoRules,
     Bound,
     Choice,
-    Degradation,
     Rule,
-    analyse_image,
     choose,
     choose_preset,
     load_default_auto_rules,

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from invsr_cli.discover import discover
+from invsr_cli.preset_files import load_policy
 from invsr_cli.report import Reporter
 from invsr_cli.runner import run_batch
-from invsr_cli.settings import load_settings
 from tests.test_cli import run, text
 
 
@@ -83,7 +83,7 @@ def test_mixed_schedules_still_fill_batches(degraded, tmp_path, tiny_engine):
     for i in range(2, 4):  # 8 images: 4 noisy, 4 blur, interleaved
         for kind in ("noisy", "blur"):
             Image.fromarray(_photo(kind, i)).save(degraded / f"{i}_{kind}.png")
-    settings = load_settings("auto", {"tile": 48, "overlap": 0, "batch_size": 4, "posterior": "mean"})
+    settings = load_policy("auto", {"tile": 48, "overlap": 0, "batch_size": 4, "posterior": "mean"})
     jobs = discover([str(degraded)], tmp_path / "out").jobs
     engine = CountingEngine(tiny_engine)
     summary = run_batch(jobs, settings, output_dir=tmp_path / "out", reporter=Reporter(), engine=engine,

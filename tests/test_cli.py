@@ -248,3 +248,29 @@ def test_wheel_ships_presets(tmp_path):
     assert p.returncode == 0, p.stderr
     for name in ("default", "noisy", "blur", "fidelity", "perceptual", "large", "auto"):
         assert name in p.stdout
+
+
+def test_overlap_above_half_the_tile_is_refused_before_any_work(tmp_path, tiny_models):
+    imagegen.rgb(tmp_path / "a.png")
+    p = run(["upscale", tmp_path / "a.png", tmp_path / "out", "--tile", "128", "--overlap", "96",
+             "--sd-model", tiny_models.sd_dir, "--noise-predictor", tiny_models.noise_predictor_path])
+    assert p.returncode == 2, text(p)
+    assert "`overlap` must be at most half of `tile` (128 LR px), so at most 64; got 96" in text(p)
+    assert not (tmp_path / "out").exists()
+
+
+def test_verbose_prints_plan_schedule_batches_stages_and_the_engine(tmp_path, models):
+    imagegen.rgb(tmp_path / "a.png", 48, 40, seed=3)
+    p = run(["upscale", tmp_path / "a.png", tmp_path / "out", "-v", "--steps", "2", "--batch-size", "2", *models])
+    assert p.returncode == 0, text(p)
+    out, err = p.stdout.decode(), p.stderr.decode()
+    assert "loading the models:" in err
+    assert "engine: device cpu, dtype torch.float32, load " in err and "models {" in err
+    assert "plan: 4 tile(s) of 32 px, overlap 8; schedule 200,100; batches 2,2" in out
+    stages = next(line for line in out.splitlines() if "seconds:" in line)
+    for stage in ("noise_predictor", "vae_encode", "unet", "vae_decode", "write"):
+        assert f"{stage} " in stages, stages
+    seconds = [float(v) for v in stages.split("seconds:")[1].replace(",", "").split()[1::2]]
+    assert all(v >= 0 for v in seconds) and sum(seconds) > 0
+    quiet = run(["upscale", tmp_path / "a.png", tmp_path / "out2", *models])
+    assert "plan:" not in text(quiet) and "engine:" not in text(quiet)

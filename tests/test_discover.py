@@ -151,6 +151,25 @@ def test_collisions_raise_before_any_work(tree):
         discover(["x/a.png", "y/a.png"], tree / "out")
 
 
+def test_outputs_differing_only_in_case_collide_where_the_file_system_ignores_case(tmp_path, monkeypatch):
+    from invsr_cli.discover import case_insensitive
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    for name in ("Photo.png", "photo.png", "other.png"):
+        (tmp_path / "in" / name).write_bytes(b"x")
+    # The probe on this machine's real file system, which tells the two names apart (Linux ext4/tmpfs/overlay):
+    assert case_insensitive(tmp_path / "out" / "not" / "made" / "yet") is False
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".invsr-case-probe")]  # it cleans up
+    assert len(discover(["in"], "out").jobs) == 3
+    # Where it would not (macOS, Windows, a casefolded mount), the pair is refused before any work:
+    with pytest.raises(ConfigError) as err:
+        discover(["in"], "out", fold_case=True)
+    msg = str(err.value)
+    assert "ignores letter case" in msg and "in/Photo.png -> Photo.png" in msg and "in/photo.png -> photo.png" in msg
+    assert "other.png" not in msg
+
+
 def test_collision_list_is_limited(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for i in range(30):

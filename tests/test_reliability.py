@@ -346,6 +346,24 @@ def test_signal_stops_cleanly(tmp_path, models, sig, code):
     assert not temps(out)
 
 
+def test_sigterm_while_the_models_load_still_prints_the_summary(tmp_path, models):
+    """-v announces the load before it starts (torch and diffusers are imported inside it, seconds even for the
+    tiny models): a SIGTERM then abandons the load, prints the summary and exits 143."""
+    src = tmp_path / "in"
+    _folder(src, 2)
+    p = popen(["upscale", src, tmp_path / "out", "-v", *models])
+    for line in p.stderr:
+        if line.startswith(b"loading the models"):
+            break
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    err_text = err.decode(errors="replace")
+    assert p.returncode == 143, err_text[-2000:]
+    assert "stopping while the models load" in err_text and "Traceback" not in err_text
+    assert "summary: processed 0" in out.decode() and "(interrupted by SIGTERM)" in out.decode()
+    assert not list((tmp_path / "out").glob("*.png"))
+
+
 # -- 4. exclusive runs --------------------------------------------------------------------------------------------
 
 
@@ -443,11 +461,15 @@ def test_disk_full_fails_the_file_and_stops_the_run(tmp_path, monkeypatch, tiny_
     rec, summary = _run_in_process(tmp_path, names, tiny_engine, batch_size=1)
     out = tmp_path / "out"
     failed = [o for o in rec.outcomes if o.status == "failed"]
-    assert failed and all("No space left on device" in o.reason for o in failed), failed
     assert summary.stopped and "disk full" in summary.stopped
     assert "stopped early" in summary.line()
     assert _exit_code(summary) == 1
-    assert summary.processed + summary.failed < len(names)  # it stopped instead of failing every file
+    tried = [o for o in failed if "No space left on device" in o.reason]
+    never = [o for o in failed if o.reason == f"not attempted: {summary.stopped}"]
+    assert tried and never and len(tried) + len(never) == len(failed)  # it stopped instead of trying every file
+    assert sorted(Path(o.input).name for o in rec.outcomes) == names  # every input has its own line
+    manifest = [json.loads(line) for line in (tmp_path / "out" / ".invsr-manifest.jsonl").read_text().splitlines()]
+    assert sorted(Path(r["input"]).name for r in manifest) == names  # and its own record
     for o in failed:
         assert not Path(o.output).exists()
     assert not temps(out)

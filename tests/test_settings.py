@@ -9,13 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from invsr_cli.errors import ConfigError
-from invsr_cli.settings import (
-    DEFAULTS,
-    Preset,
-    available_presets,
-    load_preset,
-    resolve_settings,
-)
+from invsr_cli.preset_files import available_presets, load_preset
+from invsr_cli.settings import DEFAULTS, Preset, resolve_settings
 
 SHIPPED = ("default", "noisy", "blur", "fidelity", "perceptual", "large", "auto")
 
@@ -90,9 +85,16 @@ def test_bad_preset_values_name_key_file_and_allowed_values(values, fragments):
         assert frag in str(err.value), str(err.value)
 
 
-def test_overlap_must_be_smaller_than_tile_and_names_its_origin():
-    with pytest.raises(ConfigError, match=r"`overlap` must be smaller than `tile` \(64 LR px\).*command line"):
-        resolve_settings(None, {"tile": 64, "overlap": 64})
+def test_overlap_is_at_most_half_the_tile_and_the_error_names_key_tile_limit_and_origin():
+    assert resolve_settings(None, {"tile": 128, "overlap": 64}).overlap == 64  # the authors' 50% stays allowed
+    with pytest.raises(ConfigError, match=r"`overlap` must be at most half of `tile` \(128 LR px\), so at most 64; "
+                                          r"got 96 \(from command line\)"):
+        resolve_settings(None, {"tile": 128, "overlap": 96})
+    large = Preset("large", "/p/large.yaml", values={"tile": 64})
+    with pytest.raises(ConfigError, match=r"at most 32; got 48 \(from command line\)"):
+        resolve_settings(large, {"overlap": 48})
+    with pytest.raises(ConfigError, match=r"at most 16; got 32 \(from the defaults\)"):
+        resolve_settings(None, {"tile": 32})
 
 
 def test_broken_user_preset_file_gives_the_documented_error(tmp_path, monkeypatch):
@@ -132,6 +134,6 @@ def test_tile_and_overlap_validation_is_total(tile, overlap):
     try:
         s = resolve_settings(None, {"tile": tile, "overlap": overlap})
     except ConfigError:
-        assert tile % 16 or not 16 <= tile <= 2048 or not 0 <= overlap < tile
+        assert tile % 16 or not 16 <= tile <= 2048 or not 0 <= overlap <= tile // 2
     else:
-        assert s.tile % 16 == 0 and 0 <= s.overlap < s.tile
+        assert s.tile % 16 == 0 and 0 <= s.overlap <= s.tile // 2 and (s.tile, s.overlap) == (tile, overlap)

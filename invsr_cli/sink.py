@@ -1,0 +1,142 @@
+"""Where a computed image goes: finish it (colour fix, output checks), write it atomically in the background, and
+hand back its :class:`~invsr_cli.report.Outcome`.
+
+The sink never records anything: the caller (the run's driver, or a worker that sends outcomes to one) does.
+A full disk makes :attr:`ImageSink.stopped` say why; every later write would fail too, so the caller stops.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from invsr_cli.errors import DiskFullError, InvSRError
+from invsr_cli.report import Outcome
+
+if TYPE_CHECKING:  # pragma: no cover
+    from invsr_cli.process import PreparedImage
+
+__all__ = ["ImageSink", "WRITERS", "output_problem", "output_size", "write_output", "failure"]
+
+WRITERS = 2  # background writer threads; at most 2 * WRITERS finished images wait in memory
+
+
+def output_size(w: int, h: int, scale: float) -> tuple[int, int]:
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def failure(img_or_task: Any, reason: str) -> Outcome:
+    job = img_or_task.job
+    return Outcome(str(job.input), str(job.output), "failed", reason=reason)
+
+
+def reason_of(e: BaseException, job: Any) -> str:
+    """The first line of an error, without the input's own path (the outcome names it already). ``job`` is
+    anything with the input's path as ``input`` or ``path``."""
+    from invsr_cli.discover import display_path
+
+    path = getattr(job, "input", None) or job.path
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text.replace(f"{path}: ", "").replace(f"{display_path(path)}: ", "")
+
+
+def output_problem(torch: Any, hr: Any, lr_rgb: Any) -> str | None:
+    """Why this output must not be written, or None. NaN/inf, or one flat colour from an input that was not."""
+    if not bool(torch.isfinite(hr).all()):
+        bad = int((~torch.isfinite(hr)).sum())
+        return f"the model produced {bad} NaN/inf values (try --dtype fp32 or --vae-fp32); output not written"
+    if float(hr.amax() - hr.amin()) < 1.0 / 255 and float(lr_rgb.max() - lr_rgb.min()) >= 4.0 / 255:
+        return "the model produced a blank (single-colour) image from a non-blank input; output not written"
+    return None
+
+
+def write_output(img: PreparedImage, rgb: Any) -> tuple[int, int]:
+    """Runs in a writer thread: re-attach alpha, resize to --scale, encode, write atomically. Returns (w, h)."""
+    from invsr_cli.imageio import resize_rgb, upscale_alpha, write_image
+
+    s = img.settings
+    h, w = rgb.shape[:2]
+    size = output_size(img.loaded.width, img.loaded.height, s.scale)
+    if size != (w, h):
+        rgb = resize_rgb(rgb, size)
+    alpha = upscale_alpha(img.loaded.alpha, size) if img.loaded.alpha is not None else None
+    job = img.job
+    write_image(job.output, rgb, alpha=alpha, source=img.loaded, format=job.format, quality=s.quality)
+    return size
+
+
+class ImageSink:
+    """Finish computed images and write them in background threads, a bounded number at a time."""
+
+    def __init__(self, device: Any, write: Callable[[PreparedImage, Any], tuple[int, int]] = write_output,
+                 writers: int = WRITERS, blend_stage: Callable[[str], Any] | None = None) -> None:
+        import contextlib
+
+        import torch
+
+        self.blend_stage = blend_stage or (lambda name: contextlib.nullcontext())
+        self.torch = torch
+        self.device = device
+        self.write = write
+        self.writers = writers
+        self.pool = ThreadPoolExecutor(writers, thread_name_prefix="invsr-write")
+        self.pending: deque[tuple[PreparedImage, Future]] = deque()
+        self.stopped: str | None = None  # why no more writes should be tried (disk full)
+
+    def finish(self, img: PreparedImage) -> Iterator[Outcome]:
+        """Colour-fix and check ``img``'s blended result, then queue its write. Yields a failed outcome when the
+        output must not be written, and the outcomes of older writes when too many wait."""
+        torch = self.torch
+        with self.blend_stage("blend"):
+            hr = img.acc.result()  # (3, 4h, 4w) float32 on the device
+        s = img.settings
+        if s.color_fix != "none":
+            from invsr_cli.engine.colorfix import apply_color_fix
+
+            lr = torch.from_numpy(img.loaded.rgb).permute(2, 0, 1)[None].to(self.device)
+            ref = torch.nn.functional.interpolate(lr, size=hr.shape[-2:], mode="bicubic", align_corners=False)
+            hr = apply_color_fix(s.color_fix, hr[None], ref)[0]
+        img.acc = img.lr = None  # free device and host buffers now, not when the write ends
+        problem = output_problem(torch, hr, img.loaded.rgb)
+        if problem:
+            yield failure(img, problem)
+            return
+        rgb = hr.clamp(0, 1).permute(1, 2, 0).contiguous().cpu().numpy()
+        self.pending.append((img, self.pool.submit(self._timed_write, img, rgb)))
+        while len(self.pending) > self.writers * 2:
+            yield self._collect()
+
+    def _timed_write(self, img: PreparedImage, rgb: Any) -> tuple[tuple[int, int], float]:
+        start = time.perf_counter()
+        size = self.write(img, rgb)
+        return size, time.perf_counter() - start
+
+    def ready(self) -> Iterator[Outcome]:
+        """The outcomes of writes that have finished, oldest first, without waiting."""
+        while self.pending and self.pending[0][1].done():
+            yield self._collect()
+
+    def drain(self) -> Iterator[Outcome]:
+        """Wait for every write in flight and yield its outcome."""
+        while self.pending:
+            yield self._collect()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def _collect(self) -> Outcome:
+        img, fut = self.pending.popleft()
+        job = img.job
+        try:
+            (w, h), write_seconds = fut.result()
+        except DiskFullError as e:
+            self.stopped = f"disk full or I/O error writing {job.output}"
+            return failure(img, reason_of(e, job))
+        except InvSRError as e:
+            return failure(img, reason_of(e, job))
+        except Exception as e:  # an encoder bug on one image must not end the batch
+            return failure(img, f"cannot write: {type(e).__name__}: {e}")
+        return img.outcome(w, h, write_seconds)

@@ -1,0 +1,162 @@
+"""The unit of work (`process_images`) and the sink, in process, on the tiny engine."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from invsr_cli.discover import discover
+from invsr_cli.errors import DiskFullError
+from invsr_cli.preset_files import load_policy
+from invsr_cli.process import ImageTask, PreparedImage, process_images
+from invsr_cli.report import Reporter
+from invsr_cli.settings import FixedPolicy, resolve_settings
+from invsr_cli.sink import ImageSink
+from tests import imagegen
+
+
+def _tasks(folder: Path, names, out: Path) -> list[ImageTask]:
+    found = discover([str(folder / n) for n in names], out)
+    return [ImageTask(job, i) for i, job in enumerate(found.jobs)]
+
+
+def _noisy(path: Path, seed: int) -> Path:
+    imagegen.rgb(path, 40, 32, seed=seed)
+    arr = np.asarray(Image.open(path)).astype(float) + np.random.default_rng(seed).normal(0, 30, (32, 40, 3))
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_each_outcome_carries_the_settings_its_image_was_made_with(tmp_path, tiny_engine):
+    """auto: a noisy and a clean image get different presets; each outcome holds that preset's own settings
+    object, not one looked up again by name."""
+    _noisy(tmp_path / "noisy.png", 1)
+    Image.fromarray(np.full((32, 40, 3), 120, np.uint8)).save(tmp_path / "flat.png")
+    policy = load_policy("auto", {"tile": 32, "overlap": 8, "posterior": "mean", "device": "cpu"})
+    tasks = _tasks(tmp_path, ["noisy.png", "flat.png"], tmp_path / "out")
+    outcomes = {Path(o.input).name: o for o in process_images(tasks, policy, tiny_engine)}
+    assert {n: o.status for n, o in outcomes.items()} == {"noisy.png": "done", "flat.png": "done"}
+    assert outcomes["noisy.png"].preset == "noisy" and outcomes["flat.png"].preset == "default"
+    for o in outcomes.values():
+        assert o.settings is policy.choices[o.preset]
+        assert o.timesteps == o.settings.timesteps and o.rule and o.degradation is not None
+        assert (o.tile, o.overlap) == (32, 8) and sum(o.batch_sizes) >= 1
+
+
+def test_tasks_with_pixels_in_memory_and_a_custom_write_touch_no_file(tmp_path, tiny_engine):
+    """What `invsr bench` does: decoded pixels in, results kept, nothing read or written on disk."""
+    from invsr_cli.imageio import read_image
+
+    imagegen.rgb(tmp_path / "a.png", 40, 24, seed=3)
+    loaded = read_image(tmp_path / "a.png")
+    (job,) = discover([str(tmp_path / "a.png")], tmp_path / "out").jobs
+    (tmp_path / "a.png").unlink()  # proves the pixels given are used, not the file
+    kept = {}
+
+    def keep(img, rgb):
+        kept[img.task.index] = rgb
+        return rgb.shape[1], rgb.shape[0]
+
+    settings = resolve_settings(None, {"tile": 32, "overlap": 8, "posterior": "mean"})
+    (o,) = process_images([ImageTask(job, 0, loaded)], FixedPolicy(settings), tiny_engine, write=keep)
+    assert o.status == "done" and (o.width, o.height) == (160, 96)
+    assert kept[0].shape == (96, 160, 3) and np.isfinite(kept[0]).all()
+    assert not (tmp_path / "out").exists()
+
+
+def test_should_stop_ends_after_the_writes_in_flight(tmp_path, tiny_engine):
+    names = [f"{i}.png" for i in range(5)]
+    for i, n in enumerate(names):
+        imagegen.rgb(tmp_path / n, 32, 24, seed=i)
+    settings = resolve_settings(None, {"tile": 32, "overlap": 8, "batch_size": 1})
+    done = []
+    processing = process_images(_tasks(tmp_path, names, tmp_path / "out"), FixedPolicy(settings), tiny_engine,
+                                should_stop=lambda: len(done) >= 1)
+    for o in processing:
+        done.append(o)
+    assert 1 <= len(done) < len(names) and all(o.status == "done" for o in done)
+    assert processing.stopped is None  # a requested stop is not a failure
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(Path(o.output).name for o in done)
+
+
+def test_disk_full_marks_every_task_never_attempted(tmp_path, tiny_engine):
+    names = [f"{i}.png" for i in range(6)]
+    for i, n in enumerate(names):
+        imagegen.rgb(tmp_path / n, 32, 24, seed=i)
+
+    def full(img, rgb):
+        raise DiskFullError(f"{img.job.output}: No space left on device", errno.ENOSPC)
+
+    settings = resolve_settings(None, {"tile": 32, "overlap": 8, "batch_size": 1})
+    processing = process_images(_tasks(tmp_path, names, tmp_path / "out"), FixedPolicy(settings), tiny_engine,
+                                write=full)
+    outcomes = list(processing)
+    assert processing.stopped and "disk full" in processing.stopped
+    assert sorted(Path(o.input).name for o in outcomes) == names  # every task has exactly one outcome
+    assert all(o.status == "failed" for o in outcomes)
+    tried = [o for o in outcomes if "No space left" in o.reason]
+    never = [o for o in outcomes if o.reason.startswith("not attempted: disk full")]
+    assert tried and never and len(tried) + len(never) == len(names)
+
+
+def _finished_image(tmp_path, hr, color_fix="none") -> PreparedImage:
+    from invsr_cli.imageio import read_image
+    from invsr_cli.settings import ImageSettings
+
+    imagegen.rgb(tmp_path / "a.png", 16, 16, seed=1)
+    (job,) = discover([str(tmp_path / "a.png")], tmp_path / "out").jobs
+    s = resolve_settings(None, {"tile": 16, "overlap": 0, "color_fix": color_fix})
+    img = PreparedImage(ImageTask(job), ImageSettings(s), read_image(job.input), 0.0)
+    img.replan(16)
+
+    class Done:
+        def result(self):
+            return hr
+
+    img.acc = Done()
+    return img
+
+
+@pytest.mark.parametrize(("value", "reason"), [(float("nan"), "NaN/inf"), (0.5, "blank")])
+def test_sink_refuses_bad_outputs_and_writes_nothing(tmp_path, value, reason):
+    hr = torch.rand(3, 64, 64)
+    hr[:, 10, 10] = value
+    if reason == "blank":
+        hr[:] = value
+    sink = ImageSink(torch.device("cpu"))
+    (o,) = list(sink.finish(_finished_image(tmp_path, hr)))
+    sink.close()
+    assert o.status == "failed" and reason in o.reason and not (tmp_path / "out").exists()
+
+
+def test_sink_writes_in_the_background_and_reports_done(tmp_path):
+    sink = ImageSink(torch.device("cpu"))
+    img = _finished_image(tmp_path, torch.rand(3, 64, 64), color_fix="adain")
+    assert list(sink.finish(img)) == []  # queued, not yet collected
+    (o,) = list(sink.drain())
+    sink.close()
+    assert o.status == "done" and (o.width, o.height) == (64, 64) and o.settings.color_fix == "adain"
+    assert Image.open(tmp_path / "out" / "a.png").size == (64, 64)
+
+
+def test_reporter_hears_tiles_planned_and_done(tmp_path, tiny_engine):
+    class Count(Reporter):
+        planned = done = 0
+
+        def tiles_planned(self, n):
+            self.planned += n
+
+        def tiles_done(self, n):
+            self.done += n
+
+    imagegen.rgb(tmp_path / "a.png", 64, 40, seed=2)
+    settings = resolve_settings(None, {"tile": 32, "overlap": 8})
+    rep = Count()
+    (o,) = process_images(_tasks(tmp_path, ["a.png"], tmp_path / "out"), FixedPolicy(settings), tiny_engine,
+                          reporter=rep)
+    assert o.tiles > 1 and rep.planned == rep.done == o.tiles
