@@ -9,7 +9,7 @@ trim it, so a freed block is reused by the next tile: a fp32 tile ran 1.18x fast
 (docs/PERFORMANCE.md, "Allocator").
 
 It changes the whole process's allocator, so the library never calls it on import or in ``InvSREngine``: the
-``invsr`` command does (`runner.load_engine`, `invsr bench`), for CPU engines only. ``INVSR_MALLOC=system`` turns it
+``invsr`` command does (`invsr_cli.engine.start.load_engine`, `invsr bench`), for CPU engines only. ``INVSR_MALLOC=system`` turns it
 off. Elsewhere than Linux with glibc it does nothing.
 """
 

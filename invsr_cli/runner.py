@@ -4,8 +4,9 @@
 
 1. takes the output folder's lock, cleans temporary files an interrupted run left, opens the run manifest;
 2. decides per job: skip (an up-to-date output exists) or compute;
-3. loads the engine (only if something is to be computed) and hands the rest to
-   :func:`invsr_cli.process.process_images`, the unit of work: one image with its resolved settings;
+3. hands the rest to an executor (:mod:`invsr_cli.executors`: this process by default), which loads the models
+   only if something is to be computed and runs :func:`invsr_cli.process.process_images`, the unit of work: one
+   image with its resolved settings;
 4. records each outcome (reporter, manifest, summary) and returns the :class:`~invsr_cli.report.Summary`.
 
 One bad input never stops the batch. A full disk does (every later write would fail too). SIGINT/SIGTERM stop
@@ -24,19 +25,12 @@ from typing import Any
 
 from invsr_cli.discover import Job
 from invsr_cli.errors import InvSRError
+from invsr_cli.executors import Executor, RunContext
 from invsr_cli.manifest import MANIFEST_NAME, Manifest, input_stamp
 from invsr_cli.report import Outcome, Reporter, Summary
 from invsr_cli.settings import FixedPolicy, Settings, SettingsPolicy
 
-__all__ = ["run_batch", "load_engine", "Recorder"]
-
-
-def load_engine(settings: Settings) -> Any:
-    """Load the engine ``settings`` ask for (weights from the HF cache or local paths)."""
-    from invsr_cli.engine.start import load_engine as load
-
-    return load(settings.sd_model, settings.noise_predictor, device=settings.device, dtype=settings.dtype,
-                vae_fp32=settings.vae_fp32, compile=settings.compile)
+__all__ = ["run_batch", "Recorder"]
 
 
 class Recorder:
@@ -98,7 +92,8 @@ def run_batch(
     manifest_path: Path | None = None,
     wait: bool = False,
     engine: Any = None,
-    engine_loader: Callable[[Settings], Any] = load_engine,
+    engine_loader: Callable[[Settings], Any] | None = None,
+    executor: Executor | None = None,
     handle_signals: bool = True,
     input_errors: Sequence[tuple[str, str]] = (),
 ) -> Summary:
@@ -108,14 +103,17 @@ def run_batch(
     ``input_errors`` are ``(input, reason)`` pairs that discovery could not turn into jobs (no such file, matches
     nothing): they are reported and counted as failed like any other input, so the summary tells the whole run.
 
-    ``engine`` may be given (tests, benchmarks, programs that keep one loaded); otherwise ``engine_loader`` is
-    called once, and only if some job needs computing. Raises ``LockedError`` when another run holds the
-    folder, ``WeightsUnavailableError``/``ModelLoadError`` when the models cannot be loaded.
+    ``executor`` runs the images (:mod:`invsr_cli.executors`); by default this process does, with ``engine`` if
+    given (tests, benchmarks, programs that keep one loaded), otherwise with one ``engine_loader`` loads once,
+    and only if some job needs computing. Raises ``LockedError`` when another run holds the folder,
+    ``WeightsUnavailableError``/``ModelLoadError`` when the models cannot be loaded.
     """
+    from invsr_cli.executors import LocalExecutor, load_engine
     from invsr_cli.imageio import cleanup_stale_temps
     from invsr_cli.lock import output_lock
 
     policy = FixedPolicy(settings) if isinstance(settings, Settings) else settings
+    executor = executor or LocalExecutor(engine, engine_loader or load_engine)
     reporter = reporter or Reporter()
     start = time.perf_counter()
     if dry_run:
@@ -137,13 +135,7 @@ def run_batch(
         reporter.start(len(jobs), len(todo), 0)
         try:
             with _stop_on_signals(rec, enabled=handle_signals) as signals:
-                if todo:
-                    if engine is None:
-                        reporter.info(f"loading the models: {policy.settings.sd_model}, noise predictor "
-                                      f"{policy.settings.noise_predictor or 'default'}")
-                        with signals.loading():
-                            engine = engine_loader(policy.settings)
-                    _compute(todo, policy, engine, rec)
+                _compute(todo, policy, executor, RunContext(reporter, lambda: rec.stopping, signals.loading), rec)
         except _StoppedWhileLoading:
             pass  # the summary below says which signal
         finally:
@@ -153,39 +145,14 @@ def run_batch(
     return rec.summary
 
 
-def _compute(todo: list[tuple[int, Job]], policy: SettingsPolicy, engine: Any, rec: Recorder) -> None:
-    from invsr_cli.process import ImageTask, process_images
+def _compute(todo: list[tuple[int, Job]], policy: SettingsPolicy, executor: Executor, ctx: RunContext,
+             rec: Recorder) -> None:
+    from invsr_cli.process import ImageTask
 
-    reporter = rec.reporter
-    timer = None
-    if getattr(reporter, "verbose", False):
-        from invsr_cli.engine.timing import StageTimer
-
-        timer = StageTimer(engine.device)
-        timer.attach(engine)
-        reporter.info(_engine_line(engine, policy))
     jobs = {(str(job.input), str(job.output)): job for _, job in todo}
-    processing = process_images((ImageTask(job, index) for index, job in todo), policy, engine, reporter=reporter,
-                                should_stop=lambda: rec.stopping, timer=timer)
-    try:
-        for outcome in processing:
-            rec.record(outcome, jobs.get((outcome.input, outcome.output)))
-    finally:
-        if timer is not None:
-            timer.detach()
-    rec.summary.stopped = processing.stopped
-
-
-def _engine_line(engine: Any, policy: SettingsPolicy) -> str:
-    """-v, once per run: where and how the engine computes, and with which weights."""
-    import json
-
-    load = getattr(engine, "load_seconds", None)
-    models = getattr(engine, "identity", None) or {"sd_model": policy.settings.sd_model,
-                                                   "noise_predictor": policy.settings.noise_predictor}
-    return (f"engine: device {engine.device}, dtype {getattr(engine, 'dtype', policy.settings.dtype)}, "
-            f"load {f'{load:.1f} s' if load is not None else 'n/a (given loaded)'}; "
-            f"models {json.dumps(models, sort_keys=True, default=str)}")
+    for outcome in executor.run([ImageTask(job, index) for index, job in todo], policy, ctx):
+        rec.record(outcome, jobs.get((outcome.input, outcome.output)))
+    rec.summary.stopped = executor.stopped
 
 
 def _record_input_errors(errors: Sequence[tuple[str, str]], rec: Recorder) -> None:
