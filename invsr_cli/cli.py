@@ -65,6 +65,7 @@ RUN = "Run"
     "  invsr upscale scans/ out/ --preset blur --format png\n\n"
     "  invsr upscale 'shots/**/*.jpg' out/ --preset auto\n\n"
     "  find photos -name '*.jpg' -print0 | invsr upscale -0 - out/\n\n"
+    "  invsr upscale /shared/in /shared/out --ray auto   (a Ray cluster; RAY_ADDRESS names it)\n\n"
     "  0 3 * * * invsr upscale -q -r /srv/inbox /srv/upscaled   (crontab: nightly, errors only)",
 )
 def upscale(
@@ -139,6 +140,10 @@ def upscale(
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="More detail.", rich_help_panel=RUN)] = False,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout, then a summary.",
                                               rich_help_panel=RUN)] = False,
+    ray: Annotated[str | None, typer.Option("--ray", metavar="auto|local|ADDRESS", help="Run on a Ray cluster "
+                                            "(the invsr-cli[ray] extra): local starts one in this process, auto "
+                                            "joins RAY_ADDRESS, or give HOST:PORT; outputs go to a shared "
+                                            "file system.", rich_help_panel=RUN)] = None,
 ) -> None:
     """Upscale images x4: files, folders, globs or a stdin list into an output folder."""
     from invsr_cli.discover import discover
@@ -147,6 +152,11 @@ def upscale(
     from invsr_cli.runner import run_batch
 
     inputs, out_dir = _split_paths(paths, output)
+    executor = None
+    if ray is not None:
+        from invsr_cli.executors.ray_data import RayExecutor
+
+        executor = RayExecutor(ray)  # exit 2 naming the extra when Ray is not installed
     flags = dict(
         steps=steps, timesteps=timesteps, seed=seed, posterior=posterior, guidance=guidance, color_fix=color_fix,
         tile=tile, overlap=overlap, blend=blend, batch_size=batch_size, scale=scale, format=fmt, quality=quality,
@@ -159,7 +169,7 @@ def upscale(
                      fmt=policy.settings.format)
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
     summary = run_batch(found.jobs, policy, output_dir=out_dir, reporter=reporter, dry_run=dry_run,
-                        manifest_path=manifest, wait=wait, input_errors=found.errors)
+                        manifest_path=manifest, wait=wait, input_errors=found.errors, executor=executor)
     raise typer.Exit(_exit_code(summary))
 
 
