@@ -274,7 +274,7 @@ def test_driver_killed_then_rerun_computes_only_what_is_missing(tiny_models, tmp
     records as done and computes only the rest, each input ending done exactly once across the two runs."""
     inp = tmp_path / "in"
     inp.mkdir()
-    for i in range(10):
+    for i in range(16):
         imagegen.rgb(inp / f"img{i:02d}.png", w=48, h=40, seed=i)
     out = tmp_path / "out"
     args = [INVSR, "upscale", str(inp), str(out), "--ray", "local", "--json", "--sd-model", str(tiny_models.sd_dir),
@@ -291,19 +291,46 @@ def test_driver_killed_then_rerun_computes_only_what_is_missing(tiny_models, tmp
                 if len(done_first) == 2:
                     break
     finally:
-        os.killpg(first.pid, signal.SIGKILL)  # the driver and the local cluster it started
+        _kill_tree(first.pid)  # the driver and the local cluster it started (raylet, GCS, workers), at once
         first.wait(timeout=60)
+    # The kill may fall between an image's JSON line and its manifest line: that output is complete (atomic
+    # writes) but unrecorded, and the re-run keeps it as "output exists". Either way it is not computed again.
     recorded = {r["input"] for r in _manifest(out) if r["status"] == "done"}
-    assert set(done_first) <= recorded and len(recorded) < 10
+    kept = {str(inp / p.name) for p in out.iterdir() if not p.name.startswith(".")}
+    assert set(done_first[:1]) <= recorded <= kept and len(kept) < 16
 
     second = subprocess.run(args, capture_output=True, env=_env(), timeout=300)
     assert second.returncode == 0, second.stderr.decode()[-2000:]
     rows = [json.loads(line) for line in second.stdout.decode().splitlines()]
     images = [r for r in rows if r.get("type") == "image"]
-    assert {r["input"] for r in images if r["status"] == "skipped"} == recorded
+    assert {r["input"] for r in images if r["status"] == "skipped"} == kept
     computed = [r["input"] for r in images if r["status"] == "done"]
-    assert sorted(computed) == sorted(str(p) for p in inp.iterdir() if str(p) not in recorded)
+    assert sorted(computed) == sorted(str(p) for p in inp.iterdir() if str(p) not in kept)  # each once
     assert not [p for p in os.listdir(out) if p.endswith(".invsr-tmp")]
     for p in inp.iterdir():
         with __import__("PIL.Image").Image.open(out / p.name) as im:
             assert im.size == (192, 160)
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process descended from it (found through /proc), all at once: a crash of the
+    driver's machine, as far as its own processes go. Ray's workers may leave the driver's process group."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    todo, tree = [pid], []
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
