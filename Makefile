@@ -1,7 +1,12 @@
 # invsr developer targets. `make install` once, then `make test`.
 PY ?= python3
 VENV ?= .venv
+# Optional extras installed with dev; `make install EXTRAS=` for the base install only. CI installs ray so the
+# Ray tests run rather than skip.
+EXTRAS ?= ray
 BIN := $(VENV)/bin
+
+comma := ,
 
 .PHONY: install test test-all lint bench bench-quick wheel clean
 
@@ -10,7 +15,7 @@ install:
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev$(if $(EXTRAS),$(comma)$(EXTRAS))]"
 
 test:
 	$(BIN)/python -m pytest -q

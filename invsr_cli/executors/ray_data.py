@@ -120,10 +120,12 @@ class RayWorker:
             for i, o, r, f, s, x in zip(batch["input"], batch["output"], batch["rel"], batch["format"],
                                         batch["spec"], batch["index"], strict=True)
         ]
+        start = time.perf_counter()
         reporter = _Collect()
         got, stopped = self._process(tasks, reporter)
+        seconds = time.perf_counter() - start
         rows: dict[str, list[Any]] = {k: [] for k in ("input", "output", "status", "record", "worker", "warnings",
-                                                       "stopped")}
+                                                       "stopped", "call_seconds")}
         for n, task in enumerate(tasks):
             o = got[str(task.job.output)]
             rec = o.to_dict()
@@ -136,6 +138,7 @@ class RayWorker:
             rows["worker"].append(self._worker)
             rows["warnings"].append(json.dumps(reporter.warnings if n == 0 else []))
             rows["stopped"].append(stopped or "")
+            rows["call_seconds"].append(seconds if n == 0 else -1.0)  # the call's time, on its first row
         return rows
 
     def _process(self, tasks: list[ImageTask], reporter: Reporter) -> tuple[dict[str, Outcome], str | None]:
@@ -204,7 +207,9 @@ class RayExecutor:
     engine loader the workers call (default :func:`invsr_cli.executors.load_engine`; must be importable on the
     workers).
 
-    After a run: ``workers_seen`` maps each worker's assignment (node, pid, GPU ids, CPUs, device) to the number
+    After a run: ``calls`` lists ``(arrival, seconds, images)`` per worker call: when its first row reached the
+    driver (``time.perf_counter``), how long the call took in the worker, and its images (scripts/ray_overhead.py
+    derives Ray's per-image overhead from it); ``workers_seen`` maps each worker's assignment (node, pid, GPU ids, CPUs, device) to the number
     of images it finished; ``duplicates`` counts repeated rows a retried block sent (and were dropped);
     ``startup_seconds`` is the time from the call to the cluster being ready; ``first_row_seconds`` to the first
     status row.
@@ -228,6 +233,7 @@ class RayExecutor:
         self.stopped: str | None = None
         self.duplicates = 0
         self.workers_seen: dict[str, int] = {}
+        self.calls: list[tuple[float, float, int]] = []
         self.startup_seconds: float | None = None
         self.first_row_seconds: float | None = None
 
@@ -315,8 +321,14 @@ class RayExecutor:
         rows = ds.iter_rows()
         try:
             for row in _unwrap_errors(rows):
+                now = time.perf_counter()
                 if self.first_row_seconds is None:
-                    self.first_row_seconds = round(time.perf_counter() - start, 3)
+                    self.first_row_seconds = round(now - start, 3)
+                if row["call_seconds"] >= 0:
+                    self.calls.append((now, float(row["call_seconds"]), 0))
+                if self.calls:
+                    t, sec, n = self.calls[-1]
+                    self.calls[-1] = (t, sec, n + 1)
                 if row["output"] in seen:
                     self.duplicates += 1
                     continue
