@@ -334,3 +334,55 @@ def _kill_tree(pid: int) -> None:
             os.kill(p, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+@needs_ray
+@pytest.mark.slow
+def test_sigterm_stops_after_the_rows_in_flight_and_shuts_the_local_cluster_down(tiny_models, tmp_path):
+    """SIGTERM to `invsr upscale --ray local`: exit 143, every recorded image recorded once, every output
+    complete, no temporary files, and the local cluster's processes gone with the driver."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(16):
+        imagegen.rgb(inp / f"img{i:02d}.png", w=48, h=40, seed=i)
+    out = tmp_path / "out"
+    args = [INVSR, "upscale", str(inp), str(out), "--ray", "local", "--json", "--sd-model", str(tiny_models.sd_dir),
+            "--noise-predictor", str(tiny_models.noise_predictor_path), "--device", "cpu", "--dtype", "fp32",
+            "--tile", "32", "--overlap", "8"]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), start_new_session=True)
+    lines = []
+    for line in p.stdout:
+        lines.append(json.loads(line))
+        if lines[-1].get("status") == "done":
+            p.send_signal(signal.SIGTERM)
+            break
+    rest, err = p.communicate(timeout=120)
+    lines += [json.loads(line) for line in rest.decode().splitlines()]
+    assert p.returncode == 143, err.decode()[-2000:]
+    summary = lines[-1]
+    assert summary["type"] == "summary" and summary["interrupted"] == "SIGTERM"
+    records = _manifest(out)
+    assert Counter(r["input"] for r in records).most_common(1)[0][1] == 1
+    assert summary["processed"] == len(records) < 16
+    assert not [q for q in os.listdir(out) if q.endswith(".invsr-tmp")]
+    for q in out.iterdir():
+        if not q.name.startswith("."):
+            with __import__("PIL.Image").Image.open(q) as im:
+                im.load()
+    time.sleep(2)  # ray.shutdown() ended the local cluster: nothing of this session is left
+    assert not _session_processes(p.pid)
+
+
+def _session_processes(sid: int) -> list[str]:
+    """Live processes of the session ``sid`` (the driver started a new one; Ray's local cluster inherits it)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":  # fields: state, ppid, pgrp, session
+                found.append(entry)
+    return found

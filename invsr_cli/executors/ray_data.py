@@ -238,10 +238,25 @@ class RayExecutor:
         self.first_row_seconds: float | None = None
 
     # connecting -------------------------------------------------------------------------------------------------
-    def _connect(self, ray: Any, reporter: Reporter) -> bool:
-        """Initialise Ray as ``address`` says; True when this call started it (and must shut it down)."""
+    def _connect(self, ray: Any, reporter: Reporter) -> None:
+        """Initialise Ray as ``address`` says, unless this process has already. ``ray.init`` installs its own
+        SIGINT/SIGTERM handlers in a driver (SIGTERM: exit 15 at once); the run's handlers (stop after the
+        rows in flight, exit 143) are put back."""
         if ray.is_initialized():
-            return False
+            return
+        import signal
+        import threading
+
+        main = threading.current_thread() is threading.main_thread()
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+        try:
+            self._init(ray, reporter)
+        finally:
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
+
+    def _init(self, ray: Any, reporter: Reporter) -> None:
         common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         if self.address == "local":
             reporter.info(f"ray: starting a local cluster ({os.cpu_count()} CPUs, object store "
@@ -255,13 +270,13 @@ class RayExecutor:
                 ray.init(address=address, **{k: v for k, v in common.items() if k != "include_dashboard"})
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise RayRunError(f"--ray {self.address}: cannot connect to the Ray cluster: {e}") from None
-        return True
 
     @staticmethod
     def _quiet_ray_data() -> Any:
         from ray.data import DataContext
 
-        logging.getLogger("ray.data").setLevel(logging.ERROR)  # Ray Data's per-run INFO/WARNING chatter
+        # Ray Data's per-run chatter, and its own stack trace of an error this executor raises (and the CLI reports)
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = False  # the run's reporter shows progress; Ray's bars would interleave
         ctx.print_on_execution_start = False
@@ -273,15 +288,16 @@ class RayExecutor:
             return
         ray = require_ray()
         start = time.perf_counter()
-        with ctx.loading():  # a stop signal while the cluster starts abandons the start
-            started = self._connect(ray, ctx.reporter)
+        ours = not ray.is_initialized()  # this run starts or joins the cluster: it shuts its connection down
         try:
+            with ctx.loading():  # a stop signal while the cluster starts abandons the start
+                self._connect(ray, ctx.reporter)
             self.startup_seconds = round(time.perf_counter() - start, 3)
             ctx.reporter.info(f"ray: cluster ready in {self.startup_seconds:.1f} s: {ray.cluster_resources()}")
             yield from self._run(ray, tasks, policy, ctx, start)
         finally:
-            if started:
-                ray.shutdown()
+            if ours and ray.is_initialized():
+                ray.shutdown()  # `local`: stops the cluster; `auto`/ADDRESS: disconnects
             _remove_temps(tasks)
 
     def plan(self, ray: Any, policy: SettingsPolicy, n_tasks: int) -> dict[str, Any]:
@@ -372,13 +388,27 @@ def _unwrap_errors(rows: Any) -> Iterator[dict[str, Any]]:
     except InvSRError:
         raise
     except Exception as e:
-        cause: BaseException | None = e
-        while cause is not None:
-            if isinstance(cause, InvSRError):
-                raise cause from e
-            cause = getattr(cause, "cause", None) or cause.__cause__
+        ours = _our_cause(e)
+        if ours is not None:
+            raise ours from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise RayRunError(f"the Ray run failed: {type(e).__name__}: {first}") from e
+
+
+def _our_cause(e: BaseException) -> InvSRError | None:
+    """The :class:`InvSRError` a Ray error wraps, if any: Ray keeps a worker's exception as ``RayTaskError.cause``
+    (an actor that died in ``__init__`` holds that ``RayTaskError`` in its arguments)."""
+    todo, seen = [e], set()
+    while todo:
+        c = todo.pop()
+        if id(c) in seen:
+            continue
+        seen.add(id(c))
+        if isinstance(c, InvSRError):
+            return c
+        todo += [x for x in (getattr(c, "cause", None), c.__cause__, c.__context__, *c.args)
+                 if isinstance(x, BaseException)]
+    return None
 
 
 def _remove_temps(tasks: Sequence[ImageTask]) -> int:
