@@ -139,6 +139,7 @@ def main() -> None:
     p.add_argument("--overlap", type=int, default=8)
     p.add_argument("--batch", type=int, default=4, help="images per Ray worker call")
     p.add_argument("--work", default="/tmp/invsr-ray-overhead")
+    p.add_argument("--order", default="single,ray", help="which run goes first (the machine's load drifts)")
     p.add_argument("--run", choices=("single", "ray"), help=argparse.SUPPRESS)
     p.add_argument("--inp", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -152,7 +153,7 @@ def main() -> None:
     inp, sd, np_path = build(work, args.models, args.images, args.size)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     results = {}
-    for mode in ("single", "ray"):
+    for mode in args.order.split(","):
         out = work / f"out-{mode}"
         subprocess.run(["rm", "-rf", str(out)], check=True)
         cmd = [sys.executable, __file__, "--run", mode, "--inp", str(inp), "--out", str(out), "--sd", str(sd),
@@ -173,7 +174,7 @@ def main() -> None:
     # the call (scheduling, the row transfer, the driver's hand-off), per image; and inside the worker, its
     # call against the single-process steady-state time per image (rows built, task records parsed).
     print(json.dumps({
-        "models": args.models, "images": args.images, "size": args.size, "tile": args.tile, "batch": args.batch,
+        "models": args.models, "order": args.order, "images": args.images, "size": args.size, "tile": args.tile, "batch": args.batch,
         "machine": f"{os.cpu_count()} CPUs, 1 torch thread per side", **{k: v for k, v in results.items()},
         "overhead_per_image_s": round(overhead, 4),
         "overhead_share_of_one_image": round(overhead / results["single"]["steady_per_image"], 4),

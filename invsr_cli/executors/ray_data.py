@@ -114,6 +114,7 @@ class RayWorker:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         from invsr_cli.discover import Job
+        from invsr_cli.sink import failure
 
         tasks = [
             ImageTask(Job(Path(str(i)), Path(str(o)), PurePosixPath(str(r)), str(f), str(s)), int(x))
@@ -127,7 +128,7 @@ class RayWorker:
         rows: dict[str, list[Any]] = {k: [] for k in ("input", "output", "status", "record", "worker", "warnings",
                                                        "stopped", "call_seconds")}
         for n, task in enumerate(tasks):
-            o = got[str(task.job.output)]
+            o = got.get(str(task.job.output)) or failure(task, f"not attempted: {stopped}")  # after a full disk
             rec = o.to_dict()
             if o.settings is not None:
                 rec["settings"] = o.settings.to_dict()
