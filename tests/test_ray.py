@@ -247,6 +247,49 @@ def test_a_node_removed_mid_run_still_yields_every_image_exactly_once(fake_gpu_c
         cluster.shutdown()
 
 
+@needs_ray
+def test_the_driver_records_the_first_row_per_output_and_stops_after_a_full_disk(tmp_path):
+    """The driver's side alone, on rows as a worker makes them: a retried block's repeated row is dropped (counted),
+    warnings are passed on, and after a row saying the disk is full every image without a row is "not attempted"
+    (as in a local run), so each input still ends in exactly one record."""
+    from pathlib import PurePosixPath
+
+    from invsr_cli.discover import Job
+    from invsr_cli.executors.ray_data import RayExecutor
+    from invsr_cli.report import Outcome
+
+    s = resolve_settings(None, {"tile": 64, "overlap": 16})
+    jobs = [Job(tmp_path / f"{n}.png", tmp_path / "out" / f"{n}.png", PurePosixPath(f"{n}.png"), "png")
+            for n in "abcd"]
+
+    def row(job, status, *, stopped="", warnings=(), call=-1.0):
+        o = Outcome(str(job.input), str(job.output), status, tiles=2, timesteps=s.timesteps, settings=s)
+        return {"input": o.input, "output": o.output, "status": status,
+                "record": json.dumps({**o.to_dict(), "settings": s.to_dict()}), "worker": json.dumps({"pid": 1}),
+                "warnings": json.dumps(list(warnings)), "stopped": stopped, "call_seconds": call}
+
+    a, b, c, d = jobs
+    rows = [row(a, "done", warnings=["out of memory at batch 2"], call=1.5), row(b, "done"),
+            row(a, "done", call=1.5), row(c, "failed", stopped="disk full or I/O error writing c.png"),
+            row(d, "done")]
+
+    class Heard(Reporter):
+        said: list = []
+
+        def warning(self, text):
+            self.said.append(text)
+
+    ex = RayExecutor("local")
+    got = list(ex.consume(iter(rows), [ImageTask(j, i) for i, j in enumerate(jobs)], RunContext(Heard()), 0.0))
+    assert [(Path(o.input).stem, o.status) for o in got] == [("a", "done"), ("b", "done"), ("c", "failed"),
+                                                             ("d", "failed")]
+    assert got[-1].reason == "not attempted: disk full or I/O error writing c.png"
+    assert ex.duplicates == 1 and ex.stopped == "disk full or I/O error writing c.png"
+    assert got[0].settings == s and got[0].timesteps == s.timesteps  # the settings the manifest records
+    assert Heard.said == ["out of memory at batch 2"]
+    assert [(n, round(sec, 1)) for _, sec, n in ex.calls] == [(2, 1.5), (2, 1.5)]
+
+
 # -- the real executable ----------------------------------------------------------------------------------------
 
 

@@ -334,8 +334,14 @@ class RayExecutor:
                                                             initial_size=plan["size"]),
             **plan["resources"],
         )
+        yield from self.consume(ds.iter_rows(), tasks, ctx, start)
+
+    def consume(self, rows: Any, tasks: Sequence[ImageTask], ctx: Any, start: float) -> Iterator[Outcome]:
+        """The driver's side: status rows (from ``iter_rows``, in arrival order) -> outcomes, the first row per
+        output only; stops after a row that says the disk is full (then every image without a row is "not
+        attempted") or when ``ctx.should_stop()``."""
+        reporter = ctx.reporter
         seen: set[str] = set()
-        rows = ds.iter_rows()
         try:
             for row in _unwrap_errors(rows):
                 now = time.perf_counter()
@@ -346,7 +352,7 @@ class RayExecutor:
                 if self.calls:
                     t, sec, n = self.calls[-1]
                     self.calls[-1] = (t, sec, n + 1)
-                if row["output"] in seen:
+                if row["output"] in seen:  # a retried block's repeat: the image is recorded already
                     self.duplicates += 1
                     continue
                 seen.add(row["output"])
