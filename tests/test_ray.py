@@ -290,6 +290,18 @@ def test_the_driver_records_the_first_row_per_output_and_stops_after_a_full_disk
     assert [(n, round(sec, 1)) for _, sec, n in ex.calls] == [(2, 1.5), (2, 1.5)]
 
 
+def test_every_policy_pickles_for_the_workers():
+    """The policy reaches the workers through `fn_constructor_kwargs` (pickled): the auto preset's too."""
+    import pickle
+
+    from invsr_cli.preset_files import load_policy
+
+    for name in ("default", "auto"):
+        policy = load_policy(name, {"tile": 64})
+        back = pickle.loads(pickle.dumps(policy))
+        assert back == policy and back.fingerprint() == policy.fingerprint()
+
+
 # -- the real executable ----------------------------------------------------------------------------------------
 
 
