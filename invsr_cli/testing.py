@@ -6,7 +6,7 @@
   a 32x32 LR image a fraction of a second on a CPU.
 * :func:`build_full_size_components` builds the FULL SD-Turbo (SD 2.1) architectures and the official-size noise
   predictor in memory with random weights, for benchmarks (about 1.3 G parameters: slow to build, never used by the
-  default tests).
+  default tests); :func:`save_full_size_models` writes them to disk in the real layouts (load-time measurements).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ __all__ = [
     "TinyModels",
     "build_tiny_models",
     "build_full_size_components",
+    "save_full_size_models",
     "tiny_noise_predictor_config",
     "SD_TURBO_SCHEDULER_CONFIG",
 ]
@@ -301,3 +302,22 @@ def build_full_size_components(dtype: torch.dtype | None = None, device: str = "
         noise_predictor=noise_predictor,
         identity={"sd_model": "random:full-size-sd-turbo-arch", "noise_predictor": "random:official-arch"},
     )
+
+
+def save_full_size_models(root: Path) -> TinyModels:
+    """Write :func:`build_full_size_components` (fp32, random weights) to disk in the layouts of the real weights:
+    a diffusers SD folder (``root/sd``, safetensors, about 5 GB) and ``root/noise_predictor.pth`` (135 MB). The
+    tokenizer is the tiny one. For measuring load times through the real loading code; takes a minute or two."""
+    import torch
+
+    root = Path(root)
+    sd_dir = root / "sd"
+    comps = build_full_size_components(dtype=torch.float32, device="cpu")
+    comps.vae.save_pretrained(sd_dir / "vae", safe_serialization=True)
+    comps.unet.save_pretrained(sd_dir / "unet", safe_serialization=True)
+    comps.text_encoder.save_pretrained(sd_dir / "text_encoder", safe_serialization=True)
+    comps.scheduler.save_pretrained(sd_dir / "scheduler")
+    _write_tokenizer(sd_dir / "tokenizer")
+    np_path = root / "noise_predictor.pth"
+    torch.save(comps.noise_predictor.state_dict(), np_path)
+    return TinyModels(root=root, sd_dir=sd_dir, noise_predictor_path=np_path)
