@@ -49,8 +49,7 @@ READERS = 2
 
 def load_engine(settings: Settings) -> Any:
     """Load the InvSR engine the settings ask for (weights from the HF cache or local paths)."""
-    from invsr_cli.engine.models import resolve_device
-    from invsr_cli.engine.sampler import InvSREngine
+    from invsr_cli.engine import InvSREngine, resolve_device
     from invsr_cli.malloc import keep_freed_memory
 
     _quiet_libraries()

@@ -2,7 +2,7 @@
 
 * :func:`build_tiny_models` writes a TINY SD-Turbo-like diffusers folder and a tiny noise predictor checkpoint in the
   same on-disk layouts as the real ones, so tests load them through the real loading code
-  (:func:`invsr_cli.engine.models.load_components`). Building and loading take about a second; a 1-step upscale of
+  (:func:`invsr_cli.engine.loading.load_components`). Building and loading take about a second; a 1-step upscale of
   a 32x32 LR image a fraction of a second on a CPU.
 * :func:`build_full_size_components` builds the FULL SD-Turbo (SD 2.1) architectures and the official-size noise
   predictor in memory with random weights, for benchmarks (about 1.3 G parameters: slow to build, never used by the
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from invsr_cli.engine.models import Components
+    from invsr_cli.engine.loading import Components
 
 __all__ = [
     "TinyModels",
@@ -240,7 +240,7 @@ def build_full_size_components(dtype: torch.dtype | None = None, device: str = "
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from invsr_cli.engine.models import Components, set_sdpa_attention
+    from invsr_cli.engine.loading import Components, set_sdpa_attention
     from invsr_cli.engine.noise_predictor import NoisePredictor, NoisePredictorConfig
 
     dtype = dtype or torch.float32
@@ -300,7 +300,8 @@ def build_full_size_components(dtype: torch.dtype | None = None, device: str = "
         tokenizer=tokenizer,
         scheduler=scheduler,
         noise_predictor=noise_predictor,
-        identity={"sd_model": "random:full-size-sd-turbo-arch", "noise_predictor": "random:official-arch"},
+        identity={"sd_model": {"source": "random", "arch": "full-size-sd-turbo"},
+                  "noise_predictor": {"source": "random", "arch": "official"}},
     )
 
 
