@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import signal
 import threading
 import time
@@ -107,13 +108,17 @@ def _quiet_libraries() -> None:
         lib.disable_progress_bar()
 
 
-def run_fingerprint(settings: Settings) -> str:
-    """What an output depends on; with ``auto``, every schedule the rules can pick and the rules themselves."""
+def run_fingerprint(settings: Settings, identity: dict[str, Any] | None = None) -> str:
+    """What an output depends on: the settings (with ``auto``, every schedule the rules can pick and the rules
+    themselves) and the weights' ``identity`` (:func:`invsr_cli.engine.model_identity`)."""
+    models = ""
+    if identity is not None:
+        models = "-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     if not settings.auto_choices:
-        return settings.output_fingerprint()
+        return settings.output_fingerprint() + models
     parts = [settings.output_fingerprint(), repr(settings.auto_rules)]
     parts += [f"{k}={v.output_fingerprint()}" for k, v in sorted(settings.auto_choices.items())]
-    return "auto-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return "auto-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16] + models
 
 
 @dataclass(eq=False)
@@ -144,6 +149,7 @@ class _Run:
     reporter: Reporter
     manifest: Manifest | None
     fingerprint: str
+    identity: dict[str, Any] = field(default_factory=dict)
     summary: Summary = field(default_factory=Summary)
     stop_signal: str | None = None
     stop_reason: str | None = None
@@ -161,7 +167,8 @@ class _Run:
             self.summary.planned += 1
         self.reporter.outcome(o)
         if self.manifest is not None and job is not None and o.status in ("done", "failed"):
-            rec = {**o.to_dict(), "fingerprint": self.fingerprint, "settings": self.settings_for(o)}
+            rec = {**o.to_dict(), "fingerprint": self.fingerprint, "settings": self.settings_for(o),
+                   "models": self.identity}
             with contextlib.suppress(OSError):
                 rec.update(input_stamp(job.input))
             try:
@@ -221,7 +228,8 @@ def run_batch(
         if removed:
             reporter.warning(f"removed {removed} temporary file(s) left by an interrupted run in {output_dir}")
         manifest = Manifest(manifest_path or output_dir / MANIFEST_NAME)
-        run = _Run(settings, reporter, manifest, run_fingerprint(settings))
+        identity = getattr(engine, "identity", None) or _model_identity(settings)
+        run = _Run(settings, reporter, manifest, run_fingerprint(settings, identity), identity)
         _record_input_errors(input_errors, run)
         todo = _skip_existing(jobs, run)
         reporter.start(len(jobs), len(todo), 0)
@@ -235,6 +243,12 @@ def run_batch(
             run.summary.wall_seconds = time.perf_counter() - start
             reporter.finish(run.summary)
     return run.summary
+
+
+def _model_identity(settings: Settings) -> dict[str, Any]:
+    from invsr_cli.engine import model_identity
+
+    return model_identity(settings.sd_model, settings.noise_predictor)
 
 
 def _record_input_errors(errors: Sequence[tuple[str, str]], run: _Run) -> None:
