@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 from pathlib import Path
@@ -408,3 +409,20 @@ def test_fetch_failure_online_is_explained(hf_env, monkeypatch):
         WeightsUnavailableError, match=r"unet/diffusion_pytorch_model\.safetensors.*ConnectionError"
     ):
         W.resolve("stabilityai/sd-turbo", fetch=True).require()
+
+
+def test_models_info_command_shows_what_loading_would_read(tmp_path, tiny_models):
+    """`invsr models info` through the executable: the same resolve as loading, nothing downloaded."""
+    from tests.test_cli import run, text
+
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "0"}
+    p = run(["models", "info", "--json", "--sd-model", tiny_models.sd_dir, "--noise-predictor",
+             tiny_models.noise_predictor_path], env=env)
+    assert p.returncode == 0, text(p)
+    rows = json.loads(p.stdout)
+    assert rows == W.models_info(tiny_models.sd_dir, tiny_models.noise_predictor_path)
+    assert all(r["present"] for r in rows)
+    p = run(["models", "info"], env=env)  # Hub ids, empty cache, online: listed as missing, not fetched
+    assert p.returncode == 0, text(p)
+    assert "missing" in text(p) and str(tmp_path / "hub") in text(p)
+    assert not (tmp_path / "hub").exists() or not any((tmp_path / "hub").rglob("*.safetensors"))
