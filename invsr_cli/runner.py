@@ -236,7 +236,11 @@ def run_batch(
         try:
             with _stop_on_signals(run, enabled=handle_signals):
                 if todo:
-                    _compute(todo, run, engine if engine is not None else engine_loader(settings))
+                    loaded = engine if engine is not None else engine_loader(settings)
+                    # what was loaded: e.g. the commit a first run has just fetched (None before the fetch)
+                    run.identity = getattr(loaded, "identity", None) or run.identity
+                    run.fingerprint = run_fingerprint(settings, run.identity)
+                    _compute(todo, run, loaded)
         finally:
             run.summary.interrupted = run.stop_signal
             run.summary.stopped = run.stop_reason

@@ -194,3 +194,26 @@ def test_swapped_weights_make_outputs_stale_under_skip_existing(tmp_path, tiny_m
 
     log, _ = upscale()  # and with those weights unchanged, skipped again
     assert "up to date" in log and "stale" not in log, log
+
+
+def test_records_carry_the_identity_of_the_weights_actually_loaded(tmp_path, tiny_engine):
+    """Before loading, the runner knows the identity from the settings (here the default Hub ids, not cached:
+    revision None); the records name what the loaded engine holds (e.g. the commit a first run fetched)."""
+    from invsr_cli.discover import discover
+    from invsr_cli.report import Reporter
+    from invsr_cli.runner import run_batch, run_fingerprint
+    from invsr_cli.settings import resolve_settings
+
+    src = tmp_path / "in"
+    src.mkdir()
+    imagegen.rgb(src / "a.png", 32, 32)
+    out = tmp_path / "out"
+    settings = resolve_settings(None, {"device": "cpu", "tile": 32, "overlap": 8})
+    assert model_identity(settings.sd_model, settings.noise_predictor) != tiny_engine.identity
+    found = discover([str(src)], out)
+    summary = run_batch(found.jobs, settings, output_dir=out, reporter=Reporter(), handle_signals=False,
+                        engine_loader=lambda s: tiny_engine)
+    assert summary.processed == 1
+    rec = _records(out)[-1]
+    assert rec["models"] == tiny_engine.identity
+    assert rec["fingerprint"] == run_fingerprint(settings, tiny_engine.identity)

@@ -187,7 +187,8 @@ def _load_scheduler(folder: Path) -> Any:
     from diffusers import EulerDiscreteScheduler
 
     try:
-        scheduler = EulerDiscreteScheduler.from_config(EulerDiscreteScheduler.load_config(str(folder)))
+        config = EulerDiscreteScheduler.load_config(str(folder), local_files_only=True)
+        scheduler = EulerDiscreteScheduler.from_config(config)
     except _LIBRARY_ERRORS as exc:
         raise ModelLoadError(f"scheduler: cannot load {folder}: {exc}") from exc
     if scheduler.config.prediction_type != "epsilon":

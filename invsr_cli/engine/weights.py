@@ -204,7 +204,10 @@ def _sd_files(root: Path | None) -> tuple[tuple[str, Path | None, bool], ...]:
             continue
         files.append((f"{comp}/{found.name}", found, True))
         if found.name.endswith(".index.json"):  # a sharded checkpoint: the shards are weights too
-            shards = json.loads(found.read_text(encoding="utf-8")).get("weight_map", {}).values()
+            try:
+                shards = json.loads(found.read_text(encoding="utf-8")).get("weight_map", {}).values()
+            except (OSError, ValueError, AttributeError):
+                shards = []  # an unreadable index: loading reports it, naming the file
             files += [(f"{comp}/{s}", at(f"{comp}/{s}"), True) for s in sorted(set(shards))]
     fast = at("tokenizer/tokenizer.json")
     for rel in _TOKENIZER:  # vocab.json + merges.txt, or a fast tokenizer.json instead of them
