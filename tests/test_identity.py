@@ -217,3 +217,14 @@ def test_records_carry_the_identity_of_the_weights_actually_loaded(tmp_path, tin
     rec = _records(out)[-1]
     assert rec["models"] == tiny_engine.identity
     assert rec["fingerprint"] == run_fingerprint(settings, tiny_engine.identity)
+
+
+def test_unreadable_weights_are_a_load_error_naming_the_file(cache_dir):
+    """A file whose reads fail (EIO, even for root: /proc/self/mem at offset 0) -> exit 3 naming it, no traceback."""
+    from invsr_cli.errors import ModelLoadError
+
+    mem = Path("/proc/self/mem")
+    if not mem.is_file():
+        pytest.skip("needs Linux /proc")
+    with pytest.raises(ModelLoadError, match=r"noise_predictor: cannot read /proc/\d+/mem to hash it: "):
+        model_identity("stabilityai/sd-turbo", str(mem))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from invsr_cli.engine.weights import DEFAULT_SD_MODEL, Source, resolve
+from invsr_cli.errors import ModelLoadError
 
 __all__ = ["model_identity", "identity_of", "file_sha256", "hash_cache_path"]
 
@@ -102,6 +103,14 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def _source_identity(source: Source) -> dict[str, Any]:
+    try:
+        return _identity(source)
+    except OSError as exc:  # unreadable weights: the same exit as a load that cannot read them
+        raise ModelLoadError(f"{source.component}: cannot read {exc.filename or source.path} to hash it: "
+                             f"{exc.strerror or exc}") from exc
+
+
+def _identity(source: Source) -> dict[str, Any]:
     if source.repo_id is not None:
         ident: dict[str, Any] = {"source": "hub", "repo": source.repo_id}
         if source.component == "noise_predictor":
