@@ -3,12 +3,18 @@
     python scripts/load_time.py --models /tmp/invsr-full build   # once: writes ~5 GB (sd/ and noise_predictor.pth)
     python scripts/load_time.py --models /tmp/invsr-full load    # one timed InvSREngine.load, CPU, fp32
 
+Before/after a change to the loading code, point PYTHONPATH at each checkout in turn (the script only calls
+``InvSREngine.load``). A local SD folder's first load also hashes it once for the manifest identity (cached by
+path, size and mtime; ``INVSR_CACHE_DIR`` chooses where): run ``load`` twice and take the second figure.
+
 ``load`` reads the folder warm from the page cache when ``build`` ran just before (or after a first ``load``): the
 figure is the loaders' own work (deserialising, building the modules, strict checks, identity), not the disk.
 It prints one JSON object: ``seconds`` (the load), ``touch_seconds`` (then reading every weight once: loaders that
 memory-map safetensors defer that work to the first forward pass), peak RSS (``ru_maxrss``) after each, the library
-versions and whether accelerate is there.
-Run one measurement at a time on a quiet machine: the load itself holds ~5 GB (fp32), more while it copies.
+versions and ``accelerate_used`` (whether diffusers sees accelerate). To measure without accelerate, measure before
+installing it (hiding it from an environment that has it breaks diffusers' imports).
+Run one measurement at a time on a quiet machine: the load itself holds ~5 GB (fp32), more while it copies; a first
+load after the files left the page cache reads the disk too (seconds more).
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ def main() -> None:
         "parameters": params,
         "threads": torch.get_num_threads(),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "accelerate_used": diffusers.utils.is_accelerate_available(),
         "versions": {n: _version(n) for n in ("torch", "diffusers", "transformers", "accelerate", "huggingface_hub")},
     }))
 
