@@ -242,7 +242,7 @@ def models_download(
 ) -> None:
     """Pre-fetch the weights into the Hugging Face cache (for offline and cron machines).\n
     Example:  invsr models download   (then run jobs with HF_HUB_OFFLINE=1)"""
-    from invsr_cli.engine.models import DEFAULT_SD_MODEL, download_models
+    from invsr_cli.engine import DEFAULT_SD_MODEL, download_models
 
     result = download_models(sd_model=sd_model or DEFAULT_SD_MODEL, noise_predictor=noise_predictor)
     for name, where in result.items():
@@ -258,8 +258,8 @@ def models_info(
     """Show where the weights are and their sizes, without downloading.\n\nExample:  invsr models info"""
     import json
 
-    from invsr_cli.engine.models import DEFAULT_SD_MODEL
-    from invsr_cli.engine.models import models_info as info
+    from invsr_cli.engine import DEFAULT_SD_MODEL
+    from invsr_cli.engine import models_info as info
 
     rows = info(sd_model=sd_model or DEFAULT_SD_MODEL, noise_predictor=noise_predictor)
     if json_output:

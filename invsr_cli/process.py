@@ -100,7 +100,7 @@ class PreparedImage:
         self.acc = None
         self.done_tiles = 0
 
-    def outcome(self, width: int, height: int, write_seconds: float) -> Outcome:
+    def outcome(self, width: int, height: int, write_seconds: float, models: dict[str, Any] | None = None) -> Outcome:
         s = self.settings
         stages = {k: round(v, 4) for k, v in self.stage_seconds.items()}
         if stages:
@@ -110,7 +110,7 @@ class PreparedImage:
             width=width, height=height, tiles=len(self.plan.tiles), preset=s.preset, timesteps=s.timesteps,
             degradation=dict(self.chosen.degradation) if self.chosen.degradation is not None else None,
             rule=self.chosen.reason, tile=self.plan.tile, overlap=self.plan.overlap,
-            batch_sizes=tuple(self.batch_sizes), stage_seconds=stages or None, settings=s,
+            batch_sizes=tuple(self.batch_sizes), stage_seconds=stages or None, settings=s, models=models,
         )
 
 
@@ -216,7 +216,8 @@ class Processing:
         self.todo_done = False
         self.reads: deque[tuple[ImageTask, Future]] = deque()
         self.inflight: dict[int, PreparedImage] = {}
-        self.sink = ImageSink(self.device, write, blend_stage=self._stage)
+        self.sink = ImageSink(self.device, write, blend_stage=self._stage,
+                              models=getattr(engine, "identity", None))
         self.readers = ThreadPoolExecutor(READERS, thread_name_prefix="invsr-read")
         self._outcomes = self._run()
 

@@ -45,10 +45,13 @@ class Outcome:
     batch_sizes: tuple[int, ...] = ()  # the engine batches its tiles ran in
     stage_seconds: dict[str, float] | None = None  # with -v: noise predictor, VAE, UNet, write
     settings: Any = field(default=None, compare=False, repr=False)  # the Settings it was made with
+    models: dict[str, Any] | None = field(default=None, compare=False, repr=False)  # the weights' identity
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for JSON lines and the manifest (the settings go in as their own dict, by the caller)."""
-        d = {k: v for k, v in asdict(replace(self, settings=None)).items() if k != "settings"}
+        """Plain data for JSON lines and the manifest (the settings and the models go in as their own dicts, by
+        the caller)."""
+        d = {k: v for k, v in asdict(replace(self, settings=None, models=None)).items()
+             if k not in ("settings", "models")}
         d["timesteps"] = list(self.timesteps)
         d["batch_sizes"] = list(self.batch_sizes)
         for optional in ("degradation", "stage_seconds"):

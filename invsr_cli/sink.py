@@ -72,12 +72,14 @@ class ImageSink:
     """Finish computed images and write them in background threads, a bounded number at a time."""
 
     def __init__(self, device: Any, write: Callable[[PreparedImage, Any], tuple[int, int]] = write_output,
-                 writers: int = WRITERS, blend_stage: Callable[[str], Any] | None = None) -> None:
+                 writers: int = WRITERS, blend_stage: Callable[[str], Any] | None = None,
+                 models: dict[str, Any] | None = None) -> None:
         import contextlib
 
         import torch
 
         self.blend_stage = blend_stage or (lambda name: contextlib.nullcontext())
+        self.models = models  # the identity of the engine's weights, recorded with each output
         self.torch = torch
         self.device = device
         self.write = write
@@ -139,4 +141,4 @@ class ImageSink:
             return failure(img, reason_of(e, job))
         except Exception as e:  # an encoder bug on one image must not end the batch
             return failure(img, f"cannot write: {type(e).__name__}: {e}")
-        return img.outcome(w, h, write_seconds)
+        return img.outcome(w, h, write_seconds, self.models)

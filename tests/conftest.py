@@ -5,6 +5,16 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def hash_cache(tmp_path_factory):
+    """The weights' hash cache (invsr_cli.engine.identity) in a temporary folder, never the user's: for this
+    process and the `invsr` processes the tests start. Returns the folder."""
+    folder = tmp_path_factory.mktemp("invsr_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INVSR_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """A :class:`invsr_cli.testing.TinyModels`: ``sd_dir`` (tiny SD-Turbo-like diffusers folder) and

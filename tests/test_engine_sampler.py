@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from invsr_cli.engine import model_identity
 from invsr_cli.engine.colorfix import apply_color_fix
 from invsr_cli.engine.sampler import (
     InvSREngine,
@@ -320,10 +321,12 @@ def test_properties_and_identity(tiny_engine, tiny_models):
     assert tiny_engine.device == torch.device("cpu")
     assert tiny_engine.dtype == torch.float32
     ident = tiny_engine.identity
-    assert ident["sd_model_path"] == str(tiny_models.sd_dir.resolve())
-    assert ident["noise_predictor_path"] == str(tiny_models.noise_predictor_path.resolve())
-    ident["sd_model"] = "changed"
-    assert tiny_engine.identity["sd_model"] != "changed"  # a copy
+    assert ident["sd_model"]["path"] == str(tiny_models.sd_dir.resolve())
+    assert ident["noise_predictor"]["path"] == str(tiny_models.noise_predictor_path.resolve())
+    assert ident == model_identity(str(tiny_models.sd_dir), str(tiny_models.noise_predictor_path))
+    ident["sd_model"]["path"] = "changed"
+    assert tiny_engine.identity["sd_model"]["path"] != "changed"  # a copy
+    assert 0 < tiny_engine.load_seconds < 600
 
 
 def test_vae_fp32_with_bf16_rest(tiny_models):
