@@ -367,6 +367,46 @@ def bench(
         render_table(report)
 
 
+# -- doctor -------------------------------------------------------------------------------------------------------
+
+
+@app.command(epilog="Examples:\n\n  invsr doctor\n\n  invsr doctor /srv/upscaled --json\n\n"
+             "  HF_HUB_OFFLINE=1 invsr doctor --sd-model ./sd-turbo --noise-predictor ./np.pth out/")
+def doctor(
+    output_dir: Annotated[Path | None, typer.Argument(help="An output folder to check: really written to, and its "
+                                                      "free space.", show_default=False,
+                                                      metavar="[OUTPUT_DIR]")] = None,
+    sd_model: Annotated[str | None, typer.Option("--sd-model", help="Hub id or local folder to look for.")] = None,
+    noise_predictor: Annotated[str | None, typer.Option("--noise-predictor", help="Local file or REPO:FILE to "
+                                                        "look for.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object: ready, and every check.")] = False,
+) -> None:
+    """Check this machine is ready to upscale, one line per check (pass/warn/fail, with the fix); exit 1 if a
+    check fails. Nothing is downloaded; the self-test runs the whole pipeline on tiny random models."""
+    import json
+    import time
+
+    from invsr_cli.doctor import format_line, is_ready, run_checks
+
+    def show(check: Any) -> None:
+        typer.echo(format_line(check))
+
+    t0 = time.perf_counter()
+    checks = run_checks(output_dir, sd_model=sd_model, noise_predictor=noise_predictor,
+                        on_check=None if json_output else show)
+    ready = is_ready(checks)
+    seconds = round(time.perf_counter() - t0, 1)
+    if json_output:
+        typer.echo(json.dumps({"ready": ready, "seconds": seconds, "checks": [c.to_dict() for c in checks]},
+                              ensure_ascii=False, indent=2))
+    else:
+        failed = [c.name for c in checks if c.status == "fail"]
+        warned = sum(c.status == "warn" for c in checks)
+        typer.echo(f"ready ({warned} warning(s), {seconds} s)" if ready
+                   else f"not ready: {len(failed)} check(s) failed: {', '.join(failed)} ({seconds} s)")
+    raise typer.Exit(EXIT_OK if ready else EXIT_FAILED)
+
+
 # -- errors -> exit codes, in one place ---------------------------------------------------------------------------
 
 
