@@ -468,7 +468,12 @@ def _check_non_ascii(out: Path | None) -> Check:
     name = "non-ascii paths"
     where = out if out is not None and out.is_dir() else None
     enc = sys.getfilesystemencoding()
-    with tempfile.TemporaryDirectory(prefix=".invsr-doctor-", dir=where) as tmp:
+    try:
+        tmpdir = tempfile.TemporaryDirectory(prefix=".invsr-doctor-", dir=where)
+    except OSError:  # OUTPUT_DIR not writable: the output folder check says so; test the names elsewhere
+        where = None
+        tmpdir = tempfile.TemporaryDirectory(prefix=".invsr-doctor-")
+    with tmpdir as tmp:
         folder = Path(tmp) / "ðir-日本"
         try:
             folder.mkdir()
