@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MANIFEST_NAME", "Manifest", "input_stamp"]
+__all__ = ["MANIFEST_NAME", "MANIFEST_GLOB", "Manifest", "input_stamp"]
 
 MANIFEST_NAME = ".invsr-manifest.jsonl"
+MANIFEST_GLOB = ".invsr-manifest*.jsonl"  # the manifest and any shards (.invsr-manifest.shard-I-of-N.jsonl)
 
 
 def input_stamp(path: Path) -> dict[str, int]:
@@ -47,6 +48,10 @@ class Manifest:
                 continue  # a line cut short by a crash, or foreign text: ignore it
             if isinstance(rec, dict) and isinstance(rec.get("output"), str):
                 self._latest[rec["output"]] = rec
+
+    def records(self) -> list[dict[str, Any]]:
+        """The latest record of every output, in the order the outputs first appeared."""
+        return list(self._latest.values())
 
     def lookup(self, output: Path) -> dict[str, Any] | None:
         return self._latest.get(str(output))
