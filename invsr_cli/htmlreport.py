@@ -271,7 +271,7 @@ def _key(inp: Path, out: Path) -> str:
     for p in (inp, out):
         st = p.stat()
         h.update(os.fsencode(os.path.abspath(p)) + b"\0" + f"{st.st_size}:{st.st_mtime_ns}".encode() + b"\0")
-    h.update(f"{THUMB}:{CROP}:{ZOOM}:{_QUALITY}".encode())
+    h.update(f"v1:{THUMB}:{CROP}:{ZOOM}:{_QUALITY}".encode())  # bump v1 when the pictures change
     return h.hexdigest()[:20]
 
 
