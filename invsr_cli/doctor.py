@@ -343,21 +343,13 @@ def _sd_where(spec: str, rows: list[dict[str, Any]]) -> str:
 def _check_noise_predictor(spec: str | None) -> Check:
     """Found without downloading, then a strict key and shape check: the state is read on the CPU and compared
     with the architecture built on the meta device (nothing is allocated, nothing goes to a GPU)."""
-    import torch
-
     from invsr_cli.engine.models import (
         DEFAULT_NOISE_PREDICTOR,
         _parse_np_spec,
         hub_cache_dir,
         resolve_noise_predictor,
     )
-    from invsr_cli.engine.noise_predictor import (
-        NoisePredictor,
-        NoisePredictorConfig,
-        _check_keys,
-        infer_noise_predictor_config,
-        load_noise_predictor_state,
-    )
+    from invsr_cli.engine.noise_predictor import NoisePredictorConfig, check_noise_predictor_file
     from invsr_cli.errors import InvSRError
 
     name = "weights: noise predictor"
@@ -373,11 +365,7 @@ def _check_noise_predictor(spec: str | None) -> Check:
                      "with --noise-predictor FILE")
     size = path.stat().st_size
     try:
-        state = load_noise_predictor_state(path)
-        cfg = infer_noise_predictor_config(state)
-        with torch.device("meta"):
-            model = NoisePredictor(cfg)
-        _check_keys(model, state, path)
+        cfg, n_tensors = check_noise_predictor_file(path)
     except InvSRError as e:
         return Check(name, FAIL, f"{path} ({size / 1e6:.1f} MB): {e}",
                      "the file is not an InvSR noise predictor checkpoint: download it again "
@@ -387,7 +375,7 @@ def _check_noise_predictor(spec: str | None) -> Check:
         return Check(name, FAIL, f"{path}: keys load strictly but the architecture is not the official one ({cfg})",
                      "download the official checkpoint again: `invsr models download`")
     kind = "official architecture" if official else f"custom architecture {cfg.block_out_channels}"
-    return Check(name, PASS, f"{path} ({size / 1e6:.1f} MB): {len(state)} tensors, strict key check ok, {kind}")
+    return Check(name, PASS, f"{path} ({size / 1e6:.1f} MB): {n_tensors} tensors, strict key check ok, {kind}")
 
 
 def _existing_parent(p: Path) -> Path:
