@@ -407,7 +407,7 @@ def report_cmd(
 def doctor(
     output_dir: Annotated[Path | None, typer.Argument(help="An output folder to check: really written to, and its "
                                                       "free space.", show_default=False,
-                                                      metavar="[OUTPUT_DIR]")] = None,
+                                                      metavar="OUTPUT_DIR")] = None,
     sd_model: Annotated[str | None, typer.Option("--sd-model", help="Hub id or local folder to look for.")] = None,
     noise_predictor: Annotated[str | None, typer.Option("--noise-predictor", help="Local file or REPO:FILE to "
                                                         "look for.")] = None,
