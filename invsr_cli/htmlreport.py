@@ -10,7 +10,7 @@ and any shards; the latest record per output wins) and writes ``html_path`` plus
   ``auto``, the measured noise/blur/blockiness and the rule that chose it, and the time taken.
 
 The page needs no server and no network (it works from ``file://``): CSS and a few lines of JavaScript are inline;
-thumbnails and crops are WebP files in ``<stem>_files/``, never inlined, so a page stays small (about 2.5 kB of
+thumbnails and crops are WebP files in ``<stem>_files/``, never inlined, so a page stays small (about 1.5 kB of
 HTML per image) and they are reused by the next report when the output has not changed. Past ``page_size`` images
 the gallery continues on ``<stem>-2.html``, ``<stem>-3.html``, ... The page is rendered by Jinja2 with
 autoescaping on: every file name, reason and setting is escaped; links to files are percent-encoded.
