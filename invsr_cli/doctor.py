@@ -163,7 +163,9 @@ def _meminfo_available() -> int | None:
 
 
 def _gb(n: float | None) -> str:
-    return "unknown" if n is None else f"{n / 1e9:.1f} GB"
+    if n is None:
+        return "unknown"
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def _check_devices() -> Check:

@@ -44,7 +44,8 @@ class Browser:
             os.dup2(evt_w, 4)
 
         args = [executable, "--headless", "--no-sandbox",  # CI runs as root: Chromium refuses its sandbox there
-                "--remote-debugging-pipe", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
+                "--remote-debugging-pipe", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--no-default-browser-check",
                 "--disable-extensions", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--metrics-recording-only", "--mute-audio", "--hide-scrollbars",
                 f"--window-size={width},{height}", f"--user-data-dir={self._profile.name}", "about:blank"]
