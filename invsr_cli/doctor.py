@@ -500,13 +500,14 @@ def _check_self_test() -> Check:
 
     from invsr_cli.discover import discover
     from invsr_cli.engine.models import resolve_device
+    from invsr_cli.engine.start import quiet_libraries
     from invsr_cli.imageio import read_image
-    from invsr_cli.runner import _quiet_libraries, run_batch
-    from invsr_cli.settings import load_settings
+    from invsr_cli.preset_files import load_policy
+    from invsr_cli.runner import run_batch
     from invsr_cli.testing import build_tiny_models
 
     name = "self-test"
-    _quiet_libraries()  # no progress bars from saving the tiny models
+    quiet_libraries()  # no progress bars from saving the tiny models
     device = str(resolve_device("auto"))
     with tempfile.TemporaryDirectory(prefix="invsr-doctor-") as tmp:
         root = Path(tmp)
@@ -518,12 +519,12 @@ def _check_self_test() -> Check:
         yy, xx = np.mgrid[0:h, 0:w]
         base = np.stack([xx / w, yy / h, (xx + yy) / (w + h)], -1) * 200 + rng.normal(0, 10, (h, w, 3)) + 20
         Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(inp / "selftest.png")
-        settings = load_settings(None, {"sd_model": str(tiny.sd_dir), "noise_predictor": str(tiny.noise_predictor_path),
-                                        "device": device, "dtype": "fp32", "tile": 16, "overlap": 8})
+        policy = load_policy(None, {"sd_model": str(tiny.sd_dir), "noise_predictor": str(tiny.noise_predictor_path),
+                                    "device": device, "dtype": "fp32", "tile": 16, "overlap": 8})
         out = root / "out"
-        found = discover([str(inp)], out, suffix=settings.suffix, fmt=settings.format)
+        found = discover([str(inp)], out, suffix=policy.settings.suffix, fmt=policy.settings.format)
         t0 = time.perf_counter()
-        summary = run_batch(found.jobs, settings, output_dir=out, handle_signals=False)
+        summary = run_batch(found.jobs, policy, output_dir=out, handle_signals=False)
         dt = time.perf_counter() - t0
         fix = "reinstall: pip install --force-reinstall -e . (or the wheel); then `invsr doctor --json` for detail"
         if summary.failed or summary.processed != 1:

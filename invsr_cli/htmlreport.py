@@ -62,7 +62,7 @@ def read_records(paths: Sequence[Path]) -> list[dict[str, Any]]:
     latest: dict[str, dict[str, Any]] = {}
     for path in paths:
         for rec in Manifest(Path(path)).records():
-            key = rec["output"]
+            key = rec["output"] or f"\0input:{rec.get('input', '')}"  # as Manifest keys them
             if key not in latest or str(rec.get("time", "")) >= str(latest[key].get("time", "")):
                 latest[key] = rec
     return list(latest.values())
@@ -236,7 +236,7 @@ def _item(rec: dict[str, Any], output_dir: Path, page_dir: Path, files_dir: Path
         "preset": str(rec.get("preset") or (rec.get("settings") or {}).get("preset") or ""),
         "auto": deg is not None,
         "degradation": deg or {},
-        "auto_reason": rec.get("auto_reason"),
+        "auto_reason": rec.get("auto_reason") or rec.get("rule") or None,  # `rule` is what the runner writes
         "seconds": rec.get("seconds"),
         "tiles": rec.get("tiles"),
         "timesteps": rec.get("timesteps") or [],

@@ -47,10 +47,10 @@ class Manifest:
             except ValueError:
                 continue  # a line cut short by a crash, or foreign text: ignore it
             if isinstance(rec, dict) and isinstance(rec.get("output"), str):
-                self._latest[rec["output"]] = rec
+                self._latest[_key(rec)] = rec
 
     def records(self) -> list[dict[str, Any]]:
-        """The latest record of every output, in the order the outputs first appeared."""
+        """The latest record of every output (and of every input that made no job), in order of first appearance."""
         return list(self._latest.values())
 
     def lookup(self, output: Path) -> dict[str, Any] | None:
@@ -88,7 +88,13 @@ class Manifest:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._latest[record["output"]] = record
+            self._latest[_key(record)] = record
+
+
+def _key(rec: dict[str, Any]) -> str:
+    """Records are keyed by output; one with no output (an input that matched nothing) by its input, so several
+    such failures are all kept. The NUL prefix cannot occur in a path, so no lookup ever matches it."""
+    return rec["output"] or f"\0input:{rec.get('input', '')}"
 
 
 def _last_byte(path: Path) -> bytes:

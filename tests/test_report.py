@@ -62,6 +62,9 @@ def _fabricate(root: Path, names: list[str], shard_of=None) -> Path:
     lines[0].append(json.dumps({"time": "2026-01-01T00:01:00+0000", "input": str(inp / "gone.png"),
                                 "output": str(out / "gone.png"), "status": "failed",
                                 "reason": "cannot decode <gone.png> & more"}))
+    for missing in ("nope1.png", "nope2.png"):  # inputs that made no job: no output, both kept
+        lines[0].append(json.dumps({"time": "2026-01-01T00:01:01+0000", "input": missing, "output": "",
+                                    "status": "failed", "reason": f"{missing}: no such file"}))
     for k, ls in enumerate(lines):
         name = ".invsr-manifest.jsonl" if shard_of is None else f".invsr-manifest.shard-{k + 1}-of-{shards}.jsonl"
         (out / name).write_text("\n".join(ls) + "\n", encoding="utf-8")
@@ -74,11 +77,12 @@ def test_pages_shards_escaping_and_reuse(tmp_path):
     html = tmp_path / "site" / "r.html"
     res = write_report(out, html, page_size=2)
     assert [p.name for p in res.pages] == ["r.html", "r-2.html", "r-3.html"]
-    assert res.images == 5 and res.failed == 1  # records from both shards
+    assert res.images == 5 and res.failed == 3  # records from both shards
     pages = [p.read_text(encoding="utf-8") for p in res.pages]
     text = "".join(pages)
     assert "<b>x" not in text and "&lt;b&gt;x&amp;y&#34;&#39;.png" in text  # every name escaped
     assert "cannot decode &lt;gone.png&gt; &amp; more" in pages[0]  # reasons too
+    assert "nope1.png: no such file" in pages[0] and "nope2.png: no such file" in pages[0]
     assert "blur &gt;= 0.65" in text and "0.71" in text  # the auto rule and the measurements
     assert 'href="r-2.html"' in pages[0] and 'href="r.html"' in pages[2]
     assert sum(p.count('class="item"') for p in pages) == 5
@@ -124,6 +128,8 @@ def test_report_renders_in_chromium_and_the_slider_moves(tiny_models, tmp_path, 
     assert (out / "report.html").is_file() and len(list((out / "report_files").glob("*.webp"))) == 12
     p = _invsr(["report", out, "-o", tmp_path / "again.html"], tmp_path)  # later, from the manifest alone
     assert p.returncode == 0 and "3 image(s), 1 failed" in p.stdout, p.stdout + p.stderr
+    page = (tmp_path / "again.html").read_text(encoding="utf-8")
+    assert "not recorded in the manifest" not in page and "noise σ" in page  # auto: estimates and the rule
 
     t0 = time.perf_counter()
     with Browser(chromium, width=1200, height=1800) as b:
