@@ -65,7 +65,8 @@ RUN = "Run"
     "  invsr upscale scans/ out/ --preset blur --format png\n\n"
     "  invsr upscale 'shots/**/*.jpg' out/ --preset auto\n\n"
     "  find photos -name '*.jpg' -print0 | invsr upscale -0 - out/\n\n"
-    "  0 3 * * * invsr upscale -q -r /srv/inbox /srv/upscaled   (crontab: nightly, errors only)",
+    "  0 3 * * * invsr upscale -q -r /srv/inbox /srv/upscaled   (crontab: nightly, errors only)\n\n"
+    "  invsr upscale in/ out/ --report out/report.html",
 )
 def upscale(
     paths: Annotated[list[str], typer.Argument(
@@ -139,6 +140,9 @@ def upscale(
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="More detail.", rich_help_panel=RUN)] = False,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout, then a summary.",
                                               rich_help_panel=RUN)] = False,
+    report: Annotated[Path | None, typer.Option("--report", help="After the run, write a visual HTML report "
+                                                "here (images in REPORT_files/ beside it).", metavar="HTML",
+                                                rich_help_panel=RUN)] = None,
 ) -> None:
     """Upscale images x4: files, folders, globs or a stdin list into an output folder."""
     from invsr_cli.discover import discover
@@ -160,6 +164,10 @@ def upscale(
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
     summary = run_batch(found.jobs, policy, output_dir=out_dir, reporter=reporter, dry_run=dry_run,
                         manifest_path=manifest, wait=wait, input_errors=found.errors)
+    if report is not None and not dry_run:
+        from invsr_cli.htmlreport import write_report
+
+        write_report(out_dir, report, manifest_paths=[manifest] if manifest else None, summary=summary)
     raise typer.Exit(_exit_code(summary))
 
 
@@ -365,6 +373,70 @@ def bench(
         typer.echo(to_json(report))
     else:
         render_table(report)
+
+
+# -- report -------------------------------------------------------------------------------------------------------
+
+
+@app.command("report", epilog="Examples:\n\n  invsr report out/\n\n  invsr report out/ -o ~/www/run.html --page-size 100")
+def report_cmd(
+    output_dir: Annotated[Path, typer.Argument(help="The output folder of a run (its .invsr-manifest*.jsonl files).",
+                                               show_default=False, metavar="OUTPUT_DIR")],
+    html: Annotated[Path | None, typer.Option("-o", "--output", help="The HTML page to write (default "
+                                              "OUTPUT_DIR/report.html; images go to <name>_files/ beside it).",
+                                              metavar="HTML")] = None,
+    manifest: Annotated[list[Path] | None, typer.Option("--manifest", help="Read this manifest instead of "
+                                                        "OUTPUT_DIR's (repeatable).")] = None,
+    page_size: Annotated[int, typer.Option("--page-size", help="Images per page; more continue on "
+                                           "<name>-2.html, ...")] = 200,
+) -> None:
+    """Write a static HTML report of a run from its manifest: summary, then each input beside its output."""
+    from invsr_cli.htmlreport import write_report
+
+    target = html if html is not None else output_dir / "report.html"
+    result = write_report(output_dir, target, manifest_paths=manifest or None, page_size=page_size)
+    pages = f", {len(result.pages)} pages" if len(result.pages) > 1 else ""
+    typer.echo(f"{target}: {result.images} image(s), {result.failed} failed{pages}")
+
+
+# -- doctor -------------------------------------------------------------------------------------------------------
+
+
+@app.command(epilog="Examples:\n\n  invsr doctor\n\n  invsr doctor /srv/upscaled --json\n\n"
+             "  HF_HUB_OFFLINE=1 invsr doctor --sd-model ./sd-turbo --noise-predictor ./np.pth out/")
+def doctor(
+    output_dir: Annotated[Path | None, typer.Argument(help="An output folder to check: really written to, and its "
+                                                      "free space.", show_default=False,
+                                                      metavar="OUTPUT_DIR")] = None,
+    sd_model: Annotated[str | None, typer.Option("--sd-model", help="Hub id or local folder to look for.")] = None,
+    noise_predictor: Annotated[str | None, typer.Option("--noise-predictor", help="Local file or REPO:FILE to "
+                                                        "look for.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object: ready, and every check.")] = False,
+) -> None:
+    """Check this machine is ready to upscale, one line per check (pass/warn/fail, with the fix); exit 1 if a
+    check fails. Nothing is downloaded; the self-test runs the whole pipeline on tiny random models."""
+    import json
+    import time
+
+    from invsr_cli.doctor import format_line, is_ready, run_checks
+
+    def show(check: Any) -> None:
+        typer.echo(format_line(check))
+
+    t0 = time.perf_counter()
+    checks = run_checks(output_dir, sd_model=sd_model, noise_predictor=noise_predictor,
+                        on_check=None if json_output else show)
+    ready = is_ready(checks)
+    seconds = round(time.perf_counter() - t0, 1)
+    if json_output:
+        typer.echo(json.dumps({"ready": ready, "seconds": seconds, "checks": [c.to_dict() for c in checks]},
+                              ensure_ascii=False, indent=2))
+    else:
+        failed = [c.name for c in checks if c.status == "fail"]
+        warned = sum(c.status == "warn" for c in checks)
+        typer.echo(f"ready ({warned} warning(s), {seconds} s)" if ready
+                   else f"not ready: {len(failed)} check(s) failed: {', '.join(failed)} ({seconds} s)")
+    raise typer.Exit(EXIT_OK if ready else EXIT_FAILED)
 
 
 # -- errors -> exit codes, in one place ---------------------------------------------------------------------------

@@ -215,7 +215,7 @@ def test_version_and_help_have_examples():
     p = run(["--version"])
     assert p.returncode == 0 and p.stdout.decode().startswith("invsr ")
     for cmd in (["--help"], ["upscale", "--help"], ["presets", "--help"], ["models", "--help"],
-                ["analyse", "--help"]):
+                ["analyse", "--help"], ["doctor", "--help"], ["report", "--help"]):
         p = run(cmd)
         assert p.returncode == 0 and "Example" in p.stdout.decode(), (cmd, text(p))
 
@@ -233,6 +233,10 @@ def test_wheel_ships_presets(tmp_path):
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", dist,
                     root], check=True, capture_output=True)
+    import zipfile
+
+    names = zipfile.ZipFile(next(dist.glob("*.whl"))).namelist()
+    assert "invsr_cli/templates/report.html.j2" in names, names  # the report's template is package data
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
     subprocess.run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q", "--no-deps",

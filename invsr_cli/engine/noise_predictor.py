@@ -31,6 +31,7 @@ __all__ = [
     "load_noise_predictor_state",
     "infer_noise_predictor_config",
     "load_noise_predictor",
+    "check_noise_predictor_file",
 ]
 
 _COMPONENT = "noise_predictor"
@@ -294,6 +295,22 @@ def load_noise_predictor(
         raise ModelLoadError(f"{_COMPONENT}: tensors not set from {path}: {', '.join(leftover)}")
     model.requires_grad_(False).eval()
     return model.to(device=device, dtype=dtype)
+
+
+def check_noise_predictor_file(path: str | Path) -> tuple[NoisePredictorConfig, int]:
+    """The strict key and shape check of :func:`load_noise_predictor` without building real weights: the state is
+    read on the CPU, the architecture is built on the meta device. Returns the inferred config and the number of
+    tensors; raises :class:`ModelLoadError` (or :class:`UnsafeCheckpointError`) like loading would."""
+    path = Path(path)
+    state = load_noise_predictor_state(path)
+    cfg = infer_noise_predictor_config(state)
+    try:
+        with torch.device("meta"):
+            model = NoisePredictor(cfg)
+    except (ValueError, ZeroDivisionError, RuntimeError) as exc:
+        raise ModelLoadError(f"{_COMPONENT}: cannot build an architecture for {path} ({cfg}): {exc}") from exc
+    _check_keys(model, state, path)
+    return cfg, len(state)
 
 
 def config_as_dict(cfg: NoisePredictorConfig) -> dict[str, Any]:
