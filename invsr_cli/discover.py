@@ -19,9 +19,12 @@ OUTPUT_DIR are never inputs: found by a walk or a glob they are skipped silently
 the output folder), named explicitly they are reported.
 
 Output names: ``suffix`` is appended to the stem, and the extension follows the output format: ``auto`` keeps the
-input's own extension (spelling and case) for png/jpg/jpeg/webp/tif/tiff, and writes ``.png`` for the formats
-we read but do not write (bmp, gif, or an unknown extension); ``png``/``jpg``/``webp``/``tiff`` use that
-extension. Every output must resolve inside OUTPUT_DIR (a symlinked folder inside OUTPUT_DIR pointing elsewhere
+input's own extension (spelling and case) for png/jpg/jpeg/webp/tif/tiff/avif/jxl, writes ``.jpg`` for HEIC/HEIF
+(camera photos, lossy already: JPEG keeps them small and readable everywhere, where PNG would be 5-10 times
+larger for no gain; HEIC itself is not written) and ``.png`` for the other formats we read but do not write
+(bmp, gif, or an unknown extension). With ``lossless``, ``auto`` writes ``.png`` for the inputs whose format has
+no lossless mode (jpg, avif, heic). ``png``/``jpg``/``webp``/``tiff``/``avif``/``jxl`` use that extension.
+Every output must resolve inside OUTPUT_DIR (a symlinked folder inside OUTPUT_DIR pointing elsewhere
 is a per-input error). Two inputs mapping to one output raise :class:`~invsr_cli.errors.ConfigError` before any
 work starts.
 """
@@ -47,11 +50,12 @@ __all__ = [
     "display_path",
 ]
 
-# What imageio decodes (Pillow: PNG, JPEG, WebP, TIFF, BMP, GIF).
+# What imageio decodes (Pillow: PNG, JPEG, WebP, TIFF, BMP, GIF, AVIF; HEIC and JPEG XL with their extras).
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".avif", ".heic",
+     ".heif", ".hif", ".jxl"}
 )
-OUTPUT_FORMATS = ("auto", "png", "jpg", "webp", "tiff")
+OUTPUT_FORMATS = ("auto", "png", "jpg", "webp", "tiff", "avif", "jxl")
 _EXT_FORMAT = {
     ".png": "png",
     ".jpg": "jpg",
@@ -61,7 +65,12 @@ _EXT_FORMAT = {
     ".webp": "webp",
     ".tif": "tiff",
     ".tiff": "tiff",
+    ".avif": "avif",
+    ".jxl": "jxl",
 }
+# Read but not written: what `auto` writes instead (see the module docstring for why HEIC becomes JPEG).
+_AUTO_FALLBACK = {".heic": ("jpg", ".jpg"), ".heif": ("jpg", ".jpg"), ".hif": ("jpg", ".jpg")}
+_NO_LOSSLESS = ("jpg", "avif")
 _MAGIC = re.compile(r"[*?[]")
 MAX_COLLISIONS_SHOWN = 10
 
@@ -112,7 +121,9 @@ def _sort_key(name: str) -> bytes:
     return os.fsencode(name)
 
 
-def output_name(rel: PurePosixPath, *, suffix: str = "", fmt: str = "auto") -> tuple[PurePosixPath, str]:
+def output_name(
+    rel: PurePosixPath, *, suffix: str = "", fmt: str = "auto", lossless: bool = False
+) -> tuple[PurePosixPath, str]:
     """Map an input's relative path to (relative output path, output format)."""
     name = rel.name
     stem, ext = os.path.splitext(name)
@@ -121,6 +132,8 @@ def output_name(rel: PurePosixPath, *, suffix: str = "", fmt: str = "auto") -> t
     if fmt == "auto":
         out_fmt = _EXT_FORMAT.get(ext.lower())
         if out_fmt is None:
+            out_fmt, ext = _AUTO_FALLBACK.get(ext.lower(), ("png", ".png"))
+        if lossless and out_fmt in _NO_LOSSLESS:
             out_fmt, ext = "png", ".png"
     else:
         out_fmt, ext = fmt, "." + fmt
@@ -200,7 +213,8 @@ def _match_parts(pattern: Sequence[str], parts: Sequence[str]) -> bool:
 
 
 class _Discovery:
-    def __init__(self, output_dir: Path, recursive: bool, suffix: str, fmt: str) -> None:
+    def __init__(self, output_dir: Path, recursive: bool, suffix: str, fmt: str, lossless: bool = False) -> None:
+        self.lossless = lossless
         self.output_dir = Path(output_dir)
         self.out_real = os.path.realpath(self.output_dir)
         self.recursive = recursive
@@ -222,7 +236,7 @@ class _Discovery:
             return False
         if real in self.seen:
             return True  # a duplicate counts as found
-        out_rel, out_fmt = output_name(rel, suffix=self.suffix, fmt=self.fmt)
+        out_rel, out_fmt = output_name(rel, suffix=self.suffix, fmt=self.fmt, lossless=self.lossless)
         output = self.output_dir.joinpath(*out_rel.parts)
         parent_real = os.path.realpath(output.parent)
         if not self.walker.inside_output(parent_real):
@@ -342,6 +356,7 @@ def discover(
     suffix: str = "",
     fmt: str = "auto",
     check_collisions: bool = True,
+    lossless: bool = False,
 ) -> DiscoveryResult:
     """Expand ``inputs`` into jobs (see the module docstring for the rules).
 
@@ -349,12 +364,13 @@ def discover(
     ``.errors`` as ``(input spec, one-line reason)``; the rest proceeds. Raises
     :class:`~invsr_cli.errors.ConfigError` for an unknown ``fmt``, a ``suffix`` containing a path separator, or
     two inputs that map to the same output (unless ``check_collisions`` is off: callers that write nothing).
+    ``lossless``: with ``fmt="auto"``, inputs whose format has no lossless mode get png outputs.
     """
     if fmt not in OUTPUT_FORMATS:
         raise ConfigError(f"`format` must be one of {', '.join(OUTPUT_FORMATS)}; got {fmt!r}")
     if "/" in suffix or os.sep in suffix or "\x00" in suffix:
         raise ConfigError(f"`suffix` must not contain a path separator, got {suffix!r}")
-    state = _Discovery(Path(output_dir), recursive, suffix, fmt)
+    state = _Discovery(Path(output_dir), recursive, suffix, fmt, lossless)
     for spec in inputs:
         state.one(spec, stdin_paths)
     if check_collisions:

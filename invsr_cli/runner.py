@@ -602,6 +602,7 @@ def _output_problem(torch: Any, hr: Any, lr_rgb: Any) -> str | None:
 def _write(img: _Image, rgb: Any) -> tuple[int, int]:
     """Runs in a writer thread: re-attach alpha, resize to --scale, encode, write atomically."""
     from invsr_cli.imageio import resize_rgb, upscale_alpha, write_image
+    from invsr_cli.provenance import provenance_record
 
     s = img.settings
     h, w = rgb.shape[:2]
@@ -609,6 +610,8 @@ def _write(img: _Image, rgb: Any) -> tuple[int, int]:
     if size != (w, h):
         rgb = resize_rgb(rgb, size)
     alpha = upscale_alpha(img.loaded.alpha, size) if img.loaded.alpha is not None else None
-    write_image(img.job.output, rgb, alpha=alpha, source=img.loaded, format=img.job.format, quality=s.quality)
+    record = provenance_record(s.to_dict()) if s.provenance else None
+    write_image(img.job.output, rgb, alpha=alpha, source=img.loaded, format=img.job.format, quality=s.quality,
+                provenance=record, strip_metadata=s.strip_metadata, lossless=s.lossless)
     return size
 
