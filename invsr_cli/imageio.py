@@ -24,8 +24,8 @@ Policies
   decoded before use).
 * **16-bit**: 16-bit grayscale PNG/TIFF are read with Pillow; Pillow would silently reduce 16-bit RGB/RGBA/LA
   PNG/TIFF to 8 bits, so those pixels are decoded with OpenCV (metadata still from Pillow). 16-bit outputs are
-  written as PNG, TIFF or (grayscale without alpha) JPEG XL; every other format is 8-bit (Pillow's AVIF and
-  WebP encoders are 8-bit). 16-bit grayscale goes through Pillow (``I;16``); 16-bit colour or alpha PNG through
+  written as PNG or TIFF; every other format is 8-bit (Pillow's AVIF and WebP encoders are 8-bit, and
+  pillow-jxl-plugin marks 16-bit grayscale as linear light, which viewers would show with the wrong tone curve). 16-bit grayscale goes through Pillow (``I;16``); 16-bit colour or alpha PNG through
   OpenCV (``imencodeWithMetadata``: ICC, EXIF and XMP kept); 16-bit colour or alpha TIFF through ``tifffile``
   (ICC, XMP and EXIF's main-IFD tags such as Make, Model, DateTime, Artist and Copyright kept; the Exif and GPS
   sub-IFDs are lost, tifffile cannot write them). 16-bit gray+alpha is written as RGBA with R = G = B (OpenCV's
@@ -235,10 +235,17 @@ def missing_plugin(fmt: str) -> str | None:
     return None
 
 
-def _open(path: Path, fp: Any) -> Image.Image:
+@cache
+def _available_formats() -> tuple[str, ...]:
+    """READ_FORMATS less the plugins that are not installed (Image.open fails on an unknown format name)."""
     _register_plugins()
+    Image.init()
+    return tuple(f for f in READ_FORMATS if f in Image.OPEN)
+
+
+def _open(path: Path, fp: Any) -> Image.Image:
     try:
-        return Image.open(fp, formats=READ_FORMATS)
+        return Image.open(fp, formats=_available_formats())
     except UnidentifiedImageError:
         fp.seek(0)
         why = missing_plugin(_sniff(fp.read(64)) or "")
@@ -655,8 +662,7 @@ def _encode(
     planes = [_luma(rgb)[..., None]] if source.grayscale else [rgb]
     if alpha is not None:
         planes.append(alpha[..., None])
-    deep = fmt in ("png", "tiff") or (fmt == "jxl" and len(planes) == 1 and source.grayscale)
-    bits = 16 if source.bit_depth == 16 and deep else 8
+    bits = 16 if source.bit_depth == 16 and fmt in ("png", "tiff") else 8
     arr = _quantise(np.concatenate(planes, axis=2), bits)
     meta = _Meta() if strip_metadata else _Meta(source.icc, source.exif, xmp)
     q = DEFAULT_QUALITY if quality is None else int(quality)
