@@ -286,9 +286,9 @@ def models_info(
 # -- inspect ------------------------------------------------------------------------------------------------------
 
 
-@app.command(epilog="Examples:\n\n  invsr inspect out/photo.png\n\n"
+@app.command("inspect", epilog="Examples:\n\n  invsr inspect out/photo.png\n\n"
              "  invsr inspect out/*.jpg --json | jq -r .provenance.seed")
-def inspect(
+def inspect_outputs(
     files: Annotated[list[Path], typer.Argument(help="Image files written by invsr.", show_default=False,
                                                 metavar="FILE...")],
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per file: file, provenance "

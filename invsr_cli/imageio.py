@@ -1,4 +1,5 @@
-"""Image decoding and encoding, at the edges: Pillow (OpenCV for 16-bit colour), atomic writes.
+"""Image decoding and encoding, at the edges: Pillow and its plugins (OpenCV and tifffile for 16-bit colour),
+atomic writes.
 
 Reading (:func:`read_image`) gives float32 RGB in [0, 1] for the model plus what is needed to write the result
 back faithfully: alpha (kept separately), whether the image is grayscale, its bit depth (8 or 16), the ICC profile
@@ -25,10 +26,11 @@ Policies
 * **16-bit**: 16-bit grayscale PNG/TIFF are read with Pillow; Pillow would silently reduce 16-bit RGB/RGBA/LA
   PNG/TIFF to 8 bits, so those pixels are decoded with OpenCV (metadata still from Pillow). 16-bit outputs are
   written as PNG or TIFF; every other format is 8-bit (Pillow's AVIF and WebP encoders are 8-bit, and
-  pillow-jxl-plugin marks 16-bit grayscale as linear light, which viewers would show with the wrong tone curve). 16-bit grayscale goes through Pillow (``I;16``); 16-bit colour or alpha PNG through
-  OpenCV (``imencodeWithMetadata``: ICC, EXIF and XMP kept); 16-bit colour or alpha TIFF through ``tifffile``
-  (ICC, XMP and EXIF's main-IFD tags such as Make, Model, DateTime, Artist and Copyright kept; the Exif and GPS
-  sub-IFDs are lost, tifffile cannot write them). 16-bit gray+alpha is written as RGBA with R = G = B (OpenCV's
+  pillow-jxl-plugin marks 16-bit grayscale as linear light, which viewers would show with the wrong tone curve).
+  16-bit grayscale goes through Pillow (``I;16``); 16-bit colour or alpha PNG through OpenCV
+  (``imencodeWithMetadata``: ICC, EXIF and XMP kept); 16-bit colour or alpha TIFF through ``tifffile`` (ICC, XMP
+  and EXIF's main-IFD tags such as Make, Model, DateTime, Artist and Copyright kept; the Exif and GPS sub-IFDs
+  are lost, tifffile cannot write them). 16-bit gray+alpha is written as RGBA with R = G = B (OpenCV's
   PNG encoder has no two-channel mode, and few readers understand two-channel 16-bit TIFF).
 * **Metadata**: ICC and EXIF are kept in every output format that holds them (PNG, JPEG, WebP, TIFF, AVIF; JPEG
   XL keeps EXIF, but ``pillow-jxl-plugin`` cannot embed an ICC profile, so an RGB source with a profile is
