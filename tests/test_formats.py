@@ -141,6 +141,28 @@ def test_icc_and_exif_survive_each_format(tmp_path, fmt):
         assert meta["icc"] == SRGB
 
 
+def _swapped_primaries_profile() -> bytes:
+    """sRGB with its red and green primaries exchanged: a valid RGB profile under which (255, 0, 0) is green."""
+    icc = bytearray(SRGB)
+    count = int.from_bytes(icc[128:132], "big")
+    entries = {bytes(icc[132 + 12 * i: 136 + 12 * i]): 132 + 12 * i for i in range(count)}
+    r, g = entries[b"rXYZ"], entries[b"gXYZ"]
+    icc[r + 4: r + 12], icc[g + 4: g + 12] = icc[g + 4: g + 12], icc[r + 4: r + 12]
+    return bytes(icc)
+
+
+def test_jxl_converts_a_profiled_source_to_srgb(tmp_path):
+    """pillow-jxl-plugin cannot embed the profile, so the colours are converted rather than misread as sRGB."""
+    arr = np.zeros((8, 8, 3), np.uint8)
+    arr[..., 0] = 255
+    src = _source(tmp_path, arr, icc_profile=_swapped_primaries_profile())
+    write_image(tmp_path / "o.jxl", src.rgb, source=src, format="jxl", lossless=True)
+    write_image(tmp_path / "o.png", src.rgb, source=src, format="png")
+    r, g, _ = read_image(tmp_path / "o.jxl").rgb[4, 4]
+    assert g > 0.9 and r < 0.1, (r, g)  # what the profiled pixel looks like
+    assert read_image(tmp_path / "o.png").rgb[4, 4, 0] == 1  # png keeps pixels and profile as they were
+
+
 @pytest.mark.parametrize(("name", "channels"), [("g.png", 1), ("c.png", 3), ("a.png", 4), ("g.tif", 1),
                                                  ("c.tif", 3), ("a.tif", 4)])
 def test_icc_and_exif_survive_16bit_outputs(tmp_path, name, channels):
