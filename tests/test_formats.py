@@ -371,6 +371,18 @@ def _run(*args, env=None):
                           env={**os.environ, **(env or {})})
 
 
+def test_inspect_reads_every_format(tmp_path):
+    src = _source(tmp_path, _smooth(8, 8, 3))
+    files = [tmp_path / f"p.{fmt}" for fmt in FORMATS]
+    for path in files:
+        write_image(path, src.rgb, source=src, format=path.suffix[1:], provenance=REC)
+    p = _run("inspect", "--json", *files)
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(line) for line in p.stdout.splitlines()]
+    assert [r["file"] for r in rows] == [str(f) for f in files]
+    assert all(r["provenance"] == REC and r["error"] is None for r in rows), rows
+
+
 def test_inspect_prints_the_record_and_json(tmp_path):
     src = _source(tmp_path, _smooth(8, 8, 3))
     write_image(tmp_path / "p.webp", src.rgb, source=src, format="webp", provenance=REC)
