@@ -12,8 +12,9 @@ Policies
   ``invsr-cli[heif]``) and JPEG XL (``pillow-jxl-plugin``, ``invsr-cli[jxl]``); all recognised by content, not by
   extension. Without its extra a HEIC or JPEG XL file fails with ``needs `pip install 'invsr-cli[heif]'```` (or
   ``[jxl]``), never as a broken file. Other formats Pillow knows are refused (some, like EPS, would run external
-  programs). The JPEG XL plugin decodes the whole file to read its header, so ``max_pixels`` is checked after
-  decoding for JPEG XL; its orientation is the codestream's (applied by libjxl), an EXIF orientation is ignored
+  programs). The JPEG XL plugin decodes the whole file to read its header, so for JPEG XL ``max_pixels`` and
+  Pillow's decompression-bomb limit are checked from the codestream's size header first (:func:`_jxl_size`,
+  the one hand-written parser here: no installed library reads it without decoding); its orientation is the codestream's (applied by libjxl), an EXIF orientation is ignored
   as the JPEG XL specification says. 10/12-bit HEIC is read as 8-bit (pillow-heif's default).
 * **Animated / multi-frame files** (animated GIF/PNG/WebP, multi-page TIFF) are refused with
   ``"animated image with N frames; invsr upscales still images only"``: picking one frame silently would lose
@@ -245,7 +246,73 @@ def _available_formats() -> tuple[str, ...]:
     return tuple(f for f in READ_FORMATS if f in Image.OPEN)
 
 
-def _open(path: Path, fp: Any) -> Image.Image:
+_JXL_RATIOS = ((1, 1), (12, 10), (4, 3), (3, 2), (16, 9), (5, 4), (2, 1))
+_JXL_HEAD = 1 << 20  # how far into a JPEG XL container to look for the codestream's start
+
+
+def _jxl_codestream(data: bytes) -> bytes | None:
+    """The start of the codestream of a JPEG XL file (bare, or in a ``jxlc``/first ``jxlp`` box)."""
+    if data[:2] == b"\xff\x0a":
+        return data
+    pos = 0
+    while pos + 8 <= len(data):
+        size, kind, head = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8], 8
+        if size == 1:
+            size, head = int.from_bytes(data[pos + 8 : pos + 16], "big"), 16
+        if kind == b"jxlc":
+            return data[pos + head :]
+        if kind == b"jxlp":
+            return data[pos + head + 4 :]  # after the part index
+        if size == 0 or size < head:
+            return None
+        pos += size
+    return None
+
+
+def _jxl_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG XL SizeHeader (ISO/IEC 18181-1 D.2), without decoding; None when the bytes do
+    not hold one. pillow-jxl-plugin decodes the whole image to learn its size, so this is the only way to refuse
+    a too-large JPEG XL before its pixels are allocated."""
+    cs = _jxl_codestream(data)
+    if cs is None or len(cs) < 11 or cs[:2] != b"\xff\x0a":
+        return None
+    bits, pos = int.from_bytes(cs[2:11], "little"), 0  # at most 1 + 2*(2 + 30) + 3 = 68 bits
+
+    def u(n: int) -> int:
+        nonlocal pos
+        value = (bits >> pos) & ((1 << n) - 1)
+        pos += n
+        return value
+
+    def u32() -> int:
+        return 1 + u((9, 13, 18, 30)[u(2)])
+
+    div8 = u(1)
+    height = (1 + u(5)) * 8 if div8 else u32()
+    ratio = u(3)
+    if ratio:
+        num, den = _JXL_RATIOS[ratio - 1]
+        return height * num // den, height
+    return ((1 + u(5)) * 8 if div8 else u32()), height
+
+
+def _precheck_jxl(path: Path, fp: Any, max_pixels: int | None) -> None:
+    """Refuse a JPEG XL that is too large from its header, as Image.open and max_pixels do for other formats."""
+    head = fp.read(16)
+    if _sniff(head) == "jxl":
+        head += fp.read(_JXL_HEAD)
+    fp.seek(0)
+    if _sniff(head) != "jxl" or (size := _jxl_size(head)) is None:
+        return
+    w, h = size
+    if w * h > 2 * (Image.MAX_IMAGE_PIXELS or 0) > 0:
+        raise _fail(path, f"refused as a possible decompression bomb: JPEG XL header says {w}x{h} = {w * h} "
+                    f"pixels, over twice Pillow's limit of {Image.MAX_IMAGE_PIXELS}")
+    _check_pixels(path, w, h, max_pixels)
+
+
+def _open(path: Path, fp: Any, max_pixels: int | None = None) -> Image.Image:
+    _precheck_jxl(path, fp, max_pixels)
     try:
         return Image.open(fp, formats=_available_formats())
     except UnidentifiedImageError:
@@ -286,7 +353,7 @@ def probe_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) 
     ``max_pixels`` (the same check and message as :func:`read_image`)."""
     path = Path(path)
     _check_file(path)
-    with _open_file(path) as fp, _open(path, fp) as im:
+    with _open_file(path) as fp, _open(path, fp, max_pixels) as im:
         try:
             n_frames = _n_frames(im)
         except Exception as exc:
@@ -452,7 +519,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     """
     path = Path(path)
     _check_file(path)
-    with _open_file(path) as fp, _open(path, fp) as im:
+    with _open_file(path) as fp, _open(path, fp, max_pixels) as im:
         fmt = canonical_format(im.format or "")
         try:
             n_frames = _n_frames(im)

@@ -297,6 +297,38 @@ def test_probe_reads_new_formats(tmp_path, fmt, name):
     assert imageio.probe_image(tmp_path / f"p.{name}") == imageio.ImageInfo(20, 12, name, "RGBA", 1)
 
 
+@pytest.mark.parametrize("container", [False, True])
+def test_jxl_size_header_matches_the_decoder(container):
+    """Sizes that exercise each SizeHeader branch: multiples of 8 (small and large), each aspect ratio code,
+    and each of the four U32 widths."""
+    sizes = [(8, 8), (256, 64), (96, 80), (64, 48), (48, 32), (64, 36), (40, 32), (128, 64), (7, 3), (600, 1),
+             (9000, 2), (3, 300000)]
+    for w, h in sizes:
+        buf = io.BytesIO()
+        Image.new("L", (w, h)).save(buf, "JXL", lossless=True, use_container=container, effort=1)
+        assert imageio._jxl_size(buf.getvalue()) == (w, h), (w, h, container)
+        with Image.open(buf) as im:
+            assert im.size == (w, h)
+
+
+def test_huge_jxl_is_refused_from_its_header_before_decoding(tmp_path):
+    fields = ((1, 0), (2, 3), (30, 100000 - 1), (3, 0), (2, 3), (30, 100000 - 1))
+    value, pos = 0, 0
+    for n, v in fields:
+        value |= v << pos
+        pos += n
+    path = tmp_path / "bomb.jxl"
+    path.write_bytes(b"\xff\x0a" + value.to_bytes(9, "little") + b"\x00" * 64)
+    assert imageio._jxl_size(path.read_bytes()) == (100000, 100000)
+    with pytest.raises(ImageReadError, match="bomb.jxl: refused as a possible decompression bomb: JPEG XL header "
+                       "says 100000x100000"):
+        read_image(path)
+    small = tmp_path / "big.jxl"
+    Image.new("L", (4000, 3000)).save(small, "JXL", lossless=True, effort=1)
+    with pytest.raises(ImageReadError, match="4000x3000 = 12.0 MP exceeds --max-pixels 8.0 MP"):
+        imageio.probe_image(small, max_pixels=8_000_000)
+
+
 def _write_plugin_files(tmp_path: Path) -> dict[str, Path]:
     files = {"heif": tmp_path / "a.heic", "jxl": tmp_path / "b.jxl"}
     Image.fromarray(_smooth(8, 8, 3)).save(files["heif"], "HEIF")
