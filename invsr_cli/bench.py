@@ -180,7 +180,7 @@ def engine_path(engine: Any, images: Sequence[np.ndarray], settings: Any,
     engine.clear_prompt_cache()
     results: dict[int, np.ndarray] = {}
 
-    def keep(img: Any, rgb: np.ndarray) -> tuple[int, int]:
+    def keep(img: Any, rgb: np.ndarray, models: Any) -> tuple[int, int]:
         results[img.task.index] = rgb
         return rgb.shape[1], rgb.shape[0]
 

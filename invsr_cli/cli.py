@@ -63,6 +63,8 @@ RUN = "Run"
     epilog="Examples:\n\n"
     "  invsr upscale in/ out/ --steps 1\n\n"
     "  invsr upscale scans/ out/ --preset blur --format png\n\n"
+    "  invsr upscale raw/ out/ --format jxl --lossless\n\n"
+    "  invsr upscale photos/ out/ --format avif --quality 80 --strip-metadata\n\n"
     "  invsr upscale 'shots/**/*.jpg' out/ --preset auto\n\n"
     "  find photos -name '*.jpg' -print0 | invsr upscale -0 - out/\n\n"
     "  0 3 * * * invsr upscale -q -r /srv/inbox /srv/upscaled   (crontab: nightly, errors only)\n\n"
@@ -103,10 +105,19 @@ def upscale(
                                                    rich_help_panel=TILING)] = None,
     scale: Annotated[float | None, typer.Option(help="Output scale (0 < scale <= 4; 4 is native, others resize "
                                                 "the x4 result down).", rich_help_panel=OUTPUT)] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="auto (the input's), png, jpg, webp or tiff.",
-                                            rich_help_panel=OUTPUT)] = None,
-    quality: Annotated[int | None, typer.Option(help="Quality 1..100 for jpg/webp (default 95).",
+    fmt: Annotated[str | None, typer.Option("--format", help="auto (the input's), png, jpg, webp, tiff, avif or "
+                                            "jxl (jxl needs invsr-cli[jxl]).", rich_help_panel=OUTPUT)] = None,
+    quality: Annotated[int | None, typer.Option(help="Quality 1..100 for jpg/webp/avif/jxl (default 95).",
                                                 rich_help_panel=OUTPUT)] = None,
+    lossless: Annotated[bool | None, typer.Option("--lossless", help="Lossless webp/jxl (png/tiff always are); "
+                                                  "with --format auto, jpg/avif/heic inputs give png.",
+                                                  rich_help_panel=OUTPUT, show_default=False)] = None,
+    strip_metadata: Annotated[bool | None, typer.Option("--strip-metadata", help="Write no metadata at all: no "
+                                                        "EXIF, ICC, XMP or provenance.", rich_help_panel=OUTPUT,
+                                                        show_default=False)] = None,
+    no_provenance: Annotated[bool, typer.Option("--no-provenance", help="Do not record how the output was made "
+                                                "(see `invsr inspect`); EXIF and ICC are still kept.",
+                                                rich_help_panel=OUTPUT)] = False,
     suffix: Annotated[str | None, typer.Option(help="Appended to output file stems, e.g. _x4.",
                                                rich_help_panel=OUTPUT)] = None,
     skip_existing: Annotated[bool | None, typer.Option(
@@ -156,11 +167,13 @@ def upscale(
         tile=tile, overlap=overlap, blend=blend, batch_size=batch_size, scale=scale, format=fmt, quality=quality,
         suffix=suffix, skip_existing=skip_existing, max_pixels=max_pixels, device=device, dtype=dtype,
         vae_fp32=vae_fp32, compile=compile_, sd_model=sd_model, noise_predictor=noise_predictor,
+        lossless=lossless, strip_metadata=strip_metadata, provenance=False if no_provenance else None,
     )
     policy = load_policy(preset, {k: v for k, v in flags.items() if v is not None})
     stdin_paths = _read_stdin(null) if "-" in inputs else None
-    found = discover(inputs, out_dir, recursive=recursive, stdin_paths=stdin_paths, suffix=policy.settings.suffix,
-                     fmt=policy.settings.format)
+    s = policy.settings
+    found = discover(inputs, out_dir, recursive=recursive, stdin_paths=stdin_paths, suffix=s.suffix, fmt=s.format,
+                     lossless=s.lossless)
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
     summary = run_batch(found.jobs, policy, output_dir=out_dir, reporter=reporter, dry_run=dry_run,
                         manifest_path=manifest, wait=wait, input_errors=found.errors)
@@ -276,6 +289,47 @@ def models_info(
     for r in rows:
         size = f"{r.get('size', 0) / 1e6:.1f} MB" if r.get("present") else "missing"
         typer.echo(f"{r['name']:<16} {size:>10}  {r.get('where', '')}")
+
+
+# -- inspect ------------------------------------------------------------------------------------------------------
+
+
+@app.command("inspect", epilog="Examples:\n\n  invsr inspect out/photo.png\n\n"
+             "  invsr inspect out/*.jpg --json | jq -r .provenance.seed")
+def inspect_outputs(
+    files: Annotated[list[Path], typer.Argument(help="Image files written by invsr.", show_default=False,
+                                                metavar="FILE...")],
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object per file: file, provenance "
+                                              "(null when none), error.")] = False,
+) -> None:
+    """Print how each output was made: the provenance record invsr embeds (version, preset, schedule, seed,
+    models, ...). Exit 1 when a file cannot be read; a file without a record is not an error."""
+    import json
+
+    from invsr_cli.discover import display_path
+    from invsr_cli.errors import ImageReadError
+    from invsr_cli.provenance import read_provenance
+
+    failed = 0
+    for path in files:
+        record, error = None, None
+        try:
+            record = read_provenance(path)
+        except ImageReadError as e:
+            error, failed = str(e), failed + 1
+        if json_output:
+            typer.echo(json.dumps({"file": display_path(path), "provenance": record, "error": error},
+                                  ensure_ascii=False))
+        elif error:
+            _print_error(error)
+        elif record is None:
+            typer.echo(f"{display_path(path)}: no invsr provenance record")
+        else:
+            typer.echo(f"{display_path(path)}:")
+            for key, value in record.items():
+                shown = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
+                typer.echo(f"  {key:<16} {shown}")
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
 
 
 # -- analyse ------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from invsr_cli.discover import Job
 from invsr_cli.errors import InvSRError
 from invsr_cli.report import Outcome, Reporter
 from invsr_cli.settings import ImageSettings, Settings, SettingsPolicy
-from invsr_cli.sink import ImageSink, failure, reason_of, write_output
+from invsr_cli.sink import ImageSink, Writer, failure, reason_of, write_output
 
 __all__ = ["Engine", "ImageTask", "PreparedImage", "Processing", "process_images", "batch_size_for",
            "MIN_OOM_TILE", "fit_batch"]
@@ -172,7 +172,7 @@ def process_images(
     *,
     reporter: Reporter | None = None,
     should_stop: Callable[[], bool] = lambda: False,
-    write: Callable[[PreparedImage, Any], tuple[int, int]] = write_output,
+    write: Writer = write_output,
     timer: Any = None,
 ) -> Processing:
     """Upscale ``tasks`` with ``engine``; iterate the result for one :class:`Outcome` per task that was attempted
@@ -181,8 +181,8 @@ def process_images(
     ``policy`` gives each image its settings when it is read. ``reporter`` hears tile progress and warnings (out of
     memory); it is not given outcomes. ``should_stop`` is polled between batches: once true, no new batch starts,
     the writes in flight finish and their outcomes come, and the images not finished are abandoned unreported.
-    ``write(image, rgb)`` writes one finished image (default: atomically to ``image.job.output``) and returns its
-    size. ``timer`` (an :class:`invsr_cli.engine.timing.StageTimer` attached to ``engine``) adds per-image stage
+    ``write(image, rgb, models)`` writes one finished image (default: atomically to ``image.job.output``, with
+    its provenance) and returns its size. ``timer`` (an :class:`invsr_cli.engine.timing.StageTimer` attached to ``engine``) adds per-image stage
     seconds to the outcomes: a batch's stage time is shared among its images by their tiles in it.
 
     A full disk stops the run: :attr:`Processing.stopped` says why, and every task not yet finished gets a failed
@@ -195,7 +195,7 @@ class Processing:
     """The iterator :func:`process_images` returns; ``stopped`` is set when a full disk ended it early."""
 
     def __init__(self, tasks: Iterable[ImageTask], policy: SettingsPolicy, engine: Engine, reporter: Reporter,
-                 should_stop: Callable[[], bool], write: Callable[[PreparedImage, Any], tuple[int, int]],
+                 should_stop: Callable[[], bool], write: Writer,
                  timer: Any) -> None:
         import torch
 
