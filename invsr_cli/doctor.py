@@ -87,7 +87,7 @@ def run_checks(
 
     A check that raises an unexpected exception is reported as failed with the exception, never propagated.
     """
-    from invsr_cli.engine.models import DEFAULT_SD_MODEL
+    from invsr_cli.engine.weights import DEFAULT_SD_MODEL
 
     sd = sd_model or DEFAULT_SD_MODEL
     steps: list[tuple[str, Callable[[], Check | list[Check]]]] = [
@@ -214,7 +214,7 @@ def _check_precision() -> Check:
     """What each dtype means on the device invsr picks by default; tries a small matmul in each."""
     import torch
 
-    from invsr_cli.engine.models import resolve_device
+    from invsr_cli.engine.devices import resolve_device
 
     dev = resolve_device("auto")
     works = {}
@@ -305,66 +305,46 @@ def _safetensors_header_problem(path: Path) -> str | None:
     return None
 
 
-def _check_sd_weights(spec: str) -> Check:
-    from invsr_cli.engine import models as m
+def _weights(sd: str, noise_predictor: str | None) -> Any:
+    """Where the weights are, looked up the way loading does (one resolve), offline: never a download."""
+    from invsr_cli.engine.weights import resolve
 
+    return resolve(sd_model=sd, noise_predictor=noise_predictor, fetch=False, offline=True)
+
+
+def _check_sd_weights(spec: str) -> Check:
     name = "weights: SD-Turbo"
-    rows = m.models_info(sd_model=spec)[: len(m._SD_HUB_FILES)]  # the SD rows, in _SD_HUB_FILES order
-    missing = [rel for rel, r in zip(m._SD_HUB_FILES, rows, strict=True) if not r["present"] and rel not in m._SD_OPTIONAL]
-    where = _sd_where(spec, rows)
-    if missing:
+    src = _weights(spec, None).sd_model
+    if src.missing:
         fix = ("`invsr models download` on a machine with network (same HF_HOME), or pass a local folder with "
                "--sd-model DIR")
-        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-        return Check(name, FAIL, f"{spec}: missing {shown} in {where}", fix)
-    total = sum(r["size"] or 0 for r in rows if r["present"])
-    for r in rows:
-        if r["present"] and str(r["where"]).endswith(".safetensors"):
-            problem = _safetensors_header_problem(Path(r["where"]))
+        shown = ", ".join(src.missing[:4]) + (f" and {len(src.missing) - 4} more" if len(src.missing) > 4 else "")
+        return Check(name, FAIL, f"{spec}: missing {shown} in {src.where}", fix)
+    present = [path for _, path, _ in src.files if path is not None]
+    total = sum(p.stat().st_size for p in present)
+    for path in present:
+        if path.suffix == ".safetensors":
+            problem = _safetensors_header_problem(path)
             if problem:
-                return Check(name, FAIL, f"{r['where']}: {problem}",
-                             "delete the file and run `invsr models download` again")
-    return Check(name, PASS, f"{spec}: {len(rows)} files, {_gb(total)}, complete, in {where}")
-
-
-def _sd_where(spec: str, rows: list[dict[str, Any]]) -> str:
-    from invsr_cli.engine.models import hub_cache_dir
-
-    local = Path(spec).expanduser()
-    if local.is_dir():
-        return str(local)
-    for r in rows:
-        if r["present"]:
-            p = Path(r["where"])
-            while p.parent.name != "snapshots" and p.parent != p:
-                p = p.parent
-            return str(p)
-    return f"the Hugging Face cache {hub_cache_dir()}"
+                return Check(name, FAIL, f"{path}: {problem}", "delete the file and run `invsr models download` again")
+    return Check(name, PASS, f"{spec}: {len(present)} files, {_gb(total)}, complete, in {src.path}")
 
 
 def _check_noise_predictor(spec: str | None) -> Check:
     """Found without downloading, then a strict key and shape check: the state is read on the CPU and compared
     with the architecture built on the meta device (nothing is allocated, nothing goes to a GPU)."""
-    from invsr_cli.engine.models import (
-        DEFAULT_NOISE_PREDICTOR,
-        _parse_np_spec,
-        hub_cache_dir,
-        resolve_noise_predictor,
-    )
     from invsr_cli.engine.noise_predictor import NoisePredictorConfig, check_noise_predictor_file
+    from invsr_cli.engine.weights import DEFAULT_NOISE_PREDICTOR, DEFAULT_SD_MODEL
     from invsr_cli.errors import InvSRError
 
     name = "weights: noise predictor"
     spec_s = spec or DEFAULT_NOISE_PREDICTOR
-    try:
-        path = resolve_noise_predictor(spec, offline=True)  # offline: a cache lookup, never a download
-    except InvSRError:
-        parsed = _parse_np_spec(spec_s)
-        where = (f"not in the Hugging Face cache {hub_cache_dir()} (repo {parsed[0]}, file {parsed[1]})" if parsed
-                 else "no such file")
-        return Check(name, FAIL, f"{spec_s}: {where}",
+    src = _weights(DEFAULT_SD_MODEL, spec).noise_predictor
+    if src.path is None or src.missing:
+        return Check(name, FAIL, f"{spec_s}: not found in {src.where}",
                      "`invsr models download` on a machine with network (same HF_HOME), or pass a local file "
                      "with --noise-predictor FILE")
+    path = src.path
     size = path.stat().st_size
     try:
         cfg, n_tensors = check_noise_predictor_file(path)
@@ -388,7 +368,7 @@ def _existing_parent(p: Path) -> Path:
 
 
 def _check_hf_cache(sd: str, noise_predictor: str | None) -> Check:
-    from invsr_cli.engine.models import hub_cache_dir, is_offline
+    from invsr_cli.engine.weights import hub_cache_dir, is_offline
 
     cache = hub_cache_dir()
     base = _existing_parent(cache)
@@ -406,15 +386,8 @@ def _check_hf_cache(sd: str, noise_predictor: str | None) -> Check:
 
 
 def _all_weights_present(sd: str, noise_predictor: str | None) -> bool:
-    from invsr_cli.engine import models as m
-    from invsr_cli.errors import InvSRError
-
-    try:
-        m.resolve_sd_model(sd, offline=True)
-        m.resolve_noise_predictor(noise_predictor, offline=True)
-    except InvSRError:
-        return False
-    return True
+    w = _weights(sd, noise_predictor)
+    return not w.sd_model.missing and not w.noise_predictor.missing and w.noise_predictor.path is not None
 
 
 # -- files ------------------------------------------------------------------------------------------------------
@@ -499,7 +472,7 @@ def _check_self_test() -> Check:
     from PIL import Image
 
     from invsr_cli.discover import discover
-    from invsr_cli.engine.models import resolve_device
+    from invsr_cli.engine.devices import resolve_device
     from invsr_cli.engine.start import quiet_libraries
     from invsr_cli.imageio import read_image
     from invsr_cli.preset_files import load_policy

@@ -165,8 +165,14 @@ def test_hub_cache_lookup_finds_weights_without_downloading(tiny_models, tmp_pat
             shutil.copy(tiny_models.noise_predictor_path, snap / "noise_predictor_sd_turbo_v5.pth")
         (hub / repo / "refs").mkdir()
         (hub / repo / "refs" / "main").write_text("0123abcd")
+    import huggingface_hub.constants as hub_constants
+
+    # huggingface_hub reads these when first imported (already done in this process): set both the environment
+    # and its constants, as a fresh process would see them.
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     checks = {c.name: c for c in run_checks(None, self_test=False)}
     sd = checks["weights: SD-Turbo"]
     assert sd.status == PASS and "stabilityai/sd-turbo" in sd.detail and "0123abcd" in sd.detail
