@@ -346,6 +346,40 @@ def test_signal_stops_cleanly(tmp_path, models, sig, code):
     assert not temps(out)
 
 
+@pytest.mark.slow
+def test_sigint_with_json_exits_130_after_the_summary_object(tmp_path, models):
+    src = tmp_path / "in"
+    sizes = _folder(src, 10)
+    p = popen(["upscale", src, tmp_path / "out", "--json", *models])
+    first = json.loads(p.stdout.readline())  # one image done: the run is inside its signal handling
+    assert first["type"] == "image" and first["status"] == "done"
+    p.send_signal(signal.SIGINT)
+    rest, err = p.communicate(timeout=60)
+    objs = [first, *json_lines(rest)]
+    assert p.returncode == 130, err.decode(errors="replace")[-2000:]
+    assert objs[-1]["type"] == "summary" and objs[-1]["interrupted"] == "SIGINT", objs[-1]
+    assert objs[-1]["processed"] == sum(o["type"] == "image" and o["status"] == "done" for o in objs) < len(sizes)
+    assert "Traceback" not in err.decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_stdout_closed_by_its_reader_ends_quietly(tmp_path, models):
+    """`invsr upscale ... --json | head -n 1`: no traceback, no "Exception ignored ... BrokenPipeError" at exit."""
+    src = tmp_path / "in"
+    sizes = _folder(src, 10)
+    out = tmp_path / "out"
+    p = popen(["upscale", src, out, "--json", *models])
+    first = json.loads(p.stdout.readline())
+    p.stdout.close()  # what head does after its first line
+    err = p.stderr.read().decode(errors="replace")
+    assert p.wait(timeout=60) == 1, err[-2000:]  # the run stopped early: exit 1, as for a full disk
+    assert first["type"] == "image"
+    for noise in ("Traceback", "Exception ignored", "BrokenPipe", "Errno 32"):
+        assert noise not in err, err[-2000:]
+    assert 1 <= len(_complete_outputs(out, sizes)) < len(sizes)  # nobody listening: it stopped
+    assert not temps(out)
+
+
 # -- 4. exclusive runs --------------------------------------------------------------------------------------------
 
 
