@@ -22,13 +22,14 @@ def test_cli_bench_tiny_quick_json():
     eng, base, ratios = report["engine"], report["baseline"], report["ratios"]
     assert report["config"]["lr_width"] == 64 and report["config"]["tile"] == 64
     assert report["config"]["baseline_tile"] == 128 and report["config"]["baseline_overlap"] == 64
-    assert report["machine"]["device"] == "cpu" and report["machine"]["cores"] >= 1
+    assert report["machine"]["device"] == "cpu"
+    assert report["machine"]["cores"] == (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                          else os.cpu_count())  # the cores this process may use
     for path in (eng, base):
         assert set(STAGES) <= set(path["stages"])
         assert path["seconds"] > 0 and path["tiles"] >= 1 and path["tiles_per_s"] > 0
         assert path["output_mp"] == pytest.approx(256 * 256 / 1e6, abs=1e-4)
         assert path["peak_rss_mb"] > 0 and path["peak_rss_scope"] in ("path", "process")
-        assert path["page_faults"] >= 0
         for stage in ("noise_predictor", "vae_encode", "unet", "vae_decode", "text_encoder"):
             assert path["stages"][stage] > 0 and path["calls"][stage] >= 1
     assert base["tiles"] >= eng["tiles"]
