@@ -235,8 +235,11 @@ def test_wheel_ships_presets(tmp_path):
                     root], check=True, capture_output=True)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    # Without PYTHONPATH: a source tree on it (PYTHONPATH=$PWD, to test a worktree) carries invsr_cli.egg-info,
+    # and pip would then call the wheel "already satisfied" and install nothing.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q", "--no-deps",
-                    "--no-index", *dist.glob("*.whl")], check=True, capture_output=True)
+                    "--no-index", *dist.glob("*.whl")], check=True, capture_output=True, env=clean)
     import typer  # the dependencies come from the dev venv; invsr_cli itself must come from the wheel
 
     deps = str(Path(typer.__file__).parents[1])
