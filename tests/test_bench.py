@@ -11,6 +11,7 @@ import pytest
 from invsr_cli.bench import STAGES, parse_size, run_bench
 
 
+@pytest.mark.slow
 def test_cli_bench_tiny_quick_json():
     from typer.testing import CliRunner
 
@@ -37,6 +38,7 @@ def test_cli_bench_tiny_quick_json():
     assert report["output_difference"] is None  # different tiles: results differ by design
 
 
+@pytest.mark.slow
 def test_speedups_do_not_change_results(tiny_engine):
     """Posterior mean, fp32, the same tile/overlap: prompt caching, float32 accumulation on the device and tiles
     packed across images give the authors' pipeline's result to 1e-4 (issue 4)."""
@@ -99,6 +101,7 @@ def test_peak_rss_is_per_path_on_linux():
     assert r["with_big"] - r["after"] > 300, r
 
 
+@pytest.mark.slow
 def test_repeat_alternates_and_reports_the_median(tiny_engine, monkeypatch):
     import invsr_cli.bench as bench
 

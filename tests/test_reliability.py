@@ -97,6 +97,7 @@ def _folder(d: Path, n: int, w: int = 48, h: int = 40) -> dict[str, tuple[int, i
 # -- 1. a corpus of hostile files ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_hostile_corpus(tmp_path, models):
     corpus = build_corpus(tmp_path / "corpus", seed=5)
     root = corpus.root
@@ -239,6 +240,7 @@ def _run_and_kill(args, delay: float, *, after_first_done: bool, stderr_path: Pa
     return b"".join(lines), p.returncode, killed, stderr_path.read_text(errors="replace")
 
 
+@pytest.mark.slow
 def test_sigkill_crash_trials(tmp_path, models):
     src = tmp_path / "in"
     sizes = _folder(src, 8)
@@ -323,6 +325,7 @@ def test_sigkill_crash_trials(tmp_path, models):
 # -- 3. SIGTERM / SIGINT -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_stops_cleanly(tmp_path, models, sig, code):
     src = tmp_path / "in"
@@ -390,6 +393,7 @@ def _blocked_on_lock(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_second_run_exits_75_or_waits(tmp_path, models):
     imagegen.rgb(tmp_path / "a.png")
     out = tmp_path / "out"
@@ -457,6 +461,7 @@ def _oom(message="CUDA out of memory. Tried to allocate 2.00 GiB (simulated)"):
     return torch.OutOfMemoryError(message)
 
 
+@pytest.mark.slow
 def test_disk_full_fails_the_file_and_stops_the_run(tmp_path, monkeypatch, tiny_engine):
     from invsr_cli.cli import _exit_code
 
@@ -491,6 +496,7 @@ def test_disk_full_fails_the_file_and_stops_the_run(tmp_path, monkeypatch, tiny_
         check_image(out / name, (32, 24))
 
 
+@pytest.mark.slow
 def test_out_of_memory_halves_the_batch(tmp_path, tiny_engine):
     for i in range(2):
         imagegen.rgb(tmp_path / f"{i}.png", 64, 48, seed=i)
@@ -576,6 +582,7 @@ def _tree(root: Path, skip: Path) -> set[str]:
     return {os.path.join(r, f) for r, ds, fs in os.walk(root) for f in fs if not r.startswith(str(skip))}
 
 
+@pytest.mark.slow
 def test_stdin_paths_cannot_escape_output_dir(tmp_path, models):
     w = tmp_path / "w"
     cwd = w / "a" / "b"
@@ -621,6 +628,7 @@ class _Payload:
         return (Path.write_text, (self.marker, "pwned"))
 
 
+@pytest.mark.slow
 def test_pickle_checkpoint_with_code_is_refused_by_the_cli(tmp_path, tiny_models):
     """The library-level proof (including that a plain unpickle WOULD run the payload) is
     tests/test_noise_predictor.py::test_pickle_with_code_is_refused_without_running_it."""
