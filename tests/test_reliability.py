@@ -350,13 +350,17 @@ def test_signal_stops_cleanly(tmp_path, models, sig, code):
 
 
 @pytest.mark.slow
-def test_sigint_with_json_exits_130_after_the_summary_object(tmp_path, models):
+@pytest.mark.parametrize("presses", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])
+def test_sigint_with_json_exits_130_after_the_summary_object(tmp_path, models, presses):
+    """Once: finish the writes in flight, then stop. Twice: abandon at once (a KeyboardInterrupt out of the run).
+    Either way exit 130, the summary object last, no traceback."""
     src = tmp_path / "in"
     sizes = _folder(src, 10)
     p = popen(["upscale", src, tmp_path / "out", "--json", *models])
     first = json.loads(p.stdout.readline())  # one image done: the run is inside its signal handling
     assert first["type"] == "image" and first["status"] == "done"
-    p.send_signal(signal.SIGINT)
+    for _ in range(presses):
+        p.send_signal(signal.SIGINT)
     rest, err = p.communicate(timeout=60)
     objs = [first, *json_lines(rest)]
     assert p.returncode == 130, err.decode(errors="replace")[-2000:]
