@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-class StdoutClosed(BaseException):  # noqa: N818 - named for what happened, like KeyboardInterrupt
+class StdoutClosed(BaseException):
     """The reader of the report went away (``| head -n 1``): nobody is listening, so the run ends.
 
     A ``BaseException``, like ``KeyboardInterrupt``: it must stop the run, not be recorded as one image's failure
