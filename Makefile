@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-all lint bench bench-quick wheel clean
+.PHONY: install test test-fast test-all lint bench bench-quick wheel clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -15,6 +15,9 @@ install:
 
 test:
 	$(BIN)/python -m pytest -q
+
+test-fast:  # the inner loop: everything except the end-to-end trials marked slow
+	$(BIN)/python -m pytest -q -m "not slow"
 
 test-all:
 	INVSR_REAL_WEIGHTS=1 $(BIN)/python -m pytest -q

@@ -8,17 +8,19 @@ error; 3 weights unavailable; 75 another run holds the output folder; 130 SIGINT
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from invsr_cli import __version__
 from invsr_cli.errors import ConfigError, InvSRError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WEIGHTS, EXIT_LOCKED = 0, 1, 2, 3, 75
+# The library's errors carry their own exit codes (errors.py); these are the outcomes the CLI decides itself.
+EXIT_OK, EXIT_FAILED = 0, 1
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
 app = typer.Typer(
@@ -133,8 +135,8 @@ def upscale(
     vae_fp32: Annotated[bool | None, typer.Option("--vae-fp32/--no-vae-fp32", help="Keep the VAE in fp32 "
                                                   "(avoids fp16 overflow).", rich_help_panel=MODELS,
                                                   show_default=False)] = None,
-    compile_: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the UNet and "
-                                                  "VAE (slow first batch, faster after).",
+    compile_: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the UNet (slow "
+                                                  "first batch, faster after).",
                                                   rich_help_panel=MODELS, show_default=False)] = None,
     sd_model: Annotated[str | None, typer.Option("--sd-model", help="SD-Turbo: Hub id or local diffusers folder.",
                                                  rich_help_panel=MODELS)] = None,
@@ -497,19 +499,57 @@ def doctor(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: every exception the commands raise is mapped to an exit code here.
+
+    Click's standalone mode is off, so that Ctrl-C and a closed stdout reach the branches below instead of
+    Click's own handlers (which print "Aborted!" or exit 1 and leave Python to complain at shutdown).
+    """
+    from invsr_cli.report import StdoutClosed
+
     try:
-        app(prog_name="invsr")
+        code = app(prog_name="invsr", standalone_mode=False)
     except InvSRError as e:
         _print_error(str(e))
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        _print_error("interrupted")
-        sys.exit(EXIT_SIGNAL["SIGINT"])
-    except BrokenPipeError:
-        # stdout closed early (| head): not an error of ours; stop quietly.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except typer.Abort as e:
+        if isinstance(e.__context__, KeyboardInterrupt):  # older Typer turns Ctrl-C into Abort
+            _interrupted()
+        _print_error("aborted")
         sys.exit(EXIT_FAILED)
+    except _CLICK_EXCEPTION as e:  # usage errors: Click's own message and code (2)
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        _interrupted()
+    except (StdoutClosed, BrokenPipeError):  # the reporters raise StdoutClosed; BrokenPipeError from elsewhere
+        _stdout_gone()
+    # Typer returns the code of a typer.Exit (and turns a KeyboardInterrupt into 130); None when a command
+    # returned normally.
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+# Click's base exception, as the installed Typer raises it (recent Typer vendors Click as typer._click).
+_CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _interrupted() -> NoReturn:
+    """Ctrl-C outside the runner's own handling (or a second Ctrl-C, which abandons the run): the runner has
+    printed its summary already when it was running; exit 130 without a traceback."""
+    with contextlib.suppress(OSError):
+        _print_error("interrupted")
+    sys.exit(EXIT_SIGNAL["SIGINT"])
+
+
+def _stdout_gone() -> NoReturn:
+    """The reader of stdout went away (``invsr ... --json | head -n 1``): not an error of ours, so no message.
+
+    Python would flush stdout again at shutdown and print "Exception ignored ... BrokenPipeError"; pointing
+    stdout at /dev/null first is what the Python docs recommend (library/signal.html, "Note on SIGPIPE").
+    The run stopped early, so the exit code is 1.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(EXIT_FAILED)
 
 
 def _print_error(text: str) -> None:
