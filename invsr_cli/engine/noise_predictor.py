@@ -280,15 +280,9 @@ def load_noise_predictor(
     """
     path = Path(path)
     state = load_noise_predictor_state(path)
-    cfg = config or infer_noise_predictor_config(state)
-    try:
-        # Built on the meta device (no random init: every weight comes from the file), then the checkpoint's
-        # tensors are assigned in; the module has no buffers, so nothing is left uninitialised.
-        with torch.device("meta"):
-            model = NoisePredictor(cfg)
-    except (ValueError, ZeroDivisionError, RuntimeError) as exc:
-        raise ModelLoadError(f"{_COMPONENT}: cannot build an architecture for {path} ({cfg}): {exc}") from exc
-    _check_keys(model, state, path)
+    # Built on the meta device (no random init: every weight comes from the file), then the checkpoint's tensors
+    # are assigned in; the module has no buffers, so nothing is left uninitialised.
+    model, _ = _meta_model_checked(path, state, config)
     model.load_state_dict(state, strict=True, assign=True)
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:  # pragma: no cover - guards a future diffusers block that adds buffers
@@ -303,14 +297,22 @@ def check_noise_predictor_file(path: str | Path) -> tuple[NoisePredictorConfig, 
     tensors; raises :class:`ModelLoadError` (or :class:`UnsafeCheckpointError`) like loading would."""
     path = Path(path)
     state = load_noise_predictor_state(path)
-    cfg = infer_noise_predictor_config(state)
+    _, cfg = _meta_model_checked(path, state, None)
+    return cfg, len(state)
+
+
+def _meta_model_checked(path: Path, state: dict[str, Any], config: NoisePredictorConfig | None
+                        ) -> tuple[NoisePredictor, NoisePredictorConfig]:
+    """The architecture for ``state`` (``config``, or inferred from its shapes) on the meta device, with the
+    strict key and shape check done; no weight is allocated."""
+    cfg = config or infer_noise_predictor_config(state)
     try:
         with torch.device("meta"):
             model = NoisePredictor(cfg)
     except (ValueError, ZeroDivisionError, RuntimeError) as exc:
         raise ModelLoadError(f"{_COMPONENT}: cannot build an architecture for {path} ({cfg}): {exc}") from exc
     _check_keys(model, state, path)
-    return cfg, len(state)
+    return model, cfg
 
 
 def config_as_dict(cfg: NoisePredictorConfig) -> dict[str, Any]:
