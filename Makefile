@@ -1,24 +1,23 @@
 # invsr developer targets. `make install` once, then `make test`.
 PY ?= python3
 VENV ?= .venv
-# Optional extras installed with dev; `make install EXTRAS=` for the base install only. CI installs ray so the
-# Ray tests run rather than skip.
-EXTRAS ?= ray
 BIN := $(VENV)/bin
 
-comma := ,
-
-.PHONY: install test test-all lint bench bench-quick wheel clean
+.PHONY: install test test-fast test-all lint bench bench-quick wheel clean
 
 install:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[dev$(if $(EXTRAS),$(comma)$(EXTRAS))]"
+	# formats: the HEIC and JPEG XL plugins; ray: Ray Data for --ray. The tests exercise both.
+	$(BIN)/pip install -q -e ".[dev,formats,ray]"
 
 test:
 	$(BIN)/python -m pytest -q
+
+test-fast:  # the inner loop: everything except the end-to-end trials marked slow
+	$(BIN)/python -m pytest -q -m "not slow"
 
 test-all:
 	INVSR_REAL_WEIGHTS=1 $(BIN)/python -m pytest -q
