@@ -146,6 +146,9 @@ def test_ray_writes_the_same_bytes_and_every_input_ends_in_exactly_one_record(fa
     assert [Path(r["input"]).name for r in broken] == ["broken.png"]
     assert "not a supported image" in broken[0]["reason"]  # a bad file is a failed row, not a failed block
     assert all(r["settings"]["tile"] == 32 and r["fingerprint"] for r in records if r["status"] == "done")
+    local = {r["input"]: r for r in _manifest(ref)}
+    for r in records:  # the same weights' identity and fingerprint as the single-process run records
+        assert (r.get("models"), r["fingerprint"]) == (local[r["input"]].get("models"), local[r["input"]]["fingerprint"])
     assert ex.duplicates == 0
     assert not [p for p in os.listdir(out) if p.endswith(".invsr-tmp")]
 

@@ -132,6 +132,8 @@ class RayWorker:
             rec = o.to_dict()
             if o.settings is not None:
                 rec["settings"] = o.settings.to_dict()
+            if o.models is not None:
+                rec["models"] = o.models  # the weights this worker's engine really loaded, for the manifest
             rows["input"].append(o.input)
             rows["output"].append(o.output)
             rows["status"].append(o.status)
@@ -177,13 +179,14 @@ class _Collect(Reporter):
 
 
 _SETTINGS_FIELDS = tuple(f.name for f in fields(Settings))
-_OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome) if f.name != "settings")
+_OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome) if f.name not in ("settings", "models"))
 
 
 def outcome_from_row(row: dict[str, Any]) -> Outcome:
-    """The :class:`Outcome` a status row carries (with the :class:`Settings` it was made with)."""
+    """The :class:`Outcome` a status row carries (with the :class:`Settings` and the models it was made with)."""
     rec = json.loads(row["record"])
     kw = {k: rec[k] for k in _OUTCOME_FIELDS if k in rec}
+    kw["models"] = rec.get("models")
     kw["timesteps"] = tuple(kw.get("timesteps", ()))
     kw["batch_sizes"] = tuple(kw.get("batch_sizes", ()))
     s = rec.get("settings")
