@@ -194,7 +194,9 @@ class _FlatTileBomb:
 
     def __init__(self, engine):
         self.engine = engine
-        self.device = engine.device
+
+    def __getattr__(self, name):  # device, identity (recorded in the outputs' provenance), dtype...
+        return getattr(self.engine, name)
 
     def upscale(self, lr, **kw):
         if bool(((lr.amax(dim=(1, 2, 3)) - lr.amin(dim=(1, 2, 3))) < 1e-6).any()):
