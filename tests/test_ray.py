@@ -307,6 +307,32 @@ def test_every_policy_pickles_for_the_workers():
         assert back == policy and back.fingerprint() == policy.fingerprint()
 
 
+@needs_ray
+def test_an_address_where_nothing_listens_fails_fast_and_names_it(tmp_path):
+    """Ray itself waits minutes for a GCS that is not there; the executor says so at once."""
+    import socket
+
+    import ray
+
+    ray.shutdown()  # the module's cluster (if a test above started it) would be used whatever the address
+
+    from invsr_cli.errors import ConfigError
+    from invsr_cli.executors.ray_data import RayExecutor, RayRunError
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    imagegen.rgb(tmp_path / "a.png")
+    tasks = [ImageTask(j, 0) for j in discover([str(tmp_path / "a.png")], tmp_path / "out").jobs]
+    start = time.perf_counter()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(RayRunError, match=f"--ray {address}: cannot reach a Ray cluster there"):
+            list(RayExecutor(address).run(tasks, FixedPolicy(resolve_settings()), RunContext(_Quiet())))
+    assert time.perf_counter() - start < 10
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        list(RayExecutor("headnode").run(tasks, FixedPolicy(resolve_settings()), RunContext(_Quiet())))
+
+
 # -- the real executable ----------------------------------------------------------------------------------------
 
 

@@ -268,6 +268,8 @@ class RayExecutor:
             ray.init(num_cpus=os.cpu_count(), object_store_memory=self.object_store_memory, **common)
         else:
             address = "auto" if self.address == "auto" else self.address
+            if address != "auto":
+                _probe(address)  # Ray itself waits minutes on an address where nothing listens
             if address == "auto" and not os.environ.get("RAY_ADDRESS"):
                 reporter.info("ray: RAY_ADDRESS is not set; looking for a cluster running on this machine")
             try:
@@ -388,6 +390,21 @@ class RayExecutor:
             self.workers_seen[worker] += 1
             reporter.tiles_planned(o.tiles)
             reporter.tiles_done(o.tiles)
+
+
+def _probe(address: str, timeout: float = 10.0) -> None:
+    """Fail fast, naming the address, when nothing accepts a TCP connection at ``[ray://]HOST:PORT``."""
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--ray must be auto, local or a cluster address HOST:PORT or ray://HOST:PORT, "
+                          f"got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise RayRunError(f"--ray {address}: cannot reach a Ray cluster there: {e}") from None
 
 
 def _rows(ds: Any) -> Iterator[dict[str, Any]]:
