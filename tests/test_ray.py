@@ -189,6 +189,23 @@ def test_an_error_outside_the_per_file_handling_fails_only_its_image(fake_gpu_cl
     assert (out / "img0.png").read_bytes() == (ref / "img0.png").read_bytes()
 
 
+@needs_ray
+def test_weights_a_worker_cannot_load_raise_as_themselves(fake_gpu_cluster, tiny_models, tmp_path):
+    """An engine that cannot load in the workers ends the run with the loader's own error (exit 3 in the CLI), not
+    Ray's ActorDiedError wrapping it."""
+    from invsr_cli.errors import WeightsUnavailableError
+    from invsr_cli.executors.ray_data import RayExecutor
+
+    imagegen.rgb(tmp_path / "a.png")
+    found = discover([str(tmp_path / "a.png")], tmp_path / "out")
+    settings = _settings(tiny_models, sd_model=str(tmp_path / "no-such-model"))
+    ex = RayExecutor("local", workers=1)
+    with pytest.raises(WeightsUnavailableError, match="no-such-model"):
+        run_batch(found.jobs, settings, output_dir=tmp_path / "out", reporter=_Quiet(), executor=ex,
+                  handle_signals=False)
+    assert ex.startup_seconds is not None and ex.first_row_seconds is None  # it came from a worker, not the driver
+
+
 class _FlatTileBomb:
     """The tiny engine, raising on a flat tile (an error no per-file handler knows)."""
 
