@@ -93,6 +93,10 @@ class Settler:
     def drop(self, key: str) -> None:
         self.pending.pop(key, None)
 
+    def next_due(self) -> float | None:
+        """When the first pending file can be due (the clock's time), or None when nothing is pending."""
+        return min(since for _, since in self.pending.values()) + self.settle if self.pending else None
+
     def due(self, now: float, stamp_of: Callable[[str], Stamp | None]) -> list[tuple[str, Stamp]]:
         """Re-check every pending file; return (and forget) those that have settled, oldest first. A file that
         vanished is forgotten; one whose stamp moved waits again from ``now``."""
@@ -117,7 +121,7 @@ class _Events:
         self.wake = threading.Event()
         self.root_gone = False
         self._lock = threading.Lock()
-        self._paths: dict[str, None] = {}
+        self._paths: dict[str, float] = {}  # path -> when its latest event came (time.monotonic)
 
     def dispatch(self, event: Any) -> None:
         """Called by watchdog for each event (the observer needs no more of a handler than this)."""
@@ -127,15 +131,16 @@ class _Events:
         paths = [event.src_path, getattr(event, "dest_path", "")]
         if event.is_directory and event.event_type == "deleted" and os.fsdecode(event.src_path) == self.root:
             self.root_gone = True
+        now = time.monotonic()
         with self._lock:
             for p in paths:
                 if p:
-                    self._paths[os.fsdecode(p)] = None
+                    self._paths[os.fsdecode(p)] = now
         self.wake.set()
 
-    def take(self) -> list[str]:
+    def take(self) -> list[tuple[str, float]]:
         with self._lock:
-            paths, self._paths = list(self._paths), {}
+            paths, self._paths = list(self._paths.items()), {}
         return paths
 
 
@@ -214,12 +219,13 @@ class _Watch:
         self._process(ready, errors)
 
     # events ---------------------------------------------------------------------------------------------------
-    def saw(self, paths: Iterable[str], now: float) -> None:
-        """Events named ``paths``: new or changed candidates (re)start their wait; vanished ones are forgotten."""
-        for path in paths:
+    def saw(self, paths: Iterable[tuple[str, float]]) -> None:
+        """Events named ``(path, when)``: new or changed candidates (re)start their wait from ``when``; vanished
+        ones are forgotten."""
+        for path, when in paths:
             if os.path.isdir(path):
                 if self._candidate_folder(path):
-                    self._walk(path, now)  # a folder moved or copied in (watchdog reports most of its files too)
+                    self._walk(path, when)  # a folder moved or copied in (watchdog reports most of its files too)
                 continue
             rel = self._rel(path)
             if rel is None:
@@ -230,13 +236,13 @@ class _Watch:
                 self.settler.drop(key)
                 self.handled.pop(key, None)
             else:
-                self.settler.touch(key, stamp, now)
+                self.settler.touch(key, stamp, when)
 
-    def _walk(self, folder: str, now: float) -> None:
+    def _walk(self, folder: str, when: float) -> None:
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")
                            and not self._inside_output(os.path.join(dirpath, d))]
-            self.saw((os.path.join(dirpath, f) for f in filenames), now)
+            self.saw((os.path.join(dirpath, f), when) for f in filenames)
 
     def settled(self, now: float) -> None:
         """Process the pending files that have settled and changed since they were last handled."""
@@ -324,12 +330,12 @@ def _loop(state: _Watch, events: _Events, observer: Any, run: Any, stop: threadi
         if events.root_gone or not observer.is_alive():
             run.summary.stopped = f"the watch on {state.spec} ended (was the folder removed or unmounted?)"
             return
-        events.wake.wait(tick)
+        due = state.settler.next_due()
+        events.wake.wait(tick if due is None else min(tick, max(due - time.monotonic(), 0.005)))
         events.wake.clear()
-        now = time.monotonic()
-        state.saw(events.take(), now)
+        state.saw(events.take())
         if not run.stopping:
-            state.settled(now)
+            state.settled(time.monotonic())
 
 
 def _start_observer(events: _Events, root: str, poll: float | None) -> Any:

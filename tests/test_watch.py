@@ -60,6 +60,14 @@ def test_an_event_restarts_the_wait_and_a_vanished_file_is_forgotten():
     assert s.due(1.8, stamps.get) == [("a.png", (1, 1))]
 
 
+def test_next_due_is_the_earliest_wait_to_end():
+    s = Settler(2.0)
+    assert s.next_due() is None
+    s.touch("a.png", (1, 1), now=5.0)
+    s.touch("b.png", (1, 1), now=4.0)
+    assert s.next_due() == 6.0
+
+
 def test_oldest_settled_file_comes_first():
     s = Settler(0.5)
     stamps = {"late.png": (1, 1), "early.png": (1, 1)}
