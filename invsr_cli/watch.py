@@ -327,7 +327,7 @@ def watch_folder(
 def _loop(state: _Watch, events: _Events, observer: Any, run: Any, stop: threading.Event | None) -> None:
     tick = max(0.05, min(MAX_TICK, state.settle / 4))
     while not run.stopping and not (stop is not None and stop.is_set()):
-        if events.root_gone or not observer.is_alive():
+        if events.root_gone or not observer.is_alive() or not all(e.is_alive() for e in observer.emitters):
             run.summary.stopped = f"the watch on {state.spec} ended (was the folder removed or unmounted?)"
             return
         due = state.settler.next_due()

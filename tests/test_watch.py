@@ -310,3 +310,22 @@ def test_usage_errors_exit_2(tmp_path, make, args, fragment):
     assert p.returncode == 2, p.stderr.decode(errors="replace")
     assert fragment in p.stderr.decode(errors="replace")
     assert not (tmp_path / "out").exists()  # refused before taking the lock (which makes the folder)
+
+
+@pytest.mark.parametrize("poll", [None, 0.2])
+def test_input_dir_removed_ends_the_watch_as_stopped(tmp_path, tiny_engine, poll):
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    settings = resolve_settings(None, {"tile": 16, "overlap": 0, "device": "cpu"})
+    remover = threading.Timer(0.5, inbox.rmdir)
+    remover.start()
+    stop = threading.Event()
+    guard = threading.Timer(30, stop.set)  # a watch that missed the removal fails below instead of hanging
+    guard.start()
+    try:
+        summary = watch_folder(inbox, out, settings, settle=0.2, poll=poll, engine=tiny_engine,
+                               handle_signals=False, stop=stop)
+    finally:
+        guard.cancel()
+        remover.join()
+    assert summary.stopped and "ended" in summary.stopped, summary
