@@ -35,6 +35,7 @@ retried when the writer changes it again.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -47,7 +48,7 @@ from invsr_cli.errors import ConfigError, InvSRError
 from invsr_cli.report import Reporter, Summary
 from invsr_cli.settings import Settings, SettingsPolicy
 
-__all__ = ["PARTIAL_SUFFIXES", "DEFAULT_SETTLE", "Settler", "ignored_name", "watch_folder"]
+__all__ = ["PARTIAL_SUFFIXES", "DEFAULT_SETTLE", "Settler", "WatchError", "ignored_name", "watch_folder"]
 
 DEFAULT_SETTLE = 2.0  # seconds a file's size and mtime must stay unchanged before it is read
 PARTIAL_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".opdownload", ".tmp", ".temp", ".swp",
@@ -69,12 +70,11 @@ def ignored_name(name: str) -> bool:
 
 
 def _stamp(path: str) -> Stamp | None:
+    """(size, mtime_ns) of a regular file (through symlinks), or None: gone, a folder, unreadable."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    import stat
-
     return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
 
 
