@@ -2,7 +2,8 @@
 
 Runs the real executable on the tiny random models (CPU, one thread), drops ``--files`` images into the watched
 folder one at a time (each renamed in whole, so its mtime is its last write), and reads each output's mtime.
-Prints one JSON object: per-file latencies and their median and max, in seconds.
+Prints one JSON object: per-file latencies and their median and max, and the median of the images' own
+processing time (read, compute, write: the outcome's ``seconds``), in seconds; the difference is the watch's.
 
     python scripts/watch_latency.py --settle 2 --files 8 [--poll 1]
 """
@@ -17,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -50,11 +52,14 @@ def main() -> None:
 
         cmd = [str(Path(sys.executable).parent / "invsr"), "watch", str(inbox), str(out), "--settle", str(args.settle),
                "--sd-model", str(models.sd_dir), "--noise-predictor", str(models.noise_predictor_path),
-               "--device", "cpu", "--tile", "32", "--overlap", "8", "-q"]
+               "--device", "cpu", "--tile", "32", "--overlap", "8", "--json"]
         if args.poll:
             cmd += ["--poll", str(args.poll)]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-        proc = subprocess.Popen(cmd, env=env)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE)
+        outcomes: list[dict] = []
+        reader = threading.Thread(target=lambda: outcomes.extend(json.loads(line) for line in proc.stdout))
+        reader.start()
         try:
             drop("warmup.png")  # the first image also pays for the first forward pass
             _wait(out / "warmup.png", proc)
@@ -66,9 +71,11 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             rc = proc.wait(60)
+            reader.join(10)
+        processing = [o["seconds"] for o in outcomes if o.get("type") == "image" and "warmup" not in o["input"]]
     print(json.dumps({"settle": args.settle, "poll": args.poll, "lr_size": args.size, "files": args.files,
-                      "exit": rc, "latency_s": latencies, "median_s": statistics.median(latencies),
-                      "max_s": max(latencies)}))
+                      "exit": rc, "latency_s": latencies, "median_s": round(statistics.median(latencies), 3),
+                      "max_s": max(latencies), "processing_median_s": round(statistics.median(processing), 3)}))
 
 
 def _wait(path: Path, proc: subprocess.Popen, timeout: float = 120) -> float:
