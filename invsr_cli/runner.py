@@ -155,7 +155,7 @@ class Run:
     def __init__(self, settings: Settings | SettingsPolicy, *, output_dir: Path, reporter: Reporter | None = None,
                  manifest_path: Path | None = None, wait: bool = False, engine: Any = None,
                  engine_loader: Callable[[Settings], Any] | None = None, executor: Executor | None = None,
-                 handle_signals: bool = True) -> None:
+                 handle_signals: bool = True, finish_in_flight: bool = False) -> None:
         from invsr_cli.executors import LocalExecutor, load_engine
 
         self.policy = FixedPolicy(settings) if isinstance(settings, Settings) else settings
@@ -166,6 +166,7 @@ class Run:
         self.engine = engine
         self.executor = executor or LocalExecutor(engine, engine_loader or load_engine)
         self.handle_signals = handle_signals
+        self.finish_in_flight = finish_in_flight
         self.rec: Recorder | None = None
         self._stack = contextlib.ExitStack()
         self._started = False
@@ -183,7 +184,8 @@ class Run:
                                       f"{self.output_dir}")
             manifest = Manifest(self.manifest_path or self.output_dir / MANIFEST_NAME)
             self.rec = Recorder(self.reporter, manifest, self.policy, _expected_models(self.engine, self.policy))
-            self._signals = stack.enter_context(_stop_on_signals(self.rec, enabled=self.handle_signals))
+            self._signals = stack.enter_context(_stop_on_signals(self.rec, enabled=self.handle_signals,
+                                                                 finish_in_flight=self.finish_in_flight))
             self._stack = stack.pop_all()
         return self
 
@@ -204,7 +206,7 @@ class Run:
         return self.rec.stopping or self.rec.summary.stopped is not None
 
     def _context(self) -> RunContext:
-        return RunContext(self.reporter, lambda: self.rec.stopping, self._signals.loading)
+        return RunContext(self.reporter, lambda: self.rec.stopping, self._signals.loading, self.finish_in_flight)
 
     def load_models(self) -> None:
         """Load the models now instead of at the first image to compute (an executor without ``load`` loads its
@@ -296,8 +298,9 @@ class _StoppedWhileLoading(BaseException):
 
 
 class _Signals:
-    def __init__(self, rec: Recorder) -> None:
+    def __init__(self, rec: Recorder, finish_in_flight: bool = False) -> None:
         self.rec = rec
+        self.finish_in_flight = finish_in_flight
         self._loading = False
 
     @contextlib.contextmanager
@@ -316,15 +319,16 @@ class _Signals:
         if self._loading:
             self.rec.reporter.warning(f"{name}: stopping while the models load")
             raise _StoppedWhileLoading(name)
-        self.rec.reporter.warning(f"{name}: finishing the writes in flight, then stopping (Ctrl-C again to abandon)")
+        what = "the images in flight" if self.finish_in_flight else "the writes in flight"
+        self.rec.reporter.warning(f"{name}: finishing {what}, then stopping (Ctrl-C again to abandon)")
 
 
 @contextlib.contextmanager
-def _stop_on_signals(rec: Recorder, *, enabled: bool) -> Iterator[_Signals]:
-    """SIGINT/SIGTERM: stop taking new batches, finish the writes in flight, then return with the summary; while
-    the models load, abandon the load. A second SIGINT abandons at once (KeyboardInterrupt); no partial files
-    either way (writes are atomic)."""
-    signals = _Signals(rec)
+def _stop_on_signals(rec: Recorder, *, enabled: bool, finish_in_flight: bool = False) -> Iterator[_Signals]:
+    """SIGINT/SIGTERM: stop taking new batches, finish the writes in flight (with ``finish_in_flight``, the images
+    in flight), then return with the summary; while the models load, abandon the load. A second SIGINT abandons at
+    once (KeyboardInterrupt); no partial files either way (writes are atomic)."""
+    signals = _Signals(rec, finish_in_flight)
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield signals
         return

@@ -23,9 +23,8 @@ tools' in-progress copies); partial-download names, :data:`PARTIAL_SUFFIXES` (``
 ``.aria2``, ``.!ut``) and names ending in ``~``; and everything inside OUTPUT_DIR when it nests inside INPUT_DIR
 (our own outputs, the manifest, the lock).
 
-A stop signal (SIGINT, SIGTERM) finishes the writes in flight, reports the summary and returns; an image whose
-tiles were partly computed is abandoned unrecorded (it has no output, so the next start does it). A second SIGINT
-abandons at once. A full disk, or INPUT_DIR disappearing, ends the watch with ``Summary.stopped`` set.
+A stop signal (SIGINT, SIGTERM) finishes the images in flight (read and being computed) and their writes, reports
+the summary and returns; images not yet read are left for the next start. A second SIGINT abandons at once. A full disk, or INPUT_DIR disappearing, ends the watch with ``Summary.stopped`` set.
 
 Known limits: inotify does not follow symlinked sub-folders (the start-up scan does); a writer that pauses for
 longer than ``settle`` mid-file gets its file read early: the read fails (a truncated image) and the file is
@@ -306,7 +305,7 @@ def watch_folder(
     _check_args(input_dir, output_dir, settle, poll)
     reporter = reporter or Reporter()
     with Run(settings, output_dir=output_dir, reporter=reporter, manifest_path=manifest_path, wait=wait,
-             engine=engine, engine_loader=engine_loader, handle_signals=handle_signals) as run:
+             engine=engine, engine_loader=engine_loader, handle_signals=handle_signals, finish_in_flight=True) as run:
         run.load_models()
         if run.stopping:
             return run.summary

@@ -29,6 +29,7 @@ class RunContext:
     reporter: Reporter = field(default_factory=Reporter)
     should_stop: Callable[[], bool] = lambda: False
     loading: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
+    finish_in_flight: bool = False  # on a stop, finish the images already read (a service) instead of abandoning
 
 
 class Executor(Protocol):
@@ -82,7 +83,7 @@ class LocalExecutor:
                 self._announced = True
                 reporter.info(engine_line(self.engine, policy))
         processing = process_images(tasks, policy, self.engine, reporter=reporter, should_stop=ctx.should_stop,
-                                    timer=timer)
+                                    timer=timer, finish_in_flight=ctx.finish_in_flight)
         try:
             yield from processing
         finally:
