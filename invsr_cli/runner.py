@@ -172,7 +172,7 @@ class Run:
         self._started = False
 
     def __enter__(self) -> Run:
-        from invsr_cli.imageio import cleanup_stale_temps
+        from invsr_cli.atomic import cleanup_stale_temps
         from invsr_cli.lock import output_lock
 
         self._start = time.perf_counter()

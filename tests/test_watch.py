@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from invsr_cli.atomic import TEMP_SUFFIX
 from invsr_cli.discover import discover
-from invsr_cli.imageio import TEMP_SUFFIX
 from invsr_cli.report import Reporter
 from invsr_cli.runner import run_batch
 from invsr_cli.settings import resolve_settings
