@@ -51,19 +51,16 @@ from PIL import Image, ImageCms, PngImagePlugin, features
 from invsr_cli.atomic import atomic_write_bytes
 from invsr_cli.discover import display_path
 from invsr_cli.errors import ConfigError, OutputError, describe_exception
+from invsr_cli.formats import LOSSY_ONLY_FORMATS, WRITE_FORMATS
 from invsr_cli.imageio import TIFF_EXIF_TAGS, LoadedImage, canonical_format, register_plugins
 
 __all__ = [
-    "WRITE_FORMATS",
-    "LOSSY_ONLY_FORMATS",
     "DEFAULT_QUALITY",
     "write_image",
     "upscale_alpha",
     "resize_rgb",
 ]
 
-WRITE_FORMATS: tuple[str, ...] = ("png", "jpg", "webp", "tiff", "avif", "jxl")
-LOSSY_ONLY_FORMATS: tuple[str, ...] = ("jpg", "avif")  # no lossless mode (see the module docstring)
 DEFAULT_QUALITY = 95
 
 _JPEG_MAX_EXIF = 65533
