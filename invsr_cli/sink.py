@@ -59,7 +59,7 @@ def output_problem(torch: Any, hr: Any, lr_rgb: Any) -> str | None:
 def write_output(img: PreparedImage, rgb: Any, models: dict[str, Any] | None = None) -> tuple[int, int]:
     """Runs in a writer thread: re-attach alpha, resize to --scale, encode with the provenance record (how it was
     made, with which weights), write atomically. Returns (w, h)."""
-    from invsr_cli.imageio import resize_rgb, upscale_alpha, write_image
+    from invsr_cli.imagewrite import resize_rgb, upscale_alpha, write_image
     from invsr_cli.provenance import provenance_record
 
     s = img.settings

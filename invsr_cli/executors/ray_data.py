@@ -454,7 +454,7 @@ def _our_cause(e: BaseException) -> InvSRError | None:
 def _remove_temps(tasks: Sequence[ImageTask]) -> int:
     """Remove temporary files a killed worker left next to this run's outputs (``.NAME.XXXXXXXX.invsr-tmp``).
     The driver holds the output folder's lock; the run's workers are done or gone."""
-    from invsr_cli.imageio import TEMP_SUFFIX
+    from invsr_cli.atomic import TEMP_SUFFIX
 
     names: dict[Path, set[str]] = {}
     for t in tasks:
