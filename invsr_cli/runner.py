@@ -26,9 +26,10 @@ from typing import Any
 from invsr_cli.discover import Job
 from invsr_cli.errors import InvSRError
 from invsr_cli.executors import Executor, RunContext
-from invsr_cli.manifest import MANIFEST_NAME, Manifest, input_stamp
+from invsr_cli.manifest import Manifest, folder_manifests, input_stamp, manifest_name
 from invsr_cli.report import Outcome, Reporter, Summary
 from invsr_cli.settings import FixedPolicy, Settings, SettingsPolicy
+from invsr_cli.shard import Shard
 
 __all__ = ["run_batch", "Recorder"]
 
@@ -96,12 +97,17 @@ def run_batch(
     executor: Executor | None = None,
     handle_signals: bool = True,
     input_errors: Sequence[tuple[str, str]] = (),
+    shard: Shard | None = None,
 ) -> Summary:
     """Upscale ``jobs`` into ``output_dir`` with ``settings`` (one ``Settings`` for every image, or a policy that
     chooses per image) and return the summary (see the module docstring).
 
     ``input_errors`` are ``(input, reason)`` pairs that discovery could not turn into jobs (no such file, matches
     nothing): they are reported and counted as failed like any other input, so the summary tells the whole run.
+
+    ``shard`` (:mod:`invsr_cli.shard`): keep only the jobs (and input errors) of that shard; the run then holds
+    the folder's lock shared and its shard's own lock, cleans only its own outputs' temporary files, and appends to
+    its own manifest. ``--skip-existing`` always reads every manifest in the folder.
 
     ``executor`` runs the images (:mod:`invsr_cli.executors`); by default this process does, with ``engine`` if
     given (tests, benchmarks, programs that keep one loaded), otherwise with one ``engine_loader`` loads once,
@@ -113,6 +119,9 @@ def run_batch(
     from invsr_cli.lock import output_lock
 
     policy = FixedPolicy(settings) if isinstance(settings, Settings) else settings
+    if shard is not None:
+        jobs = [job for job in jobs if shard.holds(job.rel)]
+        input_errors = [(spec, why) for spec, why in input_errors if shard.holds(spec)]
     executor = executor or LocalExecutor(engine, engine_loader or load_engine)
     reporter = reporter or Reporter()
     start = time.perf_counter()
@@ -124,11 +133,20 @@ def run_batch(
         reporter.finish(rec.summary)
         return rec.summary
 
-    with output_lock(output_dir, wait=wait):
-        removed = cleanup_stale_temps(output_dir)
+    with contextlib.ExitStack() as held:
+        if shard is None:
+            held.enter_context(output_lock(output_dir, wait=wait))
+            removed = cleanup_stale_temps(output_dir)
+        else:  # shards share the folder: exclude plain runs and this shard's twin, and clean only our own temps
+            from invsr_cli.shard import remove_temps_of
+
+            held.enter_context(output_lock(output_dir, wait=wait, shared=True))
+            held.enter_context(output_lock(output_dir, wait=wait, name=f".invsr.{shard.tag}.lock"))
+            removed = remove_temps_of(job.output for job in jobs)
         if removed:
             reporter.warning(f"removed {removed} temporary file(s) left by an interrupted run in {output_dir}")
-        manifest = Manifest(manifest_path or output_dir / MANIFEST_NAME)
+        manifest = Manifest(manifest_path or output_dir / manifest_name(shard.tag if shard else None),
+                            also_read=folder_manifests(output_dir))
         rec = Recorder(reporter, manifest, policy.fingerprint())
         _record_input_errors(input_errors, rec)
         todo = _skip_existing(jobs, policy, rec)
