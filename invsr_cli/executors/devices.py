@@ -19,8 +19,9 @@ How it runs
 * A worker that dies (killed, segfault, CUDA error) is reported. Every image it held is retried once, alone, on
   another worker; an image held by a worker that dies twice is marked failed ("worker on cpu died (exit -9)
   twice"), so one poisonous image cannot take the run down with it. Temporary files of the dead worker's outputs
-  are removed. The run goes on with the workers left; when none is left the images not done are failed "not
-  attempted". Dead workers are not restarted.
+  are removed. A new worker is started in the dead one's place (at most twice per entry: a device that keeps
+  failing is given up); the run goes on, and when no worker is left the images not done are failed "not
+  attempted".
 * SIGINT/SIGTERM (the driver's ``should_stop``): the workers stop taking images, finish their writes in flight
   and exit; images not finished are left unreported, as in one process. Workers ignore SIGINT and SIGTERM
   themselves (a terminal's Ctrl-C or a scheduler's group-wide SIGTERM reaches them too): only the parent decides.
@@ -55,6 +56,7 @@ EXIT_ON_ENV = "INVSR_TEST_WORKER_EXIT_ON"
 EXIT_ONCE_ENV = "INVSR_TEST_WORKER_EXIT_ONCE"
 POLL_SECONDS = 0.2  # how often the parent looks at the stop signal while it waits for workers
 DEATHS_BEFORE_FAILED = 2  # an image held by this many dying workers is marked failed
+MAX_RESTARTS = 2  # a slot whose worker died this many times is not restarted again (a broken device)
 
 
 def cuda_device_count() -> int:
@@ -104,6 +106,7 @@ class _Worker:
     held: dict[int, _Item] = field(default_factory=dict)  # index -> item: handed out, no outcome yet
     gone: bool = False
     said_bye: bool = False
+    restarts: int = 0  # how many workers in this slot died before this one
 
 
 class DevicesExecutor:
@@ -166,15 +169,9 @@ class _Run:
                            f"{self.policy.settings.sd_model}, noise predictor "
                            f"{self.policy.settings.noise_predictor or 'default'}")
         try:
+            self.spawn, self.verbose = spawn, verbose
             for wid, device in enumerate(self.ex.devices):
-                parent_end, child_end = spawn.Pipe()
-                proc = spawn.Process(
-                    target=_worker_main, name=f"invsr-worker-{wid}-{device}", daemon=True,
-                    args=(wid, device, self.ex._threads(device), self.policy, self.ex.loader, child_end, self.flag,
-                          verbose))
-                proc.start()
-                child_end.close()
-                self.workers.append(_Worker(wid, device, proc, parent_end))
+                self._start(wid, device)
             while any(not w.gone for w in self.workers):
                 if self.ctx.should_stop() and not self.stopping:
                     self._stop()
@@ -192,6 +189,16 @@ class _Run:
                 yield from self._not_attempted(f"not attempted: {self.ex.stopped}")
         finally:
             self._shutdown()
+
+    def _start(self, wid: int, device: str, restarts: int = 0) -> None:
+        parent_end, child_end = self.spawn.Pipe()
+        proc = self.spawn.Process(
+            target=_worker_main, name=f"invsr-worker-{wid}-{device}", daemon=True,
+            args=(wid, device, self.ex._threads(device), self.policy, self.ex.loader, child_end, self.flag,
+                  self.verbose))
+        proc.start()
+        child_end.close()
+        self.workers.append(_Worker(wid, device, proc, parent_end, restarts=restarts))
 
     def _stop(self) -> None:
         """A signal: no new images; workers finish their writes in flight. A worker still loading is ended now
@@ -318,6 +325,10 @@ class _Run:
         from invsr_cli.shard import remove_temps_of
 
         remove_temps_of([item.task.job.output for item in held])
+        if self.unresolved - sum(len(item.deaths) + 1 >= DEATHS_BEFORE_FAILED for item in held) > 0 \
+                and w.restarts < MAX_RESTARTS and self.ex.stopped is None and not self.stopping:
+            self.reporter.warning(f"starting a new worker on {w.device} in its place")
+            self._start(w.wid, w.device, w.restarts + 1)
         for item in held:
             item.deaths.append(f"{w.device} (exit {code})")
             if len(item.deaths) >= DEATHS_BEFORE_FAILED:
