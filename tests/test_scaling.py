@@ -346,13 +346,14 @@ def test_cli_devices_with_device_is_an_error(tmp_path):
 
 def test_cli_shard_from_slurm(tmp_path, models):
     src = tmp_path / "in"
-    names = _inputs(src, 4, corrupt=False)
+    names = _inputs(src, 7, corrupt=False)
     out = tmp_path / "out"
     slurm = {"SLURM_ARRAY_TASK_ID": "11", "SLURM_ARRAY_TASK_MIN": "10", "SLURM_ARRAY_TASK_COUNT": "2"}
     p = _cli(["upscale", src, out, "--device", "cpu", *models], slurm)
     err = p.stderr.decode(errors="replace")
     assert p.returncode == 0, err[-3000:]
     mine = sorted(n for n in names if Shard(1, 2).holds(n))
+    assert 0 < len(mine) < len(names)
     assert f"shard 1/2 (from SLURM_ARRAY_TASK_ID=11, SLURM_ARRAY_TASK_MIN=10, SLURM_ARRAY_TASK_COUNT=2): " \
            f"{len(mine)} of {len(names)} input(s)" in err
     assert sorted(x.name for x in out.glob("*.png")) == mine
