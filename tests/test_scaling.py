@@ -358,3 +358,17 @@ def test_cli_shard_from_slurm(tmp_path, models):
            f"{len(mine)} of {len(names)} input(s)" in err
     assert sorted(x.name for x in out.glob("*.png")) == mine
     assert [x.name for x in folder_manifests(out)] == [".invsr-manifest.shard-1-of-2.jsonl"]
+
+
+def test_queue_is_largest_first_by_header(tmp_path):
+    from invsr_cli.executors.devices import _largest_first
+    from invsr_cli.process import ImageTask
+
+    src = tmp_path / "in"
+    _inputs(src, 5)  # with broken.png, whose size is unknown: last (the worker reports why it cannot read it)
+    tasks = [ImageTask(job, i) for i, job in enumerate(discover([str(src)], tmp_path / "out").jobs)]
+    order = [item.task.job.input.name for item in _largest_first(tasks, None)]
+    sizes = {item.task.job.input.name: item.size for item in _largest_first(tasks, None)}
+    assert order[-1] == "broken.png" and sizes["broken.png"] == 0
+    assert [sizes[n] for n in order] == sorted(sizes.values(), reverse=True)
+    assert order != sorted(order)  # not the listing order
