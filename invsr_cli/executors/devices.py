@@ -341,8 +341,8 @@ class _Run:
 
     def _nobody_left(self) -> Iterator[Outcome]:
         if self.unresolved and self.ex.stopped is None:
-            self.reporter.warning("every worker has died; the images not done are failed")
-            yield from self._not_attempted("not attempted: every worker died")
+            self.reporter.warning("no worker is left; the images not done are failed")
+            yield from self._not_attempted("not attempted: no worker left (every worker died)")
 
     def _not_attempted(self, why: str) -> Iterator[Outcome]:
         items = [*self.retries, *self.queue] + [i for w in self.workers for i in w.held.values()]
