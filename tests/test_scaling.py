@@ -182,6 +182,7 @@ def test_parse_devices():
 # -- executors: same bytes, exactly once ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_bytes_and_exactly_once_across_executors(tmp_path, settings, tiny_engine):
     """The single-process run, ``--devices cpu,cpu`` and two shards into one folder write byte-identical files
     and one done-or-failed record per input; a re-run of a shard skips everything (it reads every manifest)."""
@@ -234,6 +235,7 @@ def _cli(args, extra_env=None, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run([INVSR, *map(str, args)], capture_output=True, env=_env(extra_env), timeout=timeout)
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_image_is_retried_then_failed(tmp_path, models):
     src = tmp_path / "in"
     names = _inputs(src, 5, corrupt=False)
@@ -285,6 +287,7 @@ def _start_and_wait_first_done(args):
     return p, lines, reader
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_workers_after_their_writes(tmp_path, models):
     src = tmp_path / "in"
     names = _inputs(src, 12, corrupt=False)
@@ -308,6 +311,7 @@ def test_sigterm_stops_the_workers_after_their_writes(tmp_path, models):
     assert Counter(Path(r["input"]).name for r in recs) == Counter(written)  # recorded once, only what was written
 
 
+@pytest.mark.slow
 def test_driver_killed_then_rerun_computes_only_what_is_missing(tmp_path, models):
     src = tmp_path / "in"
     names = _inputs(src, 8, corrupt=False)
