@@ -66,6 +66,7 @@ class Stamps:
 
 
 def run(jobs_of, settings, out, executor=None, engine=None, shard=None):
+    """One run; with a DevicesExecutor also its own measured messaging cost per image (worker side)."""
     from invsr_cli.runner import run_batch
 
     rep = Stamps()
@@ -75,8 +76,12 @@ def run(jobs_of, settings, out, executor=None, engine=None, shard=None):
     wall = time.perf_counter() - t0
     n = len(rep.t)
     interval = (rep.t[-1] - rep.t[0]) / (n - 1) if n > 1 else float("nan")
-    return {"wall_s": round(wall, 3), "images": s.processed, "to_first_s": round(rep.t[0] - t0, 3) if n else None,
-            "interval_s": round(interval, 4)}
+    out = {"wall_s": round(wall, 3), "images": s.processed, "to_first_s": round(rep.t[0] - t0, 3) if n else None,
+           "interval_s": round(interval, 4)}
+    cost = getattr(executor, "cost", None)
+    if cost and cost["images"]:
+        out["messaging_ms_per_image"] = round(1000 * cost["worker_seconds"] / cost["images"], 3)
+    return out
 
 
 def main() -> None:
@@ -88,6 +93,8 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per engine")
     ap.add_argument("--skip-pair", action="store_true", help="no cpu,cpu run (full size: memory)")
+    ap.add_argument("--repeat", type=int, default=1, help="tiny: alternate --devices cpu and single runs this many "
+                    "times and report the medians (the box is shared: single runs drift)")
     args = ap.parse_args()
     import torch
 
@@ -143,6 +150,18 @@ def main() -> None:
         res["speedup_cpu_cpu_vs_single"] = round(single / res["devices_cpu_cpu"]["interval_s"], 3)
     if "shards_2" in res:
         res["shards_2"]["extra_wall_vs_single_s"] = round(res["shards_2"]["wall_s"] - res["single"]["wall_s"], 3)
+    if args.repeat > 1 and not args.full:
+        import statistics
+
+        pairs = []
+        for r in range(args.repeat):
+            d = run(jobs_of, settings, tmp / f"rep{r}-dev",
+                    executor=DevicesExecutor(["cpu"], loader=loader, threads=args.threads))
+            s1 = run(jobs_of, settings, tmp / f"rep{r}-single", engine=engine)["interval_s"]
+            pairs.append((d["interval_s"], s1, round(d["interval_s"] - s1, 4), d.get("messaging_ms_per_image")))
+        res["repeats"] = {"devices_cpu_vs_single_intervals_difference_s_and_messaging_ms": pairs,
+                          "median_overhead_per_image_s": round(statistics.median(p[2] for p in pairs), 4),
+                          "median_single_interval_s": round(statistics.median(p[1] for p in pairs), 4)}
     del engine
     gc.collect()
     print(json.dumps(res, indent=1))

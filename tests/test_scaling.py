@@ -194,10 +194,11 @@ def test_same_bytes_and_exactly_once_across_executors(tmp_path, settings, tiny_e
         return discover([str(src)], out).jobs
 
     outs = {k: tmp_path / k for k in ("single", "devices", "shards")}
+    devices = DevicesExecutor(["cpu", "cpu"], threads=1)
     summaries = {"single": run_batch(jobs(outs["single"]), settings, output_dir=outs["single"], engine=tiny_engine,
                                      handle_signals=False),
                  "devices": run_batch(jobs(outs["devices"]), settings, output_dir=outs["devices"],
-                                      executor=DevicesExecutor(["cpu", "cpu"], threads=1), handle_signals=False)}
+                                      executor=devices, handle_signals=False)}
     shard_summaries = [run_batch(jobs(outs["shards"]), settings, output_dir=outs["shards"], engine=tiny_engine,
                                  handle_signals=False, shard=Shard(i, 2)) for i in range(2)]
     assert not torch.cuda.is_initialized()  # the parent of the workers never touched CUDA
@@ -221,6 +222,7 @@ def test_same_bytes_and_exactly_once_across_executors(tmp_path, settings, tiny_e
     assert sorted(p.name for p in folder_manifests(outs["shards"])) == [
         ".invsr-manifest.shard-0-of-2.jsonl", ".invsr-manifest.shard-1-of-2.jsonl"]
     assert summaries["devices"].processed == summaries["single"].processed == len(names) - 1
+    assert devices.cost["images"] == len(names) and 0 < devices.cost["worker_seconds"] < 5  # the workers' tally
 
     again = run_batch(jobs(outs["shards"]), settings, output_dir=outs["shards"], engine=tiny_engine,
                       handle_signals=False)  # unsharded, over both shards' manifests

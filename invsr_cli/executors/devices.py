@@ -39,6 +39,7 @@ succeeds). For tests only; never set it otherwise.
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -124,6 +125,9 @@ class DevicesExecutor:
         self.loader = loader
         self.threads = threads
         self.stopped: str | None = None
+        # What the workers spent on messages (and on restarting process_images) rather than computing, summed
+        # over the workers, and the images they finished: the executor's own cost per image.
+        self.cost: dict[str, float] = {"worker_seconds": 0.0, "images": 0}
 
     def _threads(self, device: str) -> int:
         if self.threads:
@@ -185,6 +189,10 @@ class _Run:
                         yield from self._exited(w)
                 if not any(not w.gone for w in self.workers) and not self.stopping:
                     yield from self._nobody_left()
+            cost = self.ex.cost
+            if cost["images"]:
+                self.reporter.info(f"workers' messaging cost: {1000 * cost['worker_seconds'] / cost['images']:.2f} ms "
+                                   "per image")
             if self.ex.stopped is not None:
                 yield from self._not_attempted(f"not attempted: {self.ex.stopped}")
         finally:
@@ -267,6 +275,9 @@ class _Run:
             self._end_waiting()
         elif kind == "load_failed":
             raise msg[1]
+        elif kind == "cost":
+            self.ex.cost["worker_seconds"] += msg[1]
+            self.ex.cost["images"] += msg[2]
         elif kind == "bye":
             w.said_bye = True
 
@@ -449,21 +460,52 @@ def _serve(engine: Any, policy: SettingsPolicy, conn: Any, should_stop: Callable
         timer.attach(engine)
         reporter.info(engine_line(engine, policy))
     write = _test_hook_write()
-    while not should_stop():
-        conn.send(("want", True))
-        msg = conn.recv()
-        if msg[0] != "task":
-            return
-        feed = _Feed(conn, msg[1], msg[2], should_stop)
-        processing = process_images(feed, policy, engine, reporter=reporter, should_stop=should_stop, write=write,
-                                    timer=timer)
-        for outcome in processing:
-            conn.send(("outcome", feed.index_of(outcome), outcome))
-        if processing.stopped is not None:
-            conn.send(("stopped", processing.stopped))
-            return
-        if feed.ended:
-            return
+    timed = _TimedConn(conn)
+    reporter.conn = timed
+    try:
+        while not should_stop():
+            conn.send(("want", True))  # idle until the parent has work: not counted as overhead
+            msg = conn.recv()
+            if msg[0] != "task":
+                return
+            feed = _Feed(timed, msg[1], msg[2], should_stop)
+            start = time.perf_counter()
+            processing = feed.processing = process_images(feed, policy, engine, reporter=reporter,
+                                                          should_stop=should_stop, write=write, timer=timer)
+            timed.seconds += time.perf_counter() - start
+            for outcome in processing:
+                timed.send(("outcome", feed.index_of(outcome), outcome))
+                timed.images += 1
+            if processing.stopped is not None:
+                conn.send(("stopped", processing.stopped))
+                return
+            if feed.ended:
+                return
+    finally:
+        conn.send(("cost", timed.seconds, timed.images))
+
+
+class _TimedConn:
+    """The worker's end of its pipe, counting the seconds its messages keep it from computing: what this
+    executor costs per image beyond :func:`process_images` itself (reported to the parent, see
+    :attr:`DevicesExecutor.cost`)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.seconds = 0.0
+        self.images = 0
+
+    def send(self, msg: tuple) -> None:
+        start = time.perf_counter()
+        self.conn.send(msg)
+        self.seconds += time.perf_counter() - start
+
+    def recv(self) -> Any:
+        start = time.perf_counter()
+        try:
+            return self.conn.recv()
+        finally:
+            self.seconds += time.perf_counter() - start
 
 
 class _Feed:
@@ -478,15 +520,20 @@ class _Feed:
         self.should_stop = should_stop
         self.ended = False
         self.held: dict[tuple[str, str], list[int]] = {}
+        self.processing: Any = None  # set once made: a full disk there stops the asking too
 
     def __iter__(self) -> Iterator[ImageTask]:
         task = self.first
         while True:
             self.held.setdefault((str(task.job.input), str(task.job.output)), []).append(task.index)
+            # Ask for the next image before handing this one over, so the reply comes while this one is read and
+            # computed, and the engine never waits on a round trip to the parent.
+            asked = not self.solo and not self.should_stop() and getattr(self.processing, "stopped", None) is None
+            if asked:
+                self.conn.send(("want", False))
             yield task
-            if self.solo or self.should_stop():
+            if not asked:
                 return
-            self.conn.send(("want", False))
             reply = self.conn.recv()
             if reply[0] != "task":
                 self.ended = reply[0] == "end"
