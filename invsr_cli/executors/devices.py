@@ -56,6 +56,7 @@ __all__ = ["DevicesExecutor", "parse_devices", "cuda_device_count"]
 EXIT_ON_ENV = "INVSR_TEST_WORKER_EXIT_ON"
 EXIT_ONCE_ENV = "INVSR_TEST_WORKER_EXIT_ONCE"
 POLL_SECONDS = 0.2  # how often the parent looks at the stop signal while it waits for workers
+PROGRESS_SECONDS = 0.25  # a worker sends its tile counts at most this often (and with each outcome)
 DEATHS_BEFORE_FAILED = 2  # an image held by this many dying workers is marked failed
 MAX_RESTARTS = 2  # a slot whose worker died this many times is not restarted again (a broken device)
 
@@ -252,15 +253,14 @@ class _Run:
         if kind == "want":
             self._want(w, block=msg[1])
         elif kind == "outcome":
+            self._tiles(*msg[3:5])
             item = w.held.pop(msg[1], None)
             if item is not None:
                 self.unresolved -= 1
                 yield msg[2]
                 self._maybe_end()
-        elif kind == "tiles_planned":
-            self.reporter.tiles_planned(msg[1])
-        elif kind == "tiles_done":
-            self.reporter.tiles_done(msg[1])
+        elif kind == "tiles":
+            self._tiles(msg[1], msg[2])
         elif kind == "warning":
             self.reporter.warning(f"{w.device} worker {w.wid}: {msg[1]}")
         elif kind == "info":
@@ -280,6 +280,12 @@ class _Run:
             self.ex.cost["images"] += msg[2]
         elif kind == "bye":
             w.said_bye = True
+
+    def _tiles(self, planned: int, done: int) -> None:
+        if planned:
+            self.reporter.tiles_planned(planned)
+        if done:
+            self.reporter.tiles_done(done)
 
     def _want(self, w: _Worker, *, block: bool) -> None:
         """Hand ``w`` the next image. A retried image goes only to a worker holding nothing, and alone, so a
@@ -390,17 +396,33 @@ def _largest_first(tasks: Sequence[ImageTask], max_pixels: int | None) -> list[_
 
 
 class _PipeReporter:
-    """Sends a worker's progress and warnings to the parent's reporter."""
+    """Sends a worker's progress and warnings to the parent's reporter. Tile counts are gathered and go with the
+    next outcome, or every ``PROGRESS_SECONDS``: a message per batch would cost more than the batch on a small
+    model (each one wakes the parent)."""
 
     def __init__(self, conn: Any, verbose: bool) -> None:
         self.conn = conn
         self.verbose = verbose
+        self.planned = self.done = 0
+        self.last = time.monotonic()
 
     def tiles_planned(self, n: int) -> None:
-        self.conn.send(("tiles_planned", n))
+        self.planned += n
+        self._maybe_flush()
 
     def tiles_done(self, n: int) -> None:
-        self.conn.send(("tiles_done", n))
+        self.done += n
+        self._maybe_flush()
+
+    def take(self) -> tuple[int, int]:
+        counts = (self.planned, self.done)
+        self.planned = self.done = 0
+        self.last = time.monotonic()
+        return counts
+
+    def _maybe_flush(self) -> None:
+        if time.monotonic() - self.last >= PROGRESS_SECONDS:
+            self.conn.send(("tiles", *self.take()))
 
     def warning(self, text: str) -> None:
         self.conn.send(("warning", text))
@@ -474,7 +496,7 @@ def _serve(engine: Any, policy: SettingsPolicy, conn: Any, should_stop: Callable
                                                           should_stop=should_stop, write=write, timer=timer)
             timed.seconds += time.perf_counter() - start
             for outcome in processing:
-                timed.send(("outcome", feed.index_of(outcome), outcome))
+                timed.send(("outcome", feed.index_of(outcome), outcome, *reporter.take()))
                 timed.images += 1
             if processing.stopped is not None:
                 conn.send(("stopped", processing.stopped))
