@@ -93,6 +93,8 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per engine")
     ap.add_argument("--skip-pair", action="store_true", help="no cpu,cpu run (full size: memory)")
+    ap.add_argument("--single-first", action="store_true", help="full size: the single-process run first (its "
+                    "engine freed before the worker starts), to see the order's effect on a noisy box")
     ap.add_argument("--repeat", type=int, default=1, help="tiny: alternate --devices cpu and single runs this many "
                     "times and report the medians (the box is shared: single runs drift)")
     args = ap.parse_args()
@@ -128,16 +130,25 @@ def main() -> None:
                             "(shared with other users: noisy)",
                  "models": "full-size random" if args.full else "tiny random", "images": args.images,
                  "lr": args.lr, "tile": args.tile, "threads_per_engine": args.threads}
+    if args.single_first and args.full:
+        t0 = time.perf_counter()
+        engine = loader(settings)
+        res["load_in_process_s"] = round(time.perf_counter() - t0, 2)
+        res["single"] = run(jobs_of, settings, tmp / "single", engine=engine)
+        del engine
+        gc.collect()
     res["devices_cpu"] = run(jobs_of, settings, tmp / "dev1",
                              executor=DevicesExecutor(["cpu"], loader=loader, threads=args.threads))
     if not args.skip_pair:
         res["devices_cpu_cpu"] = run(jobs_of, settings, tmp / "dev2",
                                      executor=DevicesExecutor(["cpu", "cpu"], loader=loader,
                                                               threads=args.threads))
-    t0 = time.perf_counter()
-    engine = loader(settings)
-    res["load_in_process_s"] = round(time.perf_counter() - t0, 2)
-    res["single"] = run(jobs_of, settings, tmp / "single", engine=engine)
+    engine = None
+    if "single" not in res:
+        t0 = time.perf_counter()
+        engine = loader(settings)
+        res["load_in_process_s"] = round(time.perf_counter() - t0, 2)
+        res["single"] = run(jobs_of, settings, tmp / "single", engine=engine)
     if not args.full:
         shards = [run(jobs_of, settings, tmp / "shards", engine=engine, shard=Shard(i, 2)) for i in range(2)]
         res["shards_2"] = {"wall_s": round(sum(s["wall_s"] for s in shards), 3),
