@@ -84,6 +84,16 @@ def run(jobs_of, settings, out, executor=None, engine=None, shard=None):
     return out
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true")
@@ -126,8 +136,7 @@ def main() -> None:
     def jobs_of(out):
         return discover([str(src)], out).jobs
 
-    res: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-                            "(shared with other users: noisy)",
+    res: dict = {"machine": f"{_cpu_name()}, {os.cpu_count()} cores (shared with other users: noisy)",
                  "models": "full-size random" if args.full else "tiny random", "images": args.images,
                  "lr": args.lr, "tile": args.tile, "threads_per_engine": args.threads}
     if args.single_first and args.full:
