@@ -230,6 +230,46 @@ def test_same_bytes_and_exactly_once_across_executors(tmp_path, settings, tiny_e
     assert {o.reason for o in again.outcomes if o.status == "skipped"} == {"up to date"}
 
 
+def _disk_fills_loader(settings):
+    """Runs in each worker (so it is module-level: picklable): the disk "fills up" at the worker's third write
+    and stays full (ENOSPC from fsync, as tests/test_reliability.py injects it in one process)."""
+    import errno
+
+    from invsr_cli.executors import load_engine
+
+    real, temp_syncs = os.fsync, []
+
+    def fsync(fd):
+        target = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists(f"/proc/self/fd/{fd}") else ""
+        if target.endswith(TEMP_SUFFIX):
+            temp_syncs.append(target)
+            if len(temp_syncs) >= 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    os.fsync = fsync
+    return load_engine(settings)
+
+
+@pytest.mark.slow
+def test_disk_full_on_a_worker_stops_the_run_and_every_input_has_one_outcome(tmp_path, settings):
+    src = tmp_path / "in"
+    names = _inputs(src, 12, corrupt=False)
+    out = tmp_path / "out"
+    ex = DevicesExecutor(["cpu", "cpu"], loader=_disk_fills_loader, threads=1)
+    summary = run_batch(discover([str(src)], out).jobs, settings, output_dir=out, executor=ex, handle_signals=False)
+    assert summary.stopped and "disk full" in summary.stopped
+    assert sorted(Path(o.input).name for o in summary.outcomes) == sorted(names)  # exactly once, in the summary
+    failed = [o for o in summary.outcomes if o.status == "failed"]
+    assert all("No space left on device" in o.reason or o.reason.startswith("not attempted: disk full")
+               for o in failed), [o.reason for o in failed]
+    assert any(o.reason.startswith("not attempted") for o in failed)  # it stopped instead of trying every file
+    assert Counter(Path(r["input"]).name for r in records(out)) == Counter(names)  # and in the manifest
+    assert not temps(out)
+    done = {Path(o.input).name for o in summary.outcomes if o.status == "done"}
+    assert sorted(x.name for x in out.glob("*.png")) == sorted(done)
+
+
 # -- a worker dies mid-image ----------------------------------------------------------------------------------------
 
 
