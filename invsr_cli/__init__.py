@@ -29,6 +29,9 @@ _LAZY = {
     "resolve_policy": "invsr_cli.settings",
     "ImageTask": "invsr_cli.process",
     "process_images": "invsr_cli.process",
+    "run_checks": "invsr_cli.doctor",
+    "write_report": "invsr_cli.htmlreport",
+    "watch_folder": "invsr_cli.watch",
 }
 
 __all__ = [
@@ -45,17 +48,23 @@ __all__ = [
     "resolve_policy",
     "ImageTask",
     "process_images",
+    "run_checks",
+    "write_report",
+    "watch_folder",
 ]
 assert set(__all__) == {"__version__", *_LAZY}
 
 if TYPE_CHECKING:  # pragma: no cover
     from invsr_cli.analyse import analyse_image
+    from invsr_cli.doctor import run_checks
     from invsr_cli.engine.sampler import InvSREngine, default_timesteps
+    from invsr_cli.htmlreport import write_report
     from invsr_cli.preset_files import load_policy, load_preset
     from invsr_cli.process import ImageTask, process_images
     from invsr_cli.runner import run_batch
     from invsr_cli.settings import Settings, resolve_policy, resolve_settings
     from invsr_cli.tiling import plan_tiles
+    from invsr_cli.watch import watch_folder
 
 
 def __getattr__(name: str) -> Any:

@@ -18,7 +18,7 @@ __all__ = [
     "DiskFullError",
     "InvalidOutputError",
     "LockedError",
-    "OutOfMemoryError",
+    "describe_exception",
 ]
 
 
@@ -79,5 +79,8 @@ class LockedError(InvSRError):
     exit_code = 75
 
 
-class OutOfMemoryError(InvSRError):
-    """The device ran out of memory even at the smallest batch and tile the retry policy allows."""
+def describe_exception(exc: BaseException) -> str:
+    """``"TypeName: message"`` on one line (``"TypeName"`` when the message is empty): how a library's exception
+    is quoted inside an error message naming a file (image reads, encodes and atomic writes)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

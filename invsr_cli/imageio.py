@@ -1,14 +1,22 @@
-"""Image decoding and encoding, at the edges: Pillow (OpenCV for 16-bit colour), atomic writes.
+"""Image decoding, at the edges: Pillow and its plugins (OpenCV for 16-bit colour). Encoding and writing are
+:mod:`invsr_cli.imagewrite`; atomic file writes are :mod:`invsr_cli.atomic`.
 
 Reading (:func:`read_image`) gives float32 RGB in [0, 1] for the model plus what is needed to write the result
 back faithfully: alpha (kept separately), whether the image is grayscale, its bit depth (8 or 16), the ICC profile
-and the EXIF block (orientation applied to the pixels and reset to 1).
+and the EXIF block (orientation applied to the pixels and reset to 1). :func:`read_xmp` reads an image's XMP
+packet back (the provenance record, for ``invsr inspect``).
 
 Policies
 --------
 * **Formats read**: PNG, JPEG (and MPO, the multi-picture JPEG of many cameras: its first, primary picture),
-  WebP, TIFF, BMP and GIF, recognised by content, not by extension. Other formats Pillow knows are refused (some,
-  like EPS, would run external programs).
+  WebP, TIFF, BMP, GIF and AVIF (Pillow's own codec), and with the optional extras HEIC/HEIF (``pillow-heif``,
+  ``invsr-cli[heif]``) and JPEG XL (``pillow-jxl-plugin``, ``invsr-cli[jxl]``); all recognised by content, not by
+  extension. Without its extra a HEIC or JPEG XL file fails with ``needs `pip install 'invsr-cli[heif]'```` (or
+  ``[jxl]``), never as a broken file. Other formats Pillow knows are refused (some, like EPS, would run external
+  programs). The JPEG XL plugin decodes the whole file to read its header, so for JPEG XL ``max_pixels`` and
+  Pillow's decompression-bomb limit are checked from the codestream's size header first (:func:`_jxl_size`,
+  the one hand-written parser here: no installed library reads it without decoding); its orientation is the codestream's (applied by libjxl), an EXIF orientation is ignored
+  as the JPEG XL specification says. 10/12-bit HEIC is read as 8-bit (pillow-heif's default).
 * **Animated / multi-frame files** (animated GIF/PNG/WebP, multi-page TIFF) are refused with
   ``"animated image with N frames; invsr upscales still images only"``: picking one frame silently would lose
   the rest.
@@ -18,31 +26,19 @@ Policies
 * **Truncated files** are errors (``ImageFile.LOAD_TRUNCATED_IMAGES`` stays False and every image is fully
   decoded before use).
 * **16-bit**: 16-bit grayscale PNG/TIFF are read with Pillow; Pillow would silently reduce 16-bit RGB/RGBA/LA
-  PNG/TIFF to 8 bits, so those pixels are decoded with OpenCV (metadata still from Pillow). 16-bit outputs are
-  written as PNG or TIFF only; 16-bit colour or alpha outputs use a small built-in PNG/TIFF encoder (PNG keeps ICC
-  and EXIF; TIFF keeps ICC only). A 16-bit gray+alpha TIFF is written as RGBA (few readers, not Pillow nor
-  OpenCV, understand two-channel 16-bit TIFF).
-* **Alpha and JPEG**: JPEG cannot hold alpha, so a transparent image written as JPEG is composited over white
-  (what the picture looks like on a page), rather than exposing whatever colour lies under transparent pixels.
-* **Grayscale** sources are written back as grayscale (L, or 16-bit), converted from the model's RGB output with
-  the ITU-R 601 luma weights (as Pillow's ``convert("L")``). WebP has no grayscale mode: it is written as RGB.
+  PNG/TIFF to 8 bits, so those pixels are decoded with OpenCV (metadata still from Pillow).
 
-Every read failure is an :class:`~invsr_cli.errors.ImageReadError` whose message is one line naming the file;
-writes are atomic (temporary file in the destination folder, fsync, rename) and fail with
-:class:`~invsr_cli.errors.OutputError` or, on ENOSPC/EIO/EDQUOT, :class:`~invsr_cli.errors.DiskFullError`.
+Every read failure is an :class:`~invsr_cli.errors.ImageReadError` whose message is one line naming the file.
 """
 
 from __future__ import annotations
 
-import errno
 import io
 import os
-import secrets
 import stat
-import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -50,22 +46,19 @@ import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError, features
 
 from invsr_cli.discover import display_path
-from invsr_cli.errors import ConfigError, DiskFullError, ImageReadError, OutputError
+from invsr_cli.errors import ImageReadError, describe_exception
 
 __all__ = [
     "ImageInfo",
     "LoadedImage",
     "READ_FORMATS",
-    "WRITE_FORMATS",
-    "TEMP_SUFFIX",
+    "TIFF_EXIF_TAGS",
     "probe_image",
     "read_image",
-    "write_image",
-    "atomic_write_bytes",
-    "cleanup_stale_temps",
-    "upscale_alpha",
-    "resize_rgb",
     "canonical_format",
+    "missing_plugin",
+    "register_plugins",
+    "read_xmp",
 ]
 
 # Pillow format names we decode (content-detected), and our canonical lower-case names for them.
@@ -78,19 +71,22 @@ _FORMAT_NAMES = {
     "BMP": "bmp",
     "DIB": "bmp",
     "GIF": "gif",
+    "AVIF": "avif",
+    "HEIF": "heic",
+    "JXL": "jxl",
 }
-READ_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "DIB", "GIF")  # MPO comes via JPEG
-WRITE_FORMATS: tuple[str, ...] = ("png", "jpg", "webp", "tiff")
-_FORMAT_ALIASES = {"jpeg": "jpg", "jpe": "jpg", "jfif": "jpg", "tif": "tiff"}
-TEMP_SUFFIX = ".invsr-tmp"
-DEFAULT_QUALITY = 95
-
-_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EIO} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
+# MPO comes via JPEG; HEIF and JXL are there once their plugin is registered (register_plugins).
+READ_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "DIB", "GIF", "AVIF", "HEIF", "JXL")
+_FORMAT_ALIASES = {"jpeg": "jpg", "jpe": "jpg", "jfif": "jpg", "tif": "tiff", "heif": "heic", "hif": "heic"}
+# Optional read plugins: canonical format -> (module, the extra that installs it, its name for messages).
+_PLUGINS = {"heic": ("pillow_heif", "heif", "HEIC/HEIF"), "jxl": ("pillow_jxl", "jxl", "JPEG XL")}
+# ISO-BMFF major/compatible brands of HEIF images (not AVIF's "avif"/"avis", which Pillow reads itself).
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
 _ORIENTATION = 0x0112
-# Descriptive tags worth carrying over from a TIFF source's IFD0 (the rest describe the TIFF's own layout).
-_TIFF_EXIF_TAGS = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298)
+# Descriptive tags worth carrying over from a TIFF source's IFD0 (the rest describe the TIFF's own layout); public
+# because imagewrite writes the same tags into a 16-bit TIFF's own IFD.
+TIFF_EXIF_TAGS = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298)
 _EXIF_SUB_IFDS = (0x8769, 0x8825)  # Exif, GPS
-_JPEG_MAX_EXIF = 65533
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # the default; a truncated file must be an error, never padded
 
@@ -143,11 +139,6 @@ def _fail(path: Path | str, reason: str) -> ImageReadError:
     return ImageReadError(f"{display_path(path)}: {reason}")
 
 
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _check_file(path: Path) -> None:
     try:
         st = os.stat(path)
@@ -156,7 +147,7 @@ def _check_file(path: Path) -> None:
     except PermissionError:
         raise _fail(path, "permission denied") from None
     except OSError as exc:
-        raise _fail(path, f"cannot stat: {exc.strerror or _describe(exc)}") from None
+        raise _fail(path, f"cannot stat: {exc.strerror or describe_exception(exc)}") from None
     if stat.S_ISDIR(st.st_mode):
         raise _fail(path, "is a directory, not an image file")
     if not stat.S_ISREG(st.st_mode):
@@ -165,17 +156,137 @@ def _check_file(path: Path) -> None:
         raise _fail(path, "empty file (0 bytes)")
 
 
-def _open(path: Path, fp: Any) -> Image.Image:
+@cache
+def register_plugins() -> frozenset[str]:
+    """Register the optional read plugins that are installed (once); -> the canonical formats they add. Public
+    because :mod:`invsr_cli.imagewrite` asks it whether JPEG XL can be encoded (the same plugin writes it)."""
+    found = set()
+    for fmt, (module, _extra, _name) in _PLUGINS.items():
+        try:
+            mod = __import__(module)  # pillow_jxl registers itself on import
+        except ImportError:
+            continue
+        if fmt == "heic":
+            mod.register_heif_opener()
+        found.add(fmt)
+    return frozenset(found)
+
+
+def _sniff(head: bytes) -> str | None:
+    """The canonical format a file's first bytes announce, for the formats that need a plugin or a codec Pillow
+    may lack: heic, jxl, avif; None otherwise."""
+    if head[:2] == b"\xff\x0a" or head[:12] == b"\x00\x00\x00\x0cJXL \r\n\x87\x0a":
+        return "jxl"
+    if head[4:8] == b"ftyp" and len(head) >= 16:
+        size = min(int.from_bytes(head[:4], "big"), len(head))
+        brands = {head[8:12]} | {head[i : i + 4] for i in range(16, size - 3, 4)}
+        if brands & {b"avif", b"avis"}:
+            return "avif"
+        if brands & _HEIF_BRANDS:
+            return "heic"
+    return None
+
+
+def missing_plugin(fmt: str) -> str | None:
+    """Why a ``fmt`` file (canonical name) cannot be read here, or None when it can: the optional extra to
+    install (HEIC, JPEG XL), or Pillow built without AVIF."""
+    fmt = canonical_format(fmt)
+    if fmt in _PLUGINS and fmt not in register_plugins():
+        _module, extra, name = _PLUGINS[fmt]
+        return f"{name} image: needs `pip install 'invsr-cli[{extra}]'`"
+    if fmt == "avif" and not features.check("avif"):
+        return "AVIF image: this Pillow has no AVIF codec (needs Pillow >= 11.3 built with libavif)"
+    return None
+
+
+@cache
+def _available_formats() -> tuple[str, ...]:
+    """READ_FORMATS less the plugins that are not installed (Image.open fails on an unknown format name)."""
+    register_plugins()
+    Image.init()
+    return tuple(f for f in READ_FORMATS if f in Image.OPEN)
+
+
+_JXL_RATIOS = ((1, 1), (12, 10), (4, 3), (3, 2), (16, 9), (5, 4), (2, 1))
+_JXL_HEAD = 1 << 20  # how far into a JPEG XL container to look for the codestream's start
+
+
+def _jxl_codestream(data: bytes) -> bytes | None:
+    """The start of the codestream of a JPEG XL file (bare, or in a ``jxlc``/first ``jxlp`` box)."""
+    if data[:2] == b"\xff\x0a":
+        return data
+    pos = 0
+    while pos + 8 <= len(data):
+        size, kind, head = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8], 8
+        if size == 1:
+            size, head = int.from_bytes(data[pos + 8 : pos + 16], "big"), 16
+        if kind == b"jxlc":
+            return data[pos + head :]
+        if kind == b"jxlp":
+            return data[pos + head + 4 :]  # after the part index
+        if size == 0 or size < head:
+            return None
+        pos += size
+    return None
+
+
+def _jxl_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG XL SizeHeader (ISO/IEC 18181-1 D.2), without decoding; None when the bytes do
+    not hold one. pillow-jxl-plugin decodes the whole image to learn its size, so this is the only way to refuse
+    a too-large JPEG XL before its pixels are allocated."""
+    cs = _jxl_codestream(data)
+    if cs is None or len(cs) < 11 or cs[:2] != b"\xff\x0a":
+        return None
+    bits, pos = int.from_bytes(cs[2:11], "little"), 0  # at most 1 + 2*(2 + 30) + 3 = 68 bits
+
+    def u(n: int) -> int:
+        nonlocal pos
+        value = (bits >> pos) & ((1 << n) - 1)
+        pos += n
+        return value
+
+    def u32() -> int:
+        return 1 + u((9, 13, 18, 30)[u(2)])
+
+    div8 = u(1)
+    height = (1 + u(5)) * 8 if div8 else u32()
+    ratio = u(3)
+    if ratio:
+        num, den = _JXL_RATIOS[ratio - 1]
+        return height * num // den, height
+    return ((1 + u(5)) * 8 if div8 else u32()), height
+
+
+def _precheck_jxl(path: Path, fp: Any, max_pixels: int | None) -> None:
+    """Refuse a JPEG XL that is too large from its header, as Image.open and max_pixels do for other formats."""
+    head = fp.read(16)
+    if _sniff(head) == "jxl":
+        head += fp.read(_JXL_HEAD)
+    fp.seek(0)
+    if _sniff(head) != "jxl" or (size := _jxl_size(head)) is None:
+        return
+    w, h = size
+    if w * h > 2 * (Image.MAX_IMAGE_PIXELS or 0) > 0:
+        raise _fail(path, f"refused as a possible decompression bomb: JPEG XL header says {w}x{h} = {w * h} "
+                    f"pixels, over twice Pillow's limit of {Image.MAX_IMAGE_PIXELS}")
+    _check_pixels(path, w, h, max_pixels)
+
+
+def _open(path: Path, fp: Any, max_pixels: int | None = None) -> Image.Image:
+    _precheck_jxl(path, fp, max_pixels)
     try:
-        return Image.open(fp, formats=READ_FORMATS)
+        return Image.open(fp, formats=_available_formats())
     except UnidentifiedImageError:
+        fp.seek(0)
+        why = missing_plugin(_sniff(fp.read(64)) or "")
         raise _fail(
-            path, "not a supported image (PNG, JPEG, WebP, TIFF, BMP or GIF) or corrupt header"
+            path, why or "not a supported image (PNG, JPEG, WebP, TIFF, BMP, GIF, AVIF, HEIC or JPEG XL) or "
+            "corrupt header"
         ) from None
     except Image.DecompressionBombError as exc:
         raise _fail(path, f"refused as a possible decompression bomb: {exc}") from None
     except Exception as exc:  # Pillow raises many types on hostile headers
-        raise _fail(path, f"unreadable header ({_describe(exc)})") from None
+        raise _fail(path, f"unreadable header ({describe_exception(exc)})") from None
 
 
 def _open_file(path: Path) -> Any:
@@ -186,7 +297,7 @@ def _open_file(path: Path) -> Any:
     except IsADirectoryError:
         raise _fail(path, "is a directory, not an image file") from None
     except OSError as exc:
-        raise _fail(path, f"cannot open: {exc.strerror or _describe(exc)}") from None
+        raise _fail(path, f"cannot open: {exc.strerror or describe_exception(exc)}") from None
 
 
 def _n_frames(im: Image.Image) -> int:
@@ -203,11 +314,11 @@ def probe_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) 
     ``max_pixels`` (the same check and message as :func:`read_image`)."""
     path = Path(path)
     _check_file(path)
-    with _open_file(path) as fp, _open(path, fp) as im:
+    with _open_file(path) as fp, _open(path, fp, max_pixels) as im:
         try:
             n_frames = _n_frames(im)
         except Exception as exc:
-            raise _fail(path, f"unreadable frames ({_describe(exc)})") from None
+            raise _fail(path, f"unreadable frames ({describe_exception(exc)})") from None
         _check_pixels(path, im.width, im.height, max_pixels)
         return ImageInfo(im.width, im.height, canonical_format(im.format or ""), im.mode, n_frames)
 
@@ -276,7 +387,7 @@ def _exif_bytes_or_raise(im: Image.Image) -> bytes | None:
         return None
     if im.format == "TIFF":  # IFD0 of a TIFF is the file's own layout: keep the descriptive tags only
         clean = Image.Exif()
-        for tag in _TIFF_EXIF_TAGS:
+        for tag in TIFF_EXIF_TAGS:
             if tag in exif:
                 clean[tag] = exif[tag]
         for tag in _EXIF_SUB_IFDS:
@@ -369,12 +480,12 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     """
     path = Path(path)
     _check_file(path)
-    with _open_file(path) as fp, _open(path, fp) as im:
+    with _open_file(path) as fp, _open(path, fp, max_pixels) as im:
         fmt = canonical_format(im.format or "")
         try:
             n_frames = _n_frames(im)
         except Exception as exc:
-            raise _fail(path, f"unreadable frames ({_describe(exc)})") from None
+            raise _fail(path, f"unreadable frames ({describe_exception(exc)})") from None
         if n_frames > 1 and im.format != "MPO":
             raise _fail(path, f"animated image with {n_frames} frames; invsr upscales still images only")
         w, h = im.size
@@ -397,7 +508,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
                 alpha = arr[..., -1] if arr.shape[2] in (2, 4) else None
                 bit_depth, icc_ok = 16, True
             else:
-                oriented = _exif_transpose(im)
+                oriented = im if im.format == "JXL" else _exif_transpose(im)  # libjxl applied its own
                 mode = oriented.mode
                 colour, alpha, grayscale, bit_depth, icc_ok = _pixels(path, oriented)
             exif = _exif_bytes(im)  # last: it resets the orientation of im's cached EXIF
@@ -406,7 +517,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
         except Image.DecompressionBombError as exc:
             raise _fail(path, f"refused as a possible decompression bomb: {exc}") from None
         except Exception as exc:
-            raise _fail(path, f"cannot decode ({_describe(exc)})") from None
+            raise _fail(path, f"cannot decode ({describe_exception(exc)})") from None
 
     rgb = _to_float(colour)
     if rgb.ndim == 2:
@@ -426,307 +537,37 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     )
 
 
-# --------------------------------------------------------------------------------------------------- encoding
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    )
 
 
-def _encode_png16(arr: np.ndarray, icc: bytes | None, exif: bytes | None) -> bytes:
-    """16-bit PNG of an HxWxC uint16 array (C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA), 'Up' row filter."""
-    h, w, c = arr.shape
-    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
-    rows = arr.astype(">u2").view(np.uint8).reshape(h, w * c * 2)
-    filtered = np.empty((h, rows.shape[1] + 1), np.uint8)
-    filtered[:, 0] = 2  # Up: byte minus the byte above (mod 256)
-    filtered[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
-    out = [b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0))]
-    if icc:
-        out.append(_png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc)))
-    if exif:
-        out.append(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
-    out.append(_png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6)))
-    out.append(_png_chunk(b"IEND", b""))
-    return b"".join(out)
 
 
-def _encode_tiff16(arr: np.ndarray, icc: bytes | None) -> bytes:
-    """16-bit little-endian RGB(A) TIFF (one deflate strip, horizontal predictor) of an HxWx3|4 uint16 array."""
-    h, w, c = arr.shape
-    if c not in (3, 4):
-        raise ValueError(f"expected 3 or 4 channels, got {c}")
-    diff = arr.astype("<u2")
-    diff[:, 1:] = arr[:, 1:] - arr[:, :-1]  # predictor 2: horizontal differencing, per sample, mod 2**16
-    strip = zlib.compress(diff.astype("<u2").tobytes(), 6)
-    SHORT, LONG, UNDEF = 3, 4, 7
-    entries: list[tuple[int, int, int, bytes]] = []  # tag, type, count, payload (little-endian)
-
-    def add(tag: int, typ: int, values: list[int] | bytes) -> None:
-        if isinstance(values, bytes):
-            entries.append((tag, typ, len(values), values))
-        else:
-            fmt = f"<{len(values)}{'H' if typ == SHORT else 'I'}"
-            entries.append((tag, typ, len(values), struct.pack(fmt, *values)))
-
-    n_tags = 12 + (c == 4) + bool(icc)
-    ifd_size = 2 + 12 * n_tags + 4
-    add(256, LONG, [w])
-    add(257, LONG, [h])
-    add(258, SHORT, [16] * c)
-    add(259, SHORT, [8])  # Adobe deflate
-    add(262, SHORT, [2])  # RGB
-    add(273, LONG, [0])  # StripOffsets, patched below
-    add(277, SHORT, [c])
-    add(278, LONG, [h])
-    add(279, LONG, [len(strip)])
-    add(284, SHORT, [1])  # chunky
-    add(317, SHORT, [2])  # horizontal predictor
-    add(339, SHORT, [1] * c)  # unsigned integers
-    if c == 4:
-        add(338, SHORT, [2])  # ExtraSamples: unassociated alpha
-    if icc:
-        add(34675, UNDEF, icc)
-    entries.sort()
-    assert len(entries) == n_tags
-    extra_at = 8 + ifd_size
-    extra = bytearray()
-    fields = []
-    for tag, typ, count, payload in entries:
-        if len(payload) <= 4:
-            fields.append((tag, typ, count, payload.ljust(4, b"\x00")))
-        else:
-            fields.append((tag, typ, count, struct.pack("<I", extra_at + len(extra))))
-            extra += payload + (b"\x00" if len(payload) % 2 else b"")
-    strip_at = extra_at + len(extra)
-    ifd = bytearray(struct.pack("<H", n_tags))
-    for tag, typ, count, value in fields:
-        if tag == 273:
-            value = struct.pack("<I", strip_at)
-        ifd += struct.pack("<HHI", tag, typ, count) + value
-    ifd += struct.pack("<I", 0)
-    return b"II*\x00" + struct.pack("<I", 8) + bytes(ifd) + bytes(extra) + strip
 
 
-def _quantise(x: np.ndarray, bits: int) -> np.ndarray:
-    top = 65535 if bits == 16 else 255
-    return np.rint(np.clip(x, 0.0, 1.0) * top).astype(np.uint16 if bits == 16 else np.uint8)
-
-
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    return rgb[..., 0] * np.float32(0.299) + rgb[..., 1] * np.float32(0.587) + rgb[..., 2] * np.float32(0.114)
-
-
-def _encode(
-    rgb: np.ndarray,
-    alpha: np.ndarray | None,
-    source: LoadedImage,
-    fmt: str,
-    quality: int | None,
-) -> bytes:
-    rgb = np.clip(rgb.astype(np.float32, copy=False), 0.0, 1.0)
-    if alpha is not None:
-        alpha = np.clip(alpha.astype(np.float32, copy=False), 0.0, 1.0)
-        if fmt == "jpg":  # no alpha in JPEG: composite over white
-            rgb = rgb * alpha[..., None] + (1.0 - alpha[..., None])
-            alpha = None
-    planes = [_luma(rgb)[..., None]] if source.grayscale else [rgb]
-    if alpha is not None:
-        planes.append(alpha[..., None])
-    bits = 16 if source.bit_depth == 16 and fmt in ("png", "tiff") else 8
-    arr = _quantise(np.concatenate(planes, axis=2), bits)
-    icc, exif = source.icc, source.exif
-
-    if bits == 16:
-        if fmt == "png":
-            return _encode_png16(arr, icc, exif)
-        if arr.shape[2] == 2:  # 16-bit gray+alpha TIFF is read by few tools (not Pillow, not OpenCV)
-            arr = arr[..., [0, 0, 0, 1]]
-        if arr.shape[2] != 1:
-            return _encode_tiff16(arr, icc)
-        im = Image.fromarray(arr[..., 0])  # I;16: Pillow keeps ICC and EXIF
-    else:
-        im = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
-
-    buf = io.BytesIO()
-    params: dict[str, Any] = {}
-    if icc:
-        params["icc_profile"] = icc
-    if exif and not (fmt == "jpg" and len(exif) > _JPEG_MAX_EXIF):
-        params["exif"] = exif
-    q = DEFAULT_QUALITY if quality is None else int(quality)
-    if fmt == "png":
-        im.save(buf, "PNG", compress_level=6, **params)
-    elif fmt == "jpg":
-        im.save(buf, "JPEG", quality=q, subsampling=0 if q >= 90 else 2, **params)
-    elif fmt == "webp":
-        im.save(buf, "WEBP", quality=q, **params)
-    else:
-        compression = "tiff_adobe_deflate" if features.check("libtiff") else None
-        im.save(buf, "TIFF", compression=compression, **params)
-    return buf.getvalue()
-
-
-def _classify_os_error(path: Path, exc: OSError, what: str) -> OutputError:
-    reason = f"{display_path(path)}: cannot {what}: {exc.strerror or _describe(exc)}"
-    if exc.errno in _DISK_FULL_ERRNOS:
-        return DiskFullError(reason)
-    return OutputError(reason)
-
-
-def _temp_name(final: Path) -> Path:
-    stem = final.name
-    while len(os.fsencode(stem)) > 64:
-        stem = stem[:-1]
-    return final.with_name(f".{stem}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some filesystems cannot fsync a folder; only a failing disk matters here
-        if exc.errno in _DISK_FULL_ERRNOS:
-            raise
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> int:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder (``.NAME.XXXXXXXX.invsr-tmp``),
-    written, flushed and fsynced, then renamed over ``path``; the folder is fsynced after the rename. Parent folders
-    are created. On any failure the temporary file is removed and nothing appears under ``path``.
-
-    Returns the number of bytes written. Raises :class:`DiskFullError` (ENOSPC, EIO, EDQUOT) or
-    :class:`OutputError`.
-    """
+def read_xmp(path: str | os.PathLike[str]) -> bytes | None:
+    """The XMP packet stored in an image file, or None. Raises :class:`ImageReadError` for a file that is not a
+    readable image. JPEG XL: from its ``xml `` box (the plugin does not expose XMP), which means decoding it."""
     path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{display_path(path)}: cannot write: the output path is an existing folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _classify_os_error(path, exc, "create the folder") from exc
-    fd = -1
-    for _ in range(100):
-        tmp = _temp_name(path)
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, as for open()
-            break
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise _classify_os_error(path, exc, "create a temporary file") from exc
-    else:  # pragma: no cover - 100 random collisions
-        raise OutputError(f"{display_path(path)}: cannot create a temporary file")
-    step = "write"
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fd = -1
-            f.write(data)
-            f.flush()
-            step = "sync"
-            os.fsync(f.fileno())
-        step = "rename"
-        os.replace(tmp, path)
-        step = "sync the folder of"
-        _fsync_dir(path.parent)
-    except BaseException as exc:
-        if fd >= 0:
-            os.close(fd)
-        if step != "sync the folder of":
+    _check_file(path)
+    with _open_file(path) as fp, _open(path, fp) as im:
+        if im.format == "JXL":
+            import pillow_jxl
+
+            fp.seek(0)
             try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        if isinstance(exc, OSError):
-            raise _classify_os_error(path, exc, step) from exc
-        raise
-    return len(data)
-
-
-def write_image(
-    path: str | os.PathLike[str],
-    rgb_hr: np.ndarray,
-    *,
-    alpha: np.ndarray | None = None,
-    source: LoadedImage,
-    format: str,
-    quality: int | None = None,
-) -> int:
-    """Encode and atomically write an upscaled image; returns the bytes written.
-
-    ``rgb_hr``: float32 ``(H, W, 3)`` in [0, 1] (values outside are clipped); ``alpha``: float32 ``(H, W)`` or
-    None. The grayscale flag, bit depth, ICC and EXIF come from ``source``. ``format``: png, jpg, webp or tiff
-    (``Job.format``; extension spellings jpeg/jpe/jfif/tif accepted); ``quality`` (1..100) is used by jpg and
-    webp, default 95.
-    """
-    path = Path(path)
-    fmt = canonical_format(format)
-    if fmt not in WRITE_FORMATS:
-        raise ConfigError(f"`format` must be one of {', '.join(WRITE_FORMATS)}; got {format!r}")
-    if quality is not None and not 1 <= int(quality) <= 100:
-        raise ConfigError(f"`quality` must be between 1 and 100, got {quality}")
-    if rgb_hr.ndim != 3 or rgb_hr.shape[2] != 3:
-        raise ValueError(f"rgb_hr must be (H, W, 3), got {rgb_hr.shape}")
-    if alpha is not None and alpha.shape != rgb_hr.shape[:2]:
-        raise ValueError(f"alpha must be {rgb_hr.shape[:2]}, got {alpha.shape}")
-    try:
-        data = _encode(rgb_hr, alpha, source, fmt, quality)
-    except Exception as exc:
-        raise OutputError(f"{display_path(path)}: cannot encode {fmt}: {_describe(exc)}") from exc
-    return atomic_write_bytes(path, data)
-
-
-def cleanup_stale_temps(out_dir: str | os.PathLike[str]) -> int:
-    """Remove temporary files (``.*.invsr-tmp``) left under ``out_dir`` by an interrupted run; returns how many.
-
-    Symlinked folders are not followed. Call it while holding the output folder's lock: a concurrent run's
-    temporary files look the same.
-    """
-    removed = 0
-    for root, _dirs, files in os.walk(out_dir, followlinks=False):
-        for name in files:
-            if name.startswith(".") and name.endswith(TEMP_SUFFIX):
-                try:
-                    os.unlink(os.path.join(root, name))
-                    removed += 1
-                except FileNotFoundError:
-                    pass
-    return removed
-
-
-def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    import cv2
-
-    w, h = int(size[0]), int(size[1])
-    if h < 1 or w < 1:
-        raise ValueError(f"size must be positive (width, height), got {size}")
-    if (h, w) == arr.shape[:2]:
-        return arr.astype(np.float32, copy=True)
-    shrinking = h <= arr.shape[0] and w <= arr.shape[1]
-    interp = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
-    out = cv2.resize(np.ascontiguousarray(arr, dtype=np.float32), (w, h), interpolation=interp)
-    return np.clip(out, 0.0, 1.0, out=out)
-
-
-def upscale_alpha(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an ``(h, w)`` float alpha to ``size = (width, height)`` (Pillow/OpenCV order): bicubic when
-    enlarging, area averaging when shrinking, clamped to [0, 1]."""
-    if alpha.ndim != 2:
-        raise ValueError(f"alpha must be (h, w), got {alpha.shape}")
-    return _resize(alpha, size)
-
-
-def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an ``(h, w, 3)`` float image to ``size = (width, height)`` (Pillow/OpenCV order), for ``--scale``
-    below 4: area averaging when shrinking (no aliasing), bicubic otherwise; clamped to [0, 1]."""
-    if rgb.ndim != 3:
-        raise ValueError(f"rgb must be (h, w, 3), got {rgb.shape}")
-    return _resize(rgb, size)
+                boxes = pillow_jxl.Decoder()(fp.read())[4]
+            except Exception as exc:
+                raise _fail(path, f"cannot decode ({describe_exception(exc)})") from None
+            found = [bytes(b.data) for b in boxes if b.box_type == b"xml "]
+            return found[0] if found else None
+        xmp = im.info.get("xmp")
+        if xmp is None and im.format == "PNG":  # a tEXt chunk (OpenCV), or a chunk after the pixels
+            try:
+                im.load()
+            except Exception as exc:
+                raise _fail(path, f"cannot decode ({describe_exception(exc)})") from None
+            xmp = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp")
+    if isinstance(xmp, str):
+        xmp = xmp.encode("utf-8")
+    return xmp or None

@@ -25,7 +25,7 @@ from invsr_cli.discover import Job
 from invsr_cli.errors import InvSRError
 from invsr_cli.report import Outcome, Reporter
 from invsr_cli.settings import ImageSettings, Settings, SettingsPolicy
-from invsr_cli.sink import ImageSink, failure, reason_of, write_output
+from invsr_cli.sink import ImageSink, Writer, failure, reason_of, write_output
 
 __all__ = ["Engine", "ImageTask", "PreparedImage", "Processing", "process_images", "batch_size_for",
            "MIN_OOM_TILE", "fit_batch"]
@@ -100,7 +100,7 @@ class PreparedImage:
         self.acc = None
         self.done_tiles = 0
 
-    def outcome(self, width: int, height: int, write_seconds: float) -> Outcome:
+    def outcome(self, width: int, height: int, write_seconds: float, models: dict[str, Any] | None = None) -> Outcome:
         s = self.settings
         stages = {k: round(v, 4) for k, v in self.stage_seconds.items()}
         if stages:
@@ -110,7 +110,7 @@ class PreparedImage:
             width=width, height=height, tiles=len(self.plan.tiles), preset=s.preset, timesteps=s.timesteps,
             degradation=dict(self.chosen.degradation) if self.chosen.degradation is not None else None,
             rule=self.chosen.reason, tile=self.plan.tile, overlap=self.plan.overlap,
-            batch_sizes=tuple(self.batch_sizes), stage_seconds=stages or None, settings=s,
+            batch_sizes=tuple(self.batch_sizes), stage_seconds=stages or None, settings=s, models=models,
         )
 
 
@@ -172,8 +172,9 @@ def process_images(
     *,
     reporter: Reporter | None = None,
     should_stop: Callable[[], bool] = lambda: False,
-    write: Callable[[PreparedImage, Any], tuple[int, int]] = write_output,
+    write: Writer = write_output,
     timer: Any = None,
+    finish_in_flight: bool = False,
 ) -> Processing:
     """Upscale ``tasks`` with ``engine``; iterate the result for one :class:`Outcome` per task that was attempted
     ("done" or "failed", in completion order).
@@ -181,22 +182,22 @@ def process_images(
     ``policy`` gives each image its settings when it is read. ``reporter`` hears tile progress and warnings (out of
     memory); it is not given outcomes. ``should_stop`` is polled between batches: once true, no new batch starts,
     the writes in flight finish and their outcomes come, and the images not finished are abandoned unreported.
-    ``write(image, rgb)`` writes one finished image (default: atomically to ``image.job.output``) and returns its
-    size. ``timer`` (an :class:`invsr_cli.engine.timing.StageTimer` attached to ``engine``) adds per-image stage
+    ``write(image, rgb, models)`` writes one finished image (default: atomically to ``image.job.output``, with
+    its provenance) and returns its size. ``timer`` (an :class:`invsr_cli.engine.timing.StageTimer` attached to ``engine``) adds per-image stage
     seconds to the outcomes: a batch's stage time is shared among its images by their tiles in it.
 
     A full disk stops the run: :attr:`Processing.stopped` says why, and every task not yet finished gets a failed
     outcome "not attempted: disk full".
     """
-    return Processing(tasks, policy, engine, reporter or Reporter(), should_stop, write, timer)
+    return Processing(tasks, policy, engine, reporter or Reporter(), should_stop, write, timer, finish_in_flight)
 
 
 class Processing:
     """The iterator :func:`process_images` returns; ``stopped`` is set when a full disk ended it early."""
 
     def __init__(self, tasks: Iterable[ImageTask], policy: SettingsPolicy, engine: Engine, reporter: Reporter,
-                 should_stop: Callable[[], bool], write: Callable[[PreparedImage, Any], tuple[int, int]],
-                 timer: Any) -> None:
+                 should_stop: Callable[[], bool], write: Writer,
+                 timer: Any, finish_in_flight: bool = False) -> None:
         import torch
 
         self.torch = torch
@@ -204,6 +205,7 @@ class Processing:
         self.engine = engine
         self.reporter = reporter
         self.should_stop = should_stop
+        self.finish_in_flight = finish_in_flight
         self.timer = timer
         self.device = engine.device
         self.pin = str(self.device).startswith("cuda") and torch.cuda.is_available()
@@ -216,7 +218,8 @@ class Processing:
         self.todo_done = False
         self.reads: deque[tuple[ImageTask, Future]] = deque()
         self.inflight: dict[int, PreparedImage] = {}
-        self.sink = ImageSink(self.device, write, blend_stage=self._stage)
+        self.sink = ImageSink(self.device, write, blend_stage=self._stage,
+                              models=getattr(engine, "identity", None))
         self.readers = ThreadPoolExecutor(READERS, thread_name_prefix="invsr-read")
         self._outcomes = self._run()
 
@@ -238,6 +241,12 @@ class Processing:
                 self.todo_done = True
                 return
             self.reads.append((task, self.readers.submit(_prepare, task, self.policy, self.pin)))
+
+    def _drop_unread(self) -> None:
+        """Stopping: read nothing more (the images not yet read are left for a later run)."""
+        self.todo_done = True
+        while self.reads:
+            self.reads.popleft()[1].cancel()
 
     def _take_read(self) -> Iterator[Outcome]:
         task, fut = self.reads.popleft()
@@ -345,8 +354,13 @@ class Processing:
     # the loop -----------------------------------------------------------------------------------------------
     def _run(self) -> Iterator[Outcome]:
         try:
-            while not self.should_stop() and self.stopped is None:
-                self._top_up()
+            while self.stopped is None:
+                if self.should_stop():
+                    if not self.finish_in_flight:
+                        break
+                    self._drop_unread()  # then finish what is in flight
+                else:
+                    self._top_up()
                 batch = self.scheduler.next_batch(more_coming=bool(self.reads))
                 if batch is not None:
                     yield from self._run_batch(batch[1])

@@ -31,20 +31,35 @@ from invsr_cli.report import Outcome, Reporter, Summary
 from invsr_cli.settings import FixedPolicy, Settings, SettingsPolicy
 from invsr_cli.shard import Shard
 
-__all__ = ["run_batch", "Recorder"]
+__all__ = ["run_batch", "Run", "Recorder"]
+
+
+def run_fingerprint(policy: SettingsPolicy, identity: dict[str, Any] | None) -> str:
+    """What an output depends on: the settings (with ``auto``, every schedule the rules can pick and the rules
+    themselves) and the weights' ``identity`` (:func:`invsr_cli.engine.model_identity`)."""
+    import hashlib
+    import json
+
+    models = ""
+    if identity is not None:
+        models = "-" + hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return policy.fingerprint() + models
 
 
 class Recorder:
     """Counts outcomes into the summary, tells the reporter, and appends done/failed ones to the manifest with
-    the settings each was made with."""
+    the settings and the weights each was made with. ``models`` is the identity expected before anything loads
+    (what skip-existing compares with); an outcome made by an engine says which weights it really used."""
 
-    def __init__(self, reporter: Reporter, manifest: Manifest | None, fingerprint: str) -> None:
+    def __init__(self, reporter: Reporter, manifest: Manifest | None, policy: SettingsPolicy,
+                 models: dict[str, Any] | None = None) -> None:
         self.reporter = reporter
         self.manifest = manifest
-        self.fingerprint = fingerprint
+        self.policy = policy
+        self.models = models
+        self.fingerprint = run_fingerprint(policy, models)
         self.summary = Summary()
         self.stop_signal: str | None = None
-        self.models: dict[str, Any] | None = None
 
     @property
     def stopping(self) -> bool:
@@ -69,11 +84,13 @@ class Recorder:
             self._append(o, job)
 
     def _append(self, o: Outcome, job: Job | None) -> None:
-        rec: dict[str, Any] = {**o.to_dict(), "fingerprint": self.fingerprint}
+        # What was loaded: e.g. the commit a first run has just fetched (its revision was unknown before the fetch).
+        models = o.models if o.models is not None else self.models
+        rec: dict[str, Any] = {**o.to_dict(), "fingerprint": run_fingerprint(self.policy, models)}
         if o.settings is not None:
             rec["settings"] = o.settings.to_dict()
-        if self.models is not None:
-            rec["models"] = self.models
+        if models is not None:
+            rec["models"] = models
         if job is not None:
             with contextlib.suppress(OSError):
                 rec.update(input_stamp(job.input))
@@ -114,53 +131,126 @@ def run_batch(
     and only if some job needs computing. Raises ``LockedError`` when another run holds the folder,
     ``WeightsUnavailableError``/``ModelLoadError`` when the models cannot be loaded.
     """
-    from invsr_cli.executors import LocalExecutor, load_engine
-    from invsr_cli.imageio import cleanup_stale_temps
-    from invsr_cli.lock import output_lock
-
     policy = FixedPolicy(settings) if isinstance(settings, Settings) else settings
     if shard is not None:
         jobs = [job for job in jobs if shard.holds(job.rel)]
         input_errors = [(spec, why) for spec, why in input_errors if shard.holds(spec)]
-    executor = executor or LocalExecutor(engine, engine_loader or load_engine)
     reporter = reporter or Reporter()
-    start = time.perf_counter()
     if dry_run:
-        rec = Recorder(reporter, None, policy.fingerprint())
+        start = time.perf_counter()
+        rec = Recorder(reporter, None, policy)
         _record_input_errors(input_errors, rec)
         _plan_only(jobs, policy, rec)
         rec.summary.wall_seconds = time.perf_counter() - start
         reporter.finish(rec.summary)
         return rec.summary
 
-    with contextlib.ExitStack() as held:
-        if shard is None:
-            held.enter_context(output_lock(output_dir, wait=wait))
-            removed = cleanup_stale_temps(output_dir)
-        else:  # shards share the folder: exclude plain runs and this shard's twin, and clean only our own temps
-            from invsr_cli.shard import remove_temps_of
+    with Run(policy, output_dir=output_dir, reporter=reporter, manifest_path=manifest_path, wait=wait,
+             engine=engine, engine_loader=engine_loader, executor=executor, handle_signals=handle_signals,
+             shard=shard, shard_outputs=[job.output for job in jobs] if shard is not None else None) as run:
+        run.process(jobs, input_errors=input_errors)
+    return run.summary
 
-            held.enter_context(output_lock(output_dir, wait=wait, shared=True))
-            held.enter_context(output_lock(output_dir, wait=wait, name=f".invsr.{shard.tag}.lock"))
-            removed = remove_temps_of(job.output for job in jobs)
-        if removed:
-            reporter.warning(f"removed {removed} temporary file(s) left by an interrupted run in {output_dir}")
-        manifest = Manifest(manifest_path or output_dir / manifest_name(shard.tag if shard else None),
-                            also_read=folder_manifests(output_dir))
-        rec = Recorder(reporter, manifest, policy.fingerprint())
-        _record_input_errors(input_errors, rec)
-        todo = _skip_existing(jobs, policy, rec)
-        reporter.start(len(jobs), len(todo), 0)
-        try:
-            with _stop_on_signals(rec, enabled=handle_signals) as signals:
-                _compute(todo, policy, executor, RunContext(reporter, lambda: rec.stopping, signals.loading), rec)
-        except _StoppedWhileLoading:
-            pass  # the summary below says which signal
-        finally:
+
+class Run:
+    """A run that is fed more than once (``invsr watch``; :func:`run_batch` feeds it once), with one executor,
+    so the models load once.
+
+    Entering takes the output folder's lock (``LockedError`` when held, unless ``wait``), removes the temporary
+    files an interrupted run left, opens the manifest and installs the SIGINT/SIGTERM handlers (``handle_signals``,
+    main thread only). :meth:`process` skips or computes jobs, as often as needed. Leaving restores the handlers,
+    reports the summary (:attr:`summary`) and releases the lock.
+    """
+
+    def __init__(self, settings: Settings | SettingsPolicy, *, output_dir: Path, reporter: Reporter | None = None,
+                 manifest_path: Path | None = None, wait: bool = False, engine: Any = None,
+                 engine_loader: Callable[[Settings], Any] | None = None, executor: Executor | None = None,
+                 handle_signals: bool = True, finish_in_flight: bool = False, shard: Shard | None = None,
+                 shard_outputs: Sequence[Path] | None = None) -> None:
+        from invsr_cli.executors import LocalExecutor, load_engine
+
+        self.policy = FixedPolicy(settings) if isinstance(settings, Settings) else settings
+        self.output_dir = Path(output_dir)
+        self.reporter = reporter or Reporter()
+        self.manifest_path = manifest_path
+        self.wait = wait
+        self.engine = engine
+        self.executor = executor or LocalExecutor(engine, engine_loader or load_engine)
+        self.handle_signals = handle_signals
+        self.finish_in_flight = finish_in_flight
+        self.shard = shard  # shards share the folder: see run_batch
+        self.shard_outputs = list(shard_outputs or [])
+        self.rec: Recorder | None = None
+        self._stack = contextlib.ExitStack()
+        self._started = False
+
+    def __enter__(self) -> Run:
+        from invsr_cli.atomic import cleanup_stale_temps
+        from invsr_cli.lock import output_lock
+
+        self._start = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            shard = self.shard
+            if shard is None:
+                stack.enter_context(output_lock(self.output_dir, wait=self.wait))
+                removed = cleanup_stale_temps(self.output_dir)
+            else:  # exclude plain runs and this shard's twin, not the other shards; clean only our own temps
+                from invsr_cli.shard import remove_temps_of
+
+                stack.enter_context(output_lock(self.output_dir, wait=self.wait, shared=True))
+                stack.enter_context(output_lock(self.output_dir, wait=self.wait, name=f".invsr.{shard.tag}.lock"))
+                removed = remove_temps_of(self.shard_outputs)
+            if removed:
+                self.reporter.warning(f"removed {removed} temporary file(s) left by an interrupted run in "
+                                      f"{self.output_dir}")
+            manifest = Manifest(self.manifest_path or self.output_dir / manifest_name(shard.tag if shard else None),
+                                also_read=folder_manifests(self.output_dir))
+            self.rec = Recorder(self.reporter, manifest, self.policy, _expected_models(self.engine, self.policy))
+            self._signals = stack.enter_context(_stop_on_signals(self.rec, enabled=self.handle_signals,
+                                                                 finish_in_flight=self.finish_in_flight))
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._stack:  # restores the signal handlers, then releases the lock
+            rec = self.rec
             rec.summary.interrupted = rec.stop_signal
-            rec.summary.wall_seconds = time.perf_counter() - start
-            reporter.finish(rec.summary)
-    return rec.summary
+            rec.summary.wall_seconds = time.perf_counter() - self._start
+            self.reporter.finish(rec.summary)
+
+    @property
+    def summary(self) -> Summary:
+        return self.rec.summary
+
+    @property
+    def stopping(self) -> bool:
+        """A stop signal arrived, or the run stopped early (disk full): process nothing more."""
+        return self.rec.stopping or self.rec.summary.stopped is not None
+
+    def _context(self) -> RunContext:
+        return RunContext(self.reporter, lambda: self.rec.stopping, self._signals.loading, self.finish_in_flight)
+
+    def load_models(self) -> None:
+        """Load the models now instead of at the first image to compute (an executor without ``load`` loads its
+        own way). A stop signal abandons the load."""
+        load = getattr(self.executor, "load", None)
+        if load is not None and not self.stopping:
+            with contextlib.suppress(_StoppedWhileLoading):  # the summary says which signal
+                load(self.policy, self._context())
+
+    def process(self, jobs: Sequence[Job], *, input_errors: Sequence[tuple[str, str]] = ()) -> None:
+        """Record ``input_errors`` as failed, skip the jobs with an up-to-date output, compute the rest and record
+        every outcome. Computes nothing once :attr:`stopping`."""
+        rec = self.rec
+        _record_input_errors(input_errors, rec)
+        todo = _skip_existing(jobs, self.policy, rec)
+        if not self._started:
+            self._started = True
+            self.reporter.start(len(jobs), len(todo), 0)
+        if self.stopping:
+            return
+        with contextlib.suppress(_StoppedWhileLoading):  # the summary says which signal
+            _compute(todo, self.policy, self.executor, self._context(), rec)
 
 
 def _compute(todo: list[tuple[int, Job]], policy: SettingsPolicy, executor: Executor, ctx: RunContext,
@@ -170,7 +260,17 @@ def _compute(todo: list[tuple[int, Job]], policy: SettingsPolicy, executor: Exec
     jobs = {(str(job.input), str(job.output)): job for _, job in todo}
     for outcome in executor.run([ImageTask(job, index) for index, job in todo], policy, ctx):
         rec.record(outcome, jobs.get((outcome.input, outcome.output)))
-    rec.summary.stopped = executor.stopped
+    rec.summary.stopped = rec.summary.stopped or executor.stopped
+
+
+def _expected_models(engine: Any, policy: SettingsPolicy) -> dict[str, Any]:
+    """The identity of the weights the run will use: the given engine's, or what the settings name (cheap: no
+    model is loaded, the network is not touched, a local file's hash comes from the cache)."""
+    if engine is not None and getattr(engine, "identity", None) is not None:
+        return engine.identity
+    from invsr_cli.engine import model_identity
+
+    return model_identity(policy.settings.sd_model, policy.settings.noise_predictor)
 
 
 def _record_input_errors(errors: Sequence[tuple[str, str]], rec: Recorder) -> None:
@@ -220,8 +320,9 @@ class _StoppedWhileLoading(BaseException):
 
 
 class _Signals:
-    def __init__(self, rec: Recorder) -> None:
+    def __init__(self, rec: Recorder, finish_in_flight: bool = False) -> None:
         self.rec = rec
+        self.finish_in_flight = finish_in_flight
         self._loading = False
 
     @contextlib.contextmanager
@@ -240,15 +341,16 @@ class _Signals:
         if self._loading:
             self.rec.reporter.warning(f"{name}: stopping while the models load")
             raise _StoppedWhileLoading(name)
-        self.rec.reporter.warning(f"{name}: finishing the writes in flight, then stopping (Ctrl-C again to abandon)")
+        what = "the images in flight" if self.finish_in_flight else "the writes in flight"
+        self.rec.reporter.warning(f"{name}: finishing {what}, then stopping (Ctrl-C again to abandon)")
 
 
 @contextlib.contextmanager
-def _stop_on_signals(rec: Recorder, *, enabled: bool) -> Iterator[_Signals]:
-    """SIGINT/SIGTERM: stop taking new batches, finish the writes in flight, then return with the summary; while
-    the models load, abandon the load. A second SIGINT abandons at once (KeyboardInterrupt); no partial files
-    either way (writes are atomic)."""
-    signals = _Signals(rec)
+def _stop_on_signals(rec: Recorder, *, enabled: bool, finish_in_flight: bool = False) -> Iterator[_Signals]:
+    """SIGINT/SIGTERM: stop taking new batches, finish the writes in flight (with ``finish_in_flight``, the images
+    in flight), then return with the summary; while the models load, abandon the load. A second SIGINT abandons at
+    once (KeyboardInterrupt); no partial files either way (writes are atomic)."""
+    signals = _Signals(rec, finish_in_flight)
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield signals
         return

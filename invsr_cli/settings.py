@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from invsr_cli.discover import OUTPUT_FORMATS
 from invsr_cli.errors import ConfigError
+from invsr_cli.formats import LOSSY_ONLY_FORMATS, OUTPUT_FORMATS
 from invsr_cli.schedules import (
     COLOR_FIXES,
     DTYPES,
@@ -91,6 +91,9 @@ class Settings:
     suffix: str = ""
     skip_existing: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
+    lossless: bool = False
+    strip_metadata: bool = False
+    provenance: bool = True
     preset: str = "default"
 
     @property
@@ -103,6 +106,9 @@ class Settings:
         keys = ("timesteps", "guidance", "posterior", "seed", "color_fix", "tile", "overlap", "blend",
                 "scale", "dtype", "vae_fp32", "sd_model", "noise_predictor", "format", "quality", "suffix")
         data = {k: getattr(self, k) for k in keys}
+        # Encoding switches join the hash only when not at their defaults, so older fingerprints stay valid.
+        data.update({k: getattr(self, k) for k in ("lossless", "strip_metadata", "provenance")
+                     if getattr(self, k) != getattr(DEFAULTS, k)})
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
     def engine_key(self) -> tuple:
@@ -249,6 +255,9 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "suffix": _suffix,
     "skip_existing": _bool,
     "max_pixels": _int(1, None),
+    "lossless": _bool,
+    "strip_metadata": _bool,
+    "provenance": _bool,
 }
 
 # Keys a preset (or a flag) may set. `steps` and `timesteps` are two spellings of one setting, the schedule.
@@ -304,6 +313,11 @@ def _resolve_one(preset: Preset | None, flags: Mapping[str, Any], flag_source: s
         raise ConfigError(
             f"`overlap` must be at most half of `tile` ({s.tile} LR px), so at most {max_overlap(s.tile)}; "
             f"got {s.overlap} (from {_origin('overlap', preset, flags, flag_source)})"
+        )
+    if s.lossless and s.format in LOSSY_ONLY_FORMATS:
+        raise ConfigError(
+            f"`lossless` needs a format with a lossless mode (png, webp, tiff, jxl or auto), got `format` "
+            f"{s.format} (from {_origin('format', preset, flags, flag_source)})"
         )
     return s
 

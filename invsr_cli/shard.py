@@ -94,7 +94,7 @@ def remove_temps_of(outputs: Iterable[Path]) -> int:
     """Remove the temporary files (``.NAME.XXXXXXXX.invsr-tmp``, see :mod:`invsr_cli.imageio`) that writes of
     ``outputs`` left; returns how many. For a shard, whose folder other shards write into at the same time (so
     it must not remove theirs), and for a worker that died mid-write."""
-    from invsr_cli.imageio import TEMP_SUFFIX
+    from invsr_cli.atomic import TEMP_SUFFIX
 
     by_folder: dict[Path, set[str]] = {}
     for out in outputs:

@@ -21,10 +21,10 @@ from pathlib import Path, PurePosixPath
 import pytest
 import torch
 
+from invsr_cli.atomic import TEMP_SUFFIX
 from invsr_cli.discover import discover
 from invsr_cli.errors import ConfigError, LockedError
 from invsr_cli.executors.devices import DevicesExecutor, parse_devices
-from invsr_cli.imageio import TEMP_SUFFIX
 from invsr_cli.lock import output_lock
 from invsr_cli.manifest import Manifest, folder_manifests
 from invsr_cli.runner import run_batch

@@ -567,7 +567,7 @@ class _Feed:
         return indices.pop(0) if indices else -1
 
 
-def _test_hook_write() -> Callable[[Any, Any], tuple[int, int]]:
+def _test_hook_write() -> Callable[..., tuple[int, int]]:
     """The sink's writer, with the test hook of the module docstring when its variable is set."""
     from invsr_cli.sink import write_output
 
@@ -576,7 +576,7 @@ def _test_hook_write() -> Callable[[Any, Any], tuple[int, int]]:
         return write_output
     once = os.environ.get(EXIT_ONCE_ENV)
 
-    def write(img: Any, rgb: Any) -> tuple[int, int]:
+    def write(img: Any, rgb: Any, *rest: Any) -> tuple[int, int]:
         if img.job.input.name == name:
             if not once:
                 os._exit(1)
@@ -585,7 +585,7 @@ def _test_hook_write() -> Callable[[Any, Any], tuple[int, int]]:
                 os._exit(1)
             except FileExistsError:
                 pass
-        return write_output(img, rgb)
+        return write_output(img, rgb, *rest)
 
     return write
 
