@@ -336,8 +336,9 @@ def test_sigterm_stops_the_workers_after_their_writes(tmp_path, models):
     out = tmp_path / "out"
     p, lines, reader = _start_and_wait_first_done(["upscale", src, out, "--devices", "cpu,cpu", "--json", *models])
     p.send_signal(signal.SIGTERM)
-    err = p.communicate(timeout=120)[1].decode(errors="replace")
-    reader.join(timeout=10)
+    p.wait(timeout=120)
+    reader.join(timeout=30)  # the reader thread owns stdout (communicate() would race it for the summary line)
+    err = p.stderr.read().decode(errors="replace")
     assert p.returncode == 143, err[-3000:]
     assert "Traceback" not in err
     summary = [json.loads(x) for x in lines if b'"summary"' in x]
