@@ -72,6 +72,8 @@ RUN = "Run"
     "  invsr upscale 'shots/**/*.jpg' out/ --preset auto\n\n"
     "  find photos -name '*.jpg' -print0 | invsr upscale -0 - out/\n\n"
     "  invsr upscale /shared/in /shared/out --ray auto   (a Ray cluster; RAY_ADDRESS names it)\n\n"
+    "  invsr upscale in/ out/ --devices all   (one worker per GPU)\n\n"
+    "  invsr upscale in/ out/ --shard 0/4   (this machine's quarter; see docs/SCALING.md)\n\n"
     "  0 3 * * * invsr upscale -q -r /srv/inbox /srv/upscaled   (crontab: nightly, errors only)\n\n"
     "  invsr upscale in/ out/ --report out/report.html",
 )
@@ -146,6 +148,13 @@ def upscale(
     noise_predictor: Annotated[str | None, typer.Option("--noise-predictor", help="Noise predictor: local "
                                                         "file or REPO:FILE on the Hub.",
                                                         rich_help_panel=MODELS)] = None,
+    devices: Annotated[str | None, typer.Option(help="Run one worker process per device, e.g. cuda:0,cuda:1, "
+                                                "all (every visible GPU) or cpu,cpu (a device may repeat); "
+                                                "instead of --device.", rich_help_panel=MODELS)] = None,
+    shard: Annotated[str | None, typer.Option(help="Process only shard I of N (0-based, e.g. 0/4), chosen by a "
+                                              "stable hash of each input's relative path (default: from a "
+                                              "Slurm array's SLURM_ARRAY_TASK_* variables, if set).",
+                                              rich_help_panel=RUN)] = None,
     manifest: Annotated[Path | None, typer.Option(help="Run manifest path (default OUTPUT/.invsr-manifest.jsonl).",
                                                   rich_help_panel=RUN)] = None,
     wait: Annotated[bool, typer.Option("--wait", help="If another run holds the output folder, wait for it "
@@ -171,11 +180,6 @@ def upscale(
     from invsr_cli.runner import run_batch
 
     inputs, out_dir = _split_paths(paths, output)
-    executor = None
-    if ray is not None:
-        from invsr_cli.executors.ray_data import RayExecutor
-
-        executor = RayExecutor(ray)  # exit 2 naming the extra when Ray is not installed
     flags = dict(
         steps=steps, timesteps=timesteps, seed=seed, posterior=posterior, guidance=guidance, color_fix=color_fix,
         tile=tile, overlap=overlap, blend=blend, batch_size=batch_size, scale=scale, format=fmt, quality=quality,
@@ -189,13 +193,43 @@ def upscale(
     found = discover(inputs, out_dir, recursive=recursive, stdin_paths=stdin_paths, suffix=s.suffix, fmt=s.format,
                      lossless=s.lossless)
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
+    executor, the_shard = _scaling(devices, device, ray, shard, found.jobs, quiet=quiet)
     summary = run_batch(found.jobs, policy, output_dir=out_dir, reporter=reporter, dry_run=dry_run,
-                        manifest_path=manifest, wait=wait, input_errors=found.errors, executor=executor)
+                        manifest_path=manifest, wait=wait, input_errors=found.errors, executor=executor,
+                        shard=the_shard)
     if report is not None and not dry_run:
         from invsr_cli.htmlreport import write_report
 
         write_report(out_dir, report, manifest_paths=[manifest] if manifest else None, summary=summary)
     raise typer.Exit(_exit_code(summary))
+
+
+def _scaling(devices: str | None, device: str | None, ray: str | None, shard: str | None, jobs: Any, *,
+             quiet: bool) -> tuple[Any, Any]:
+    """``--devices`` -> a DevicesExecutor, ``--ray`` -> a RayExecutor (or None: this process); ``--shard`` or
+    Slurm's variables -> a Shard (or None), said on stderr with where it came from."""
+    from invsr_cli.shard import resolve_shard
+
+    executor = None
+    if devices is not None and ray is not None:
+        raise ConfigError("--devices and --ray both given: --devices runs workers on this machine, --ray on a Ray "
+                          "cluster (which assigns the devices); drop one")
+    if ray is not None:
+        from invsr_cli.executors.ray_data import RayExecutor
+
+        executor = RayExecutor(ray)  # exit 2 naming the extra when Ray is not installed
+    if devices is not None:
+        if device is not None:
+            raise ConfigError("--devices and --device both given: --devices names each worker's device; drop one")
+        from invsr_cli.executors.devices import DevicesExecutor, parse_devices
+
+        executor = DevicesExecutor(parse_devices(devices))
+    the_shard = resolve_shard(shard)
+    if the_shard is not None and not quiet:
+        mine = sum(1 for job in jobs if the_shard.holds(job.rel))
+        print(f"invsr: shard {the_shard} (from {the_shard.source}): {mine} of {len(jobs)} input(s)",
+              file=sys.stderr, flush=True)
+    return executor, the_shard
 
 
 def _split_paths(paths: list[str], output: str | None) -> tuple[list[str], Path]:

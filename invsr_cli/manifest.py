@@ -13,13 +13,32 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MANIFEST_NAME", "MANIFEST_GLOB", "Manifest", "input_stamp"]
+__all__ = ["MANIFEST_NAME", "MANIFEST_GLOB", "Manifest", "input_stamp", "manifest_name", "folder_manifests"]
 
 MANIFEST_NAME = ".invsr-manifest.jsonl"
 MANIFEST_GLOB = ".invsr-manifest*.jsonl"  # the manifest and any shards (.invsr-manifest.shard-I-of-N.jsonl)
+
+
+def manifest_name(shard_tag: str | None = None) -> str:
+    """The manifest's file name: ``.invsr-manifest.jsonl``, or ``.invsr-manifest.shard-I-of-N.jsonl`` for a shard
+    (:attr:`invsr_cli.shard.Shard.tag`), so shards sharing a folder never append to one file."""
+    return MANIFEST_NAME if shard_tag is None else f".invsr-manifest.{shard_tag}.jsonl"
+
+
+def folder_manifests(folder: Path) -> list[Path]:
+    """Every run manifest in ``folder`` (the plain one and each shard's), oldest modified first, so that reading
+    them in order lets the latest record for an output win."""
+    found = []
+    for p in Path(folder).glob(MANIFEST_GLOB):
+        try:
+            found.append((p.stat().st_mtime_ns, p.name, p))
+        except OSError:
+            continue
+    return [p for _, _, p in sorted(found)]
 
 
 def input_stamp(path: Path) -> dict[str, int]:
@@ -28,17 +47,22 @@ def input_stamp(path: Path) -> dict[str, int]:
 
 
 class Manifest:
-    """Append-only JSON-lines log keyed by output path (the latest record for an output wins)."""
+    """Append-only JSON-lines log keyed by output path (the latest record for an output wins).
 
-    def __init__(self, path: Path):
+    ``also_read``: other manifests whose records count for lookups (the other shards' in a shared folder, see
+    :func:`folder_manifests`), read in the order given; appends go to ``path`` only."""
+
+    def __init__(self, path: Path, *, also_read: Iterable[Path] = ()):
         self.path = Path(path)
         self._lock = threading.Lock()
         self._latest: dict[str, dict[str, Any]] = {}
-        self._load()
+        others = [Path(p) for p in also_read]
+        for p in others if self.path in others else [*others, self.path]:
+            self._load(p)
 
-    def _load(self) -> None:
+    def _load(self, path: Path) -> None:
         try:
-            data = self.path.read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
             return
         for line in data.splitlines():

@@ -26,9 +26,10 @@ from typing import Any
 from invsr_cli.discover import Job
 from invsr_cli.errors import InvSRError
 from invsr_cli.executors import Executor, RunContext
-from invsr_cli.manifest import MANIFEST_NAME, Manifest, input_stamp
+from invsr_cli.manifest import Manifest, folder_manifests, input_stamp, manifest_name
 from invsr_cli.report import Outcome, Reporter, Summary
 from invsr_cli.settings import FixedPolicy, Settings, SettingsPolicy
+from invsr_cli.shard import Shard
 
 __all__ = ["run_batch", "Run", "Recorder"]
 
@@ -113,6 +114,7 @@ def run_batch(
     executor: Executor | None = None,
     handle_signals: bool = True,
     input_errors: Sequence[tuple[str, str]] = (),
+    shard: Shard | None = None,
 ) -> Summary:
     """Upscale ``jobs`` into ``output_dir`` with ``settings`` (one ``Settings`` for every image, or a policy that
     chooses per image) and return the summary (see the module docstring).
@@ -120,12 +122,19 @@ def run_batch(
     ``input_errors`` are ``(input, reason)`` pairs that discovery could not turn into jobs (no such file, matches
     nothing): they are reported and counted as failed like any other input, so the summary tells the whole run.
 
+    ``shard`` (:mod:`invsr_cli.shard`): keep only the jobs (and input errors) of that shard; the run then holds
+    the folder's lock shared and its shard's own lock, cleans only its own outputs' temporary files, and appends to
+    its own manifest. ``--skip-existing`` always reads every manifest in the folder.
+
     ``executor`` runs the images (:mod:`invsr_cli.executors`); by default this process does, with ``engine`` if
     given (tests, benchmarks, programs that keep one loaded), otherwise with one ``engine_loader`` loads once,
     and only if some job needs computing. Raises ``LockedError`` when another run holds the folder,
     ``WeightsUnavailableError``/``ModelLoadError`` when the models cannot be loaded.
     """
     policy = FixedPolicy(settings) if isinstance(settings, Settings) else settings
+    if shard is not None:
+        jobs = [job for job in jobs if shard.holds(job.rel)]
+        input_errors = [(spec, why) for spec, why in input_errors if shard.holds(spec)]
     reporter = reporter or Reporter()
     if dry_run:
         start = time.perf_counter()
@@ -137,7 +146,8 @@ def run_batch(
         return rec.summary
 
     with Run(policy, output_dir=output_dir, reporter=reporter, manifest_path=manifest_path, wait=wait,
-             engine=engine, engine_loader=engine_loader, executor=executor, handle_signals=handle_signals) as run:
+             engine=engine, engine_loader=engine_loader, executor=executor, handle_signals=handle_signals,
+             shard=shard, shard_outputs=[job.output for job in jobs] if shard is not None else None) as run:
         run.process(jobs, input_errors=input_errors)
     return run.summary
 
@@ -155,7 +165,8 @@ class Run:
     def __init__(self, settings: Settings | SettingsPolicy, *, output_dir: Path, reporter: Reporter | None = None,
                  manifest_path: Path | None = None, wait: bool = False, engine: Any = None,
                  engine_loader: Callable[[Settings], Any] | None = None, executor: Executor | None = None,
-                 handle_signals: bool = True, finish_in_flight: bool = False) -> None:
+                 handle_signals: bool = True, finish_in_flight: bool = False, shard: Shard | None = None,
+                 shard_outputs: Sequence[Path] | None = None) -> None:
         from invsr_cli.executors import LocalExecutor, load_engine
 
         self.policy = FixedPolicy(settings) if isinstance(settings, Settings) else settings
@@ -167,6 +178,8 @@ class Run:
         self.executor = executor or LocalExecutor(engine, engine_loader or load_engine)
         self.handle_signals = handle_signals
         self.finish_in_flight = finish_in_flight
+        self.shard = shard  # shards share the folder: see run_batch
+        self.shard_outputs = list(shard_outputs or [])
         self.rec: Recorder | None = None
         self._stack = contextlib.ExitStack()
         self._started = False
@@ -177,12 +190,21 @@ class Run:
 
         self._start = time.perf_counter()
         with contextlib.ExitStack() as stack:
-            stack.enter_context(output_lock(self.output_dir, wait=self.wait))
-            removed = cleanup_stale_temps(self.output_dir)
+            shard = self.shard
+            if shard is None:
+                stack.enter_context(output_lock(self.output_dir, wait=self.wait))
+                removed = cleanup_stale_temps(self.output_dir)
+            else:  # exclude plain runs and this shard's twin, not the other shards; clean only our own temps
+                from invsr_cli.shard import remove_temps_of
+
+                stack.enter_context(output_lock(self.output_dir, wait=self.wait, shared=True))
+                stack.enter_context(output_lock(self.output_dir, wait=self.wait, name=f".invsr.{shard.tag}.lock"))
+                removed = remove_temps_of(self.shard_outputs)
             if removed:
                 self.reporter.warning(f"removed {removed} temporary file(s) left by an interrupted run in "
                                       f"{self.output_dir}")
-            manifest = Manifest(self.manifest_path or self.output_dir / MANIFEST_NAME)
+            manifest = Manifest(self.manifest_path or self.output_dir / manifest_name(shard.tag if shard else None),
+                                also_read=folder_manifests(self.output_dir))
             self.rec = Recorder(self.reporter, manifest, self.policy, _expected_models(self.engine, self.policy))
             self._signals = stack.enter_context(_stop_on_signals(self.rec, enabled=self.handle_signals,
                                                                  finish_in_flight=self.finish_in_flight))

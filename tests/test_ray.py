@@ -489,3 +489,12 @@ def _session_processes(sid: int) -> list[str]:
             if int(fields[3]) == sid and fields[0] != "Z":  # fields: state, ppid, pgrp, session
                 found.append(entry)
     return found
+
+
+def test_devices_and_ray_together_are_refused_before_any_work(tmp_path):
+    (tmp_path / "in").mkdir()
+    imagegen.rgb(tmp_path / "in" / "a.png")
+    p = subprocess.run([INVSR, "upscale", str(tmp_path / "in"), str(tmp_path / "out"), "--ray", "local",
+                        "--devices", "cpu,cpu"], capture_output=True, env=_env(), timeout=120)
+    assert p.returncode == 2 and "--devices and --ray both given" in p.stderr.decode(), p.stderr.decode()
+    assert not (tmp_path / "out").exists()

@@ -4,6 +4,7 @@ settings policy, has them upscaled and written atomically where it runs, and han
 the manifest and the report, and records what comes back; an executor records nothing.
 
 * :class:`LocalExecutor`: this process, one engine (the default).
+* :class:`invsr_cli.executors.devices.DevicesExecutor`: a worker process per device (``--devices``).
 """
 
 from __future__ import annotations
