@@ -19,9 +19,9 @@ OUTPUT_DIR are never inputs: found by a walk or a glob they are skipped silently
 the output folder), named explicitly they are reported.
 
 Output names: ``suffix`` is appended to the stem, and the extension follows the output format: ``auto`` keeps the
-input's own extension (spelling and case) for png/jpg/jpeg/webp/tif/tiff, and writes ``.png`` for the formats
-we read but do not write (bmp, gif, or an unknown extension); ``png``/``jpg``/``webp``/``tiff`` use that
-extension. Every output must resolve inside OUTPUT_DIR (a symlinked folder inside OUTPUT_DIR pointing elsewhere
+input's own extension (spelling and case) for png/jpg/jpeg/webp/tif/tiff/gif (a GIF is written as a GIF, still or
+animated), and writes ``.png`` for the formats we read but do not write (bmp, or an unknown extension);
+``png``/``jpg``/``webp``/``tiff`` use that extension. Every output must resolve inside OUTPUT_DIR (a symlinked folder inside OUTPUT_DIR pointing elsewhere
 is a per-input error). Two inputs mapping to one output raise :class:`~invsr_cli.errors.ConfigError` before any
 work starts.
 """
@@ -58,6 +58,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )
 OUTPUT_FORMATS = ("auto", "png", "jpg", "webp", "tiff")
 _EXT_FORMAT = {
+    ".gif": "gif",  # auto only (animations stay GIFs, see invsr_cli.animation); not a --format choice
     ".png": "png",
     ".jpg": "jpg",
     ".jpeg": "jpg",
