@@ -208,7 +208,7 @@ def write_animation(path: str | os.PathLike[str], frames: Sequence[np.ndarray], 
     rgbs = [_u8(f) for f in frames]
     a8 = None if alphas is None else [_u8(a) for a in alphas]
     n = len(rgbs)
-    durations = list(source.durations) if source is not None else [0]
+    durations = list(source.durations) if source is not None else [100] * n
     loop = source.loop if source is not None else None
     disposal = _disposal_for(source, format, n)
     buf = io.BytesIO()
