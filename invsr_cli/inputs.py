@@ -19,7 +19,7 @@ from typing import Any
 
 from invsr_cli.sizing import SizePlan, input_size, target_size
 
-__all__ = ["InputInfo", "probe_input", "read_input", "skip_reason", "check_pixels", "plan_for"]
+__all__ = ["InputInfo", "probe_input", "read_input", "skip_reason", "check_pixels", "plan_for", "check_container"]
 
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 
@@ -94,6 +94,18 @@ def plan_for(path: Path, w: int, h: int, frames: int, settings: Any, read_settin
     if plan.second_input is not None:
         check_pixels(path, plan.second_input, frames, read_settings.max_pixels, "the second pass's input: ")
     return plan
+
+
+def check_container(job: Any, frames: int) -> None:
+    """An animation whose output format cannot hold one fails before any compute (InputError, naming the file)."""
+    from invsr_cli.animation import ANIMATION_WRITE_FORMATS
+    from invsr_cli.discover import display_path
+    from invsr_cli.errors import InputError
+
+    if frames > 1 and job.format not in ANIMATION_WRITE_FORMATS:
+        raise InputError(f"{display_path(job.input)}: an animation of {frames} frames, and {job.format} cannot "
+                         "hold an animation; write it as gif, png or webp (--format), or upscale the first frame "
+                         "only (--first-frame)")
 
 
 def skip_reason(info: InputInfo, settings: Any) -> str | None:

@@ -8,6 +8,11 @@ Per image: read (in a background thread, a bounded number ahead), choose its set
 settings share a schedule (:mod:`invsr_cli.batching`); each tile is blended into its image's float32 accumulator
 on the engine's device; a finished image goes to the sink (:mod:`invsr_cli.sink`), which writes it atomically in
 the background. Out of memory halves the batch, then the image's tile, before failing that image.
+
+An animation (:mod:`invsr_cli.animation`) is one image whose tiles are the tiles of all its frames, frame after
+frame, so its frames share batches; the tile at one place has the same seed in every frame. A target above x4
+(``passes: 2``, :mod:`invsr_cli.sizing`) is two passes of the same image: when the first pass's tiles are done, its
+result, reduced to a quarter of the target, is re-planned and queued as the image's input again.
 """
 
 from __future__ import annotations
@@ -201,13 +206,14 @@ def _measure_cuda_tile(settings: Settings, engine: Engine) -> tuple[int, int]:
 
 def _prepare(task: ImageTask, policy: SettingsPolicy, pin: bool) -> PreparedImage:
     """Read, choose settings, plan and pad one image. Runs in a reader thread."""
-    from invsr_cli.inputs import plan_for, read_input
+    from invsr_cli.inputs import check_container, plan_for, read_input
 
     started = time.perf_counter()
     if task.image is not None:
         loaded, source = task.image, (task.image.width, task.image.height)
     else:
         loaded, source = read_input(task.job.input, policy.settings)
+        check_container(task.job, len(getattr(loaded, "frames", ())))
     img = PreparedImage(task, policy.for_image(loaded.rgb), loaded, started)
     img.size = plan_for(task.job.input, *source, img.frames, img.settings, policy.settings)
     img.replan(img.settings.tile, pin=pin)

@@ -165,7 +165,7 @@ def _record_input_errors(errors: Sequence[tuple[str, str]], rec: Recorder) -> No
 def _plan_only(jobs: Sequence[Job], policy: SettingsPolicy, rec: Recorder) -> None:
     """--dry-run: read headers only, print files, their final sizes, passes and tiles; compute nothing, write
     nothing."""
-    from invsr_cli.inputs import check_pixels, plan_for, probe_input, skip_reason
+    from invsr_cli.inputs import check_container, check_pixels, plan_for, probe_input, skip_reason
     from invsr_cli.sink import reason_of
     from invsr_cli.tiling import plan_tiles
 
@@ -178,6 +178,7 @@ def _plan_only(jobs: Sequence[Job], policy: SettingsPolicy, rec: Recorder) -> No
                 continue
             size = plan_for(job.input, info.width, info.height, info.frames, s, s)
             check_pixels(job.input, size.input, info.frames, s.max_pixels)
+            check_container(job, info.frames)
             inputs = [size.input] + ([size.second_input] if size.second_input else [])
             plans = [plan_tiles(h, w, s.tile, s.overlap) for w, h in inputs]
         except InvSRError as e:

@@ -161,7 +161,9 @@ def test_an_animated_gif_written_as_apng_or_webp_keeps_its_timing(tmp_path, mode
         assert Image.open(out).format == want
         assert frames_of(out)[:4] == (3, DURATIONS, 0, (4 * W, 4 * H))
     p = run(tmp_path / "a.gif", tmp_path / "jpg", *models, "--format", "jpg")
-    assert p.returncode == 1 and "cannot hold an animation" in images(p)["a.gif"]["reason"]
+    assert p.returncode == 1 and "jpg cannot hold an animation" in images(p)["a.gif"]["reason"]
+    dry = images(run(tmp_path / "a.gif", tmp_path / "jpg", *models, "--format", "jpg", "--dry-run"))
+    assert dry["a.gif"]["status"] == "failed" and "cannot hold an animation" in dry["a.gif"]["reason"]
 
 
 # -- the reader and writer alone ------------------------------------------------------------------------------------
