@@ -235,3 +235,21 @@ def test_webp_round_trip_in_memory(tmp_path):
     (tmp_path / "a.webp").write_bytes(buf.getvalue())
     anim = read_animation(tmp_path / "a.webp")
     assert anim.format == "webp" and anim.durations == tuple(DURATIONS) and anim.disposal == ()
+
+
+def test_read_input_reduces_every_frame_and_counts_them_against_max_pixels(tmp_path):
+    from dataclasses import replace
+
+    from invsr_cli.inputs import read_input
+    from invsr_cli.settings import DEFAULTS
+
+    path = save_animation(tmp_path / "a.png", "PNG", _frames(48, 32))
+    anim, source = read_input(path, replace(DEFAULTS, max_input_side=24))
+    assert source == (48, 32) and anim.n_frames == 3 and (anim.width, anim.height) == (24, 16)
+    assert all(f.shape == (16, 24, 3) for f in anim.frames) and anim.durations == tuple(DURATIONS)
+    # 3 frames of 24x16 = 1152 px: over 1000 after the reduction, within 1200
+    with pytest.raises(ImageReadError, match="3 frames of 24x16 = 0.0 MP exceeds --max-pixels"):
+        read_input(path, replace(DEFAULTS, max_input_side=24, max_pixels=1000))
+    assert read_input(path, replace(DEFAULTS, max_input_side=24, max_pixels=1200))[0].n_frames == 3
+    still, _ = read_input(path, replace(DEFAULTS, first_frame=True))
+    assert not hasattr(still, "frames") and still.rgb.shape == (32, 48, 3)
