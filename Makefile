@@ -3,17 +3,21 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-all lint bench bench-quick wheel clean
+.PHONY: install test test-fast test-all lint bench bench-quick wheel clean
 
 install:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[dev]"
+	# formats: the HEIC and JPEG XL plugins, which the tests exercise
+	$(BIN)/pip install -q -e ".[dev,formats]"
 
 test:
 	$(BIN)/python -m pytest -q
+
+test-fast:  # the inner loop: everything except the end-to-end trials marked slow
+	$(BIN)/python -m pytest -q -m "not slow"
 
 test-all:
 	INVSR_REAL_WEIGHTS=1 $(BIN)/python -m pytest -q

@@ -29,6 +29,8 @@ _LAZY = {
     "resolve_policy": "invsr_cli.settings",
     "ImageTask": "invsr_cli.process",
     "process_images": "invsr_cli.process",
+    "run_checks": "invsr_cli.doctor",
+    "write_report": "invsr_cli.htmlreport",
 }
 
 __all__ = [
@@ -45,12 +47,16 @@ __all__ = [
     "resolve_policy",
     "ImageTask",
     "process_images",
+    "run_checks",
+    "write_report",
 ]
 assert set(__all__) == {"__version__", *_LAZY}
 
 if TYPE_CHECKING:  # pragma: no cover
     from invsr_cli.analyse import analyse_image
+    from invsr_cli.doctor import run_checks
     from invsr_cli.engine.sampler import InvSREngine, default_timesteps
+    from invsr_cli.htmlreport import write_report
     from invsr_cli.preset_files import load_policy, load_preset
     from invsr_cli.process import ImageTask, process_images
     from invsr_cli.runner import run_batch

@@ -191,10 +191,10 @@ def _gif_frames(rgbs: Sequence[np.ndarray], alphas: Sequence[np.ndarray] | None)
 
 
 def write_animation(path: str | os.PathLike[str], frames: Sequence[np.ndarray], *, alphas: Sequence[np.ndarray] |
-                    None, source: Animation | None, format: str, quality: int = 95) -> int:
+                    None, source: Animation | None, format: str, quality: int = 95, lossless: bool = False) -> int:
     """Encode frames (float32 ``(H, W, 3)``; ``alphas`` float32 ``(H, W)`` or None) as an animated ``format``
-    (gif, png or webp) with ``source``'s timing, loop and disposal (a still GIF when ``source`` is None), and
-    write it atomically. Returns the bytes written."""
+    (gif, png or webp; ``lossless`` for webp) with ``source``'s timing, loop and disposal (a still GIF when
+    ``source`` is None), and write it atomically. Returns the bytes written."""
     from PIL import Image
 
     from invsr_cli.discover import display_path
@@ -234,7 +234,8 @@ def write_animation(path: str | os.PathLike[str], frames: Sequence[np.ndarray], 
                     params.update(disposal=disposal, blend=[0] * n)  # source blend: each frame replaces the canvas
                 images[0].save(buf, "PNG", append_images=images[1:], compress_level=6, **params)
             else:
-                images[0].save(buf, "WEBP", append_images=images[1:], quality=int(quality), **params)
+                images[0].save(buf, "WEBP", append_images=images[1:], quality=int(quality), lossless=lossless,
+                               **params)
     except Exception as exc:
         raise OutputError(f"{display_path(path)}: cannot encode {format}: {_describe(exc)}") from exc
     return atomic_write_bytes(path, buf.getvalue())

@@ -106,7 +106,8 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def build_engine(device: str = "auto", dtype: str = "auto", *, tiny: bool = False, compile: bool = False) -> Any:
     """An InvSREngine with random weights: full-size SD-Turbo + noise predictor, or the tiny test models."""
-    from invsr_cli.engine.models import load_components, resolve_device, resolve_dtype
+    from invsr_cli.engine.devices import resolve_device, resolve_dtype
+    from invsr_cli.engine.loading import load_components
     from invsr_cli.engine.sampler import InvSREngine
     from invsr_cli.malloc import keep_freed_memory
     from invsr_cli.testing import build_full_size_components, build_tiny_models
@@ -179,7 +180,7 @@ def engine_path(engine: Any, images: Sequence[np.ndarray], settings: Any,
     engine.clear_prompt_cache()
     results: dict[int, np.ndarray] = {}
 
-    def keep(img: Any, rgb: np.ndarray) -> tuple[int, int]:
+    def keep(img: Any, rgb: np.ndarray, models: Any) -> tuple[int, int]:
         results[img.task.index] = rgb
         return rgb.shape[1], rgb.shape[0]
 
@@ -356,7 +357,7 @@ def run_bench(options: BenchOptions | None = None, *, engine: Any = None, **over
 
     ``engine``: an already built InvSREngine to measure (its device and dtype win over the options'; several
     configurations can then share one model build, e.g. ``scripts/gpu_bench.sh``)."""
-    from invsr_cli.engine.models import resolve_device, resolve_dtype
+    from invsr_cli.engine.devices import resolve_device, resolve_dtype
     from invsr_cli.schedules import default_timesteps
 
     opts = replace(options or BenchOptions(), **overrides).resolved()

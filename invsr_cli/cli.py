@@ -8,17 +8,19 @@ error; 3 weights unavailable; 75 another run holds the output folder; 130 SIGINT
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from invsr_cli import __version__
 from invsr_cli.errors import ConfigError, InvSRError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WEIGHTS, EXIT_LOCKED = 0, 1, 2, 3, 75
+# The library's errors carry their own exit codes (errors.py); these are the outcomes the CLI decides itself.
+EXIT_OK, EXIT_FAILED = 0, 1
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
 app = typer.Typer(
@@ -64,10 +66,13 @@ SIZE = "Output size"
     epilog="Examples:\n\n"
     "  invsr upscale in/ out/ --steps 1\n\n"
     "  invsr upscale scans/ out/ --preset blur --format png\n\n"
+    "  invsr upscale raw/ out/ --format jxl --lossless\n\n"
+    "  invsr upscale photos/ out/ --format avif --quality 80 --strip-metadata\n\n"
     "  invsr upscale 'shots/**/*.jpg' out/ --preset auto\n\n"
     "  invsr upscale photos/ out/ --fit 1920x1080 --max-input-side 1024\n\n"
     "  find photos -name '*.jpg' -print0 | invsr upscale -0 - out/\n\n"
-    "  0 3 * * * invsr upscale -q -r /srv/inbox /srv/upscaled   (crontab: nightly, errors only)",
+    "  0 3 * * * invsr upscale -q -r /srv/inbox /srv/upscaled   (crontab: nightly, errors only)\n\n"
+    "  invsr upscale in/ out/ --report out/report.html",
 )
 def upscale(
     paths: Annotated[list[str], typer.Argument(
@@ -126,10 +131,19 @@ def upscale(
     first_frame: Annotated[bool | None, typer.Option("--first-frame/--all-frames", help="Animations: upscale the "
                                                      "first frame only, to a still (default: every frame).",
                                                      rich_help_panel=OUTPUT, show_default=False)] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="auto (the input's), png, jpg, webp or tiff.",
-                                            rich_help_panel=OUTPUT)] = None,
-    quality: Annotated[int | None, typer.Option(help="Quality 1..100 for jpg/webp (default 95).",
+    fmt: Annotated[str | None, typer.Option("--format", help="auto (the input's), png, jpg, webp, tiff, avif or "
+                                            "jxl (jxl needs invsr-cli[jxl]).", rich_help_panel=OUTPUT)] = None,
+    quality: Annotated[int | None, typer.Option(help="Quality 1..100 for jpg/webp/avif/jxl (default 95).",
                                                 rich_help_panel=OUTPUT)] = None,
+    lossless: Annotated[bool | None, typer.Option("--lossless", help="Lossless webp/jxl (png/tiff always are); "
+                                                  "with --format auto, jpg/avif/heic inputs give png.",
+                                                  rich_help_panel=OUTPUT, show_default=False)] = None,
+    strip_metadata: Annotated[bool | None, typer.Option("--strip-metadata", help="Write no metadata at all: no "
+                                                        "EXIF, ICC, XMP or provenance.", rich_help_panel=OUTPUT,
+                                                        show_default=False)] = None,
+    no_provenance: Annotated[bool, typer.Option("--no-provenance", help="Do not record how the output was made "
+                                                "(see `invsr inspect`); EXIF and ICC are still kept.",
+                                                rich_help_panel=OUTPUT)] = False,
     suffix: Annotated[str | None, typer.Option(help="Appended to output file stems, e.g. _x4.",
                                                rich_help_panel=OUTPUT)] = None,
     skip_existing: Annotated[bool | None, typer.Option(
@@ -145,8 +159,8 @@ def upscale(
     vae_fp32: Annotated[bool | None, typer.Option("--vae-fp32/--no-vae-fp32", help="Keep the VAE in fp32 "
                                                   "(avoids fp16 overflow).", rich_help_panel=MODELS,
                                                   show_default=False)] = None,
-    compile_: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the UNet and "
-                                                  "VAE (slow first batch, faster after).",
+    compile_: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the UNet (slow "
+                                                  "first batch, faster after).",
                                                   rich_help_panel=MODELS, show_default=False)] = None,
     sd_model: Annotated[str | None, typer.Option("--sd-model", help="SD-Turbo: Hub id or local diffusers folder.",
                                                  rich_help_panel=MODELS)] = None,
@@ -163,6 +177,9 @@ def upscale(
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="More detail.", rich_help_panel=RUN)] = False,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout, then a summary.",
                                               rich_help_panel=RUN)] = False,
+    report: Annotated[Path | None, typer.Option("--report", help="After the run, write a visual HTML report "
+                                                "here (images in REPORT_files/ beside it).", metavar="HTML",
+                                                rich_help_panel=RUN)] = None,
 ) -> None:
     """Upscale images x4: files, folders, globs or a stdin list into an output folder."""
     from invsr_cli.discover import discover
@@ -176,16 +193,22 @@ def upscale(
         tile=tile, overlap=overlap, blend=blend, batch_size=batch_size, scale=scale, format=fmt, quality=quality,
         suffix=suffix, skip_existing=skip_existing, max_pixels=max_pixels, device=device, dtype=dtype,
         vae_fp32=vae_fp32, compile=compile_, sd_model=sd_model, noise_predictor=noise_predictor,
+        lossless=lossless, strip_metadata=strip_metadata, provenance=False if no_provenance else None,
         width=width, height=height, fit=fit, long_side=long_side, short_side=short_side, passes=passes,
         max_input_side=max_input_side, skip_if_larger=skip_if_larger, first_frame=first_frame,
     )
     policy = load_policy(preset, {k: v for k, v in flags.items() if v is not None})
     stdin_paths = _read_stdin(null) if "-" in inputs else None
-    found = discover(inputs, out_dir, recursive=recursive, stdin_paths=stdin_paths, suffix=policy.settings.suffix,
-                     fmt=policy.settings.format)
+    s = policy.settings
+    found = discover(inputs, out_dir, recursive=recursive, stdin_paths=stdin_paths, suffix=s.suffix, fmt=s.format,
+                     lossless=s.lossless)
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
     summary = run_batch(found.jobs, policy, output_dir=out_dir, reporter=reporter, dry_run=dry_run,
                         manifest_path=manifest, wait=wait, input_errors=found.errors)
+    if report is not None and not dry_run:
+        from invsr_cli.htmlreport import write_report
+
+        write_report(out_dir, report, manifest_paths=[manifest] if manifest else None, summary=summary)
     raise typer.Exit(_exit_code(summary))
 
 
@@ -268,7 +291,7 @@ def models_download(
 ) -> None:
     """Pre-fetch the weights into the Hugging Face cache (for offline and cron machines).\n
     Example:  invsr models download   (then run jobs with HF_HUB_OFFLINE=1)"""
-    from invsr_cli.engine.models import DEFAULT_SD_MODEL, download_models
+    from invsr_cli.engine import DEFAULT_SD_MODEL, download_models
 
     result = download_models(sd_model=sd_model or DEFAULT_SD_MODEL, noise_predictor=noise_predictor)
     for name, where in result.items():
@@ -284,8 +307,8 @@ def models_info(
     """Show where the weights are and their sizes, without downloading.\n\nExample:  invsr models info"""
     import json
 
-    from invsr_cli.engine.models import DEFAULT_SD_MODEL
-    from invsr_cli.engine.models import models_info as info
+    from invsr_cli.engine import DEFAULT_SD_MODEL
+    from invsr_cli.engine import models_info as info
 
     rows = info(sd_model=sd_model or DEFAULT_SD_MODEL, noise_predictor=noise_predictor)
     if json_output:
@@ -294,6 +317,47 @@ def models_info(
     for r in rows:
         size = f"{r.get('size', 0) / 1e6:.1f} MB" if r.get("present") else "missing"
         typer.echo(f"{r['name']:<16} {size:>10}  {r.get('where', '')}")
+
+
+# -- inspect ------------------------------------------------------------------------------------------------------
+
+
+@app.command("inspect", epilog="Examples:\n\n  invsr inspect out/photo.png\n\n"
+             "  invsr inspect out/*.jpg --json | jq -r .provenance.seed")
+def inspect_outputs(
+    files: Annotated[list[Path], typer.Argument(help="Image files written by invsr.", show_default=False,
+                                                metavar="FILE...")],
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object per file: file, provenance "
+                                              "(null when none), error.")] = False,
+) -> None:
+    """Print how each output was made: the provenance record invsr embeds (version, preset, schedule, seed,
+    models, ...). Exit 1 when a file cannot be read; a file without a record is not an error."""
+    import json
+
+    from invsr_cli.discover import display_path
+    from invsr_cli.errors import ImageReadError
+    from invsr_cli.provenance import read_provenance
+
+    failed = 0
+    for path in files:
+        record, error = None, None
+        try:
+            record = read_provenance(path)
+        except ImageReadError as e:
+            error, failed = str(e), failed + 1
+        if json_output:
+            typer.echo(json.dumps({"file": display_path(path), "provenance": record, "error": error},
+                                  ensure_ascii=False))
+        elif error:
+            _print_error(error)
+        elif record is None:
+            typer.echo(f"{display_path(path)}: no invsr provenance record")
+        else:
+            typer.echo(f"{display_path(path)}:")
+            for key, value in record.items():
+                shown = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
+                typer.echo(f"  {key:<16} {shown}")
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
 
 
 # -- analyse ------------------------------------------------------------------------------------------------------
@@ -393,23 +457,125 @@ def bench(
         render_table(report)
 
 
+# -- report -------------------------------------------------------------------------------------------------------
+
+
+@app.command("report", epilog="Examples:\n\n  invsr report out/\n\n  invsr report out/ -o ~/www/run.html --page-size 100")
+def report_cmd(
+    output_dir: Annotated[Path, typer.Argument(help="The output folder of a run (its .invsr-manifest*.jsonl files).",
+                                               show_default=False, metavar="OUTPUT_DIR")],
+    html: Annotated[Path | None, typer.Option("-o", "--output", help="The HTML page to write (default "
+                                              "OUTPUT_DIR/report.html; images go to <name>_files/ beside it).",
+                                              metavar="HTML")] = None,
+    manifest: Annotated[list[Path] | None, typer.Option("--manifest", help="Read this manifest instead of "
+                                                        "OUTPUT_DIR's (repeatable).")] = None,
+    page_size: Annotated[int, typer.Option("--page-size", help="Images per page; more continue on "
+                                           "<name>-2.html, ...")] = 200,
+) -> None:
+    """Write a static HTML report of a run from its manifest: summary, then each input beside its output."""
+    from invsr_cli.htmlreport import write_report
+
+    target = html if html is not None else output_dir / "report.html"
+    result = write_report(output_dir, target, manifest_paths=manifest or None, page_size=page_size)
+    pages = f", {len(result.pages)} pages" if len(result.pages) > 1 else ""
+    typer.echo(f"{target}: {result.images} image(s), {result.failed} failed{pages}")
+
+
+# -- doctor -------------------------------------------------------------------------------------------------------
+
+
+@app.command(epilog="Examples:\n\n  invsr doctor\n\n  invsr doctor /srv/upscaled --json\n\n"
+             "  HF_HUB_OFFLINE=1 invsr doctor --sd-model ./sd-turbo --noise-predictor ./np.pth out/")
+def doctor(
+    output_dir: Annotated[Path | None, typer.Argument(help="An output folder to check: really written to, and its "
+                                                      "free space.", show_default=False,
+                                                      metavar="OUTPUT_DIR")] = None,
+    sd_model: Annotated[str | None, typer.Option("--sd-model", help="Hub id or local folder to look for.")] = None,
+    noise_predictor: Annotated[str | None, typer.Option("--noise-predictor", help="Local file or REPO:FILE to "
+                                                        "look for.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object: ready, and every check.")] = False,
+) -> None:
+    """Check this machine is ready to upscale, one line per check (pass/warn/fail, with the fix); exit 1 if a
+    check fails. Nothing is downloaded; the self-test runs the whole pipeline on tiny random models."""
+    import json
+    import time
+
+    from invsr_cli.doctor import format_line, is_ready, run_checks
+
+    def show(check: Any) -> None:
+        typer.echo(format_line(check))
+
+    t0 = time.perf_counter()
+    checks = run_checks(output_dir, sd_model=sd_model, noise_predictor=noise_predictor,
+                        on_check=None if json_output else show)
+    ready = is_ready(checks)
+    seconds = round(time.perf_counter() - t0, 1)
+    if json_output:
+        typer.echo(json.dumps({"ready": ready, "seconds": seconds, "checks": [c.to_dict() for c in checks]},
+                              ensure_ascii=False, indent=2))
+    else:
+        failed = [c.name for c in checks if c.status == "fail"]
+        warned = sum(c.status == "warn" for c in checks)
+        typer.echo(f"ready ({warned} warning(s), {seconds} s)" if ready
+                   else f"not ready: {len(failed)} check(s) failed: {', '.join(failed)} ({seconds} s)")
+    raise typer.Exit(EXIT_OK if ready else EXIT_FAILED)
+
+
 # -- errors -> exit codes, in one place ---------------------------------------------------------------------------
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: every exception the commands raise is mapped to an exit code here.
+
+    Click's standalone mode is off, so that Ctrl-C and a closed stdout reach the branches below instead of
+    Click's own handlers (which print "Aborted!" or exit 1 and leave Python to complain at shutdown).
+    """
+    from invsr_cli.report import StdoutClosed
+
     try:
-        app(prog_name="invsr")
+        code = app(prog_name="invsr", standalone_mode=False)
     except InvSRError as e:
         _print_error(str(e))
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        _print_error("interrupted")
-        sys.exit(EXIT_SIGNAL["SIGINT"])
-    except BrokenPipeError:
-        # stdout closed early (| head): not an error of ours; stop quietly.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except typer.Abort as e:
+        if isinstance(e.__context__, KeyboardInterrupt):  # older Typer turns Ctrl-C into Abort
+            _interrupted()
+        _print_error("aborted")
         sys.exit(EXIT_FAILED)
+    except _CLICK_EXCEPTION as e:  # usage errors: Click's own message and code (2)
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        _interrupted()
+    except (StdoutClosed, BrokenPipeError):  # the reporters raise StdoutClosed; BrokenPipeError from elsewhere
+        _stdout_gone()
+    # Typer returns the code of a typer.Exit (and turns a KeyboardInterrupt into 130); None when a command
+    # returned normally.
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+# Click's base exception, as the installed Typer raises it (recent Typer vendors Click as typer._click).
+_CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _interrupted() -> NoReturn:
+    """Ctrl-C outside the runner's own handling (or a second Ctrl-C, which abandons the run): the runner has
+    printed its summary already when it was running; exit 130 without a traceback."""
+    with contextlib.suppress(OSError):
+        _print_error("interrupted")
+    sys.exit(EXIT_SIGNAL["SIGINT"])
+
+
+def _stdout_gone() -> NoReturn:
+    """The reader of stdout went away (``invsr ... --json | head -n 1``): not an error of ours, so no message.
+
+    Python would flush stdout again at shutdown and print "Exception ignored ... BrokenPipeError"; pointing
+    stdout at /dev/null first is what the Python docs recommend (library/signal.html, "Note on SIGPIPE").
+    The run stopped early, so the exit code is 1.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(EXIT_FAILED)
 
 
 def _print_error(text: str) -> None:

@@ -19,9 +19,13 @@ OUTPUT_DIR are never inputs: found by a walk or a glob they are skipped silently
 the output folder), named explicitly they are reported.
 
 Output names: ``suffix`` is appended to the stem, and the extension follows the output format: ``auto`` keeps the
-input's own extension (spelling and case) for png/jpg/jpeg/webp/tif/tiff/gif (a GIF is written as a GIF, still or
-animated), and writes ``.png`` for the formats we read but do not write (bmp, or an unknown extension);
-``png``/``jpg``/``webp``/``tiff`` use that extension. Every output must resolve inside OUTPUT_DIR (a symlinked folder inside OUTPUT_DIR pointing elsewhere
+input's own extension (spelling and case) for png/jpg/jpeg/webp/tif/tiff/avif/jxl, writes ``.jpg`` for HEIC/HEIF
+(camera photos, lossy already: JPEG keeps them small and readable everywhere, where PNG would be 5-10 times
+larger for no gain; HEIC itself is not written) and ``.png`` for the other formats we read but do not write
+(bmp, or an unknown extension); a GIF is written as a GIF, still or animated (``auto`` only). With
+``lossless``, ``auto`` writes ``.png`` for the inputs whose format has no lossless mode (jpg, avif, heic, and gif,
+whose palette is lossy: an animated GIF becomes an APNG). ``png``/``jpg``/``webp``/``tiff``/``avif``/``jxl`` use that extension.
+Every output must resolve inside OUTPUT_DIR (a symlinked folder inside OUTPUT_DIR pointing elsewhere
 is a per-input error). Two inputs mapping to one output raise :class:`~invsr_cli.errors.ConfigError` before any
 work starts.
 """
@@ -52,11 +56,12 @@ __all__ = [
     "display_path",
 ]
 
-# What imageio decodes (Pillow: PNG, JPEG, WebP, TIFF, BMP, GIF).
+# What imageio decodes (Pillow: PNG, JPEG, WebP, TIFF, BMP, GIF, AVIF; HEIC and JPEG XL with their extras).
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".avif", ".heic",
+     ".heif", ".hif", ".jxl"}
 )
-OUTPUT_FORMATS = ("auto", "png", "jpg", "webp", "tiff")
+OUTPUT_FORMATS = ("auto", "png", "jpg", "webp", "tiff", "avif", "jxl")
 _EXT_FORMAT = {
     ".gif": "gif",  # auto only (animations stay GIFs, see invsr_cli.animation); not a --format choice
     ".png": "png",
@@ -67,7 +72,12 @@ _EXT_FORMAT = {
     ".webp": "webp",
     ".tif": "tiff",
     ".tiff": "tiff",
+    ".avif": "avif",
+    ".jxl": "jxl",
 }
+# Read but not written: what `auto` writes instead (see the module docstring for why HEIC becomes JPEG).
+_AUTO_FALLBACK = {".heic": ("jpg", ".jpg"), ".heif": ("jpg", ".jpg"), ".hif": ("jpg", ".jpg")}
+_NO_LOSSLESS = ("jpg", "avif", "gif")
 _MAGIC = re.compile(r"[*?[]")
 MAX_COLLISIONS_SHOWN = 10
 
@@ -134,7 +144,9 @@ def _sort_key(name: str) -> bytes:
     return os.fsencode(name)
 
 
-def output_name(rel: PurePosixPath, *, suffix: str = "", fmt: str = "auto") -> tuple[PurePosixPath, str]:
+def output_name(
+    rel: PurePosixPath, *, suffix: str = "", fmt: str = "auto", lossless: bool = False
+) -> tuple[PurePosixPath, str]:
     """Map an input's relative path to (relative output path, output format)."""
     name = rel.name
     stem, ext = os.path.splitext(name)
@@ -143,6 +155,8 @@ def output_name(rel: PurePosixPath, *, suffix: str = "", fmt: str = "auto") -> t
     if fmt == "auto":
         out_fmt = _EXT_FORMAT.get(ext.lower())
         if out_fmt is None:
+            out_fmt, ext = _AUTO_FALLBACK.get(ext.lower(), ("png", ".png"))
+        if lossless and out_fmt in _NO_LOSSLESS:
             out_fmt, ext = "png", ".png"
     else:
         out_fmt, ext = fmt, "." + fmt
@@ -383,7 +397,7 @@ def expand_inputs(
 
 
 def name_outputs(found: Sequence[FoundInput], output_dir: str | os.PathLike[str], *, suffix: str = "",
-                 fmt: str = "auto") -> tuple[list[Job], list[tuple[str, str]]]:
+                 fmt: str = "auto", lossless: bool = False) -> tuple[list[Job], list[tuple[str, str]]]:
     """Each input's output path under ``output_dir``; an output that would resolve outside it (through a symlinked
     folder) is an ``(input spec, reason)`` error instead."""
     output_dir = Path(output_dir)
@@ -391,7 +405,7 @@ def name_outputs(found: Sequence[FoundInput], output_dir: str | os.PathLike[str]
     jobs: list[Job] = []
     errors: list[tuple[str, str]] = []
     for f in found:
-        out_rel, out_fmt = output_name(f.rel, suffix=suffix, fmt=fmt)
+        out_rel, out_fmt = output_name(f.rel, suffix=suffix, fmt=fmt, lossless=lossless)
         output = output_dir.joinpath(*out_rel.parts)
         parent_real = os.path.realpath(output.parent)
         if not walker.inside_output(parent_real):
@@ -412,6 +426,7 @@ def discover(
     fmt: str = "auto",
     check_collisions: bool = True,
     fold_case: bool | None = None,
+    lossless: bool = False,
 ) -> DiscoveryResult:
     """Expand ``inputs`` into jobs (see the module docstring for the rules).
 
@@ -420,14 +435,15 @@ def discover(
     :class:`~invsr_cli.errors.ConfigError` for an unknown ``fmt``, a ``suffix`` containing a path separator, or
     two inputs that map to the same output (unless ``check_collisions`` is off: callers that write nothing).
     Outputs that differ only in letter case collide where the output folder's file system ignores case:
-    ``fold_case`` says whether it does, ``None`` probes it (:func:`case_insensitive`).
+    ``fold_case`` says whether it does, ``None`` probes it (:func:`case_insensitive`). ``lossless``: with
+    ``fmt="auto"``, inputs whose format has no lossless mode get png outputs.
     """
     if fmt not in OUTPUT_FORMATS:
         raise ConfigError(f"`format` must be one of {', '.join(OUTPUT_FORMATS)}; got {fmt!r}")
     if "/" in suffix or os.sep in suffix or "\x00" in suffix:
         raise ConfigError(f"`suffix` must not contain a path separator, got {suffix!r}")
     found = expand_inputs(inputs, recursive=recursive, stdin_paths=stdin_paths, exclude=output_dir)
-    jobs, errors = name_outputs(found.inputs, output_dir, suffix=suffix, fmt=fmt)
+    jobs, errors = name_outputs(found.inputs, output_dir, suffix=suffix, fmt=fmt, lossless=lossless)
     if check_collisions:
         if fold_case is None:
             fold_case = len(jobs) > 1 and case_insensitive(output_dir)

@@ -18,7 +18,6 @@ __all__ = [
     "DiskFullError",
     "InvalidOutputError",
     "LockedError",
-    "OutOfMemoryError",
 ]
 
 
@@ -78,6 +77,3 @@ class LockedError(InvSRError):
 
     exit_code = 75
 
-
-class OutOfMemoryError(InvSRError):
-    """The device ran out of memory even at the smallest batch and tile the retry policy allows."""

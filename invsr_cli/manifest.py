@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MANIFEST_NAME", "Manifest", "input_stamp"]
+__all__ = ["MANIFEST_NAME", "MANIFEST_GLOB", "Manifest", "input_stamp"]
 
 MANIFEST_NAME = ".invsr-manifest.jsonl"
+MANIFEST_GLOB = ".invsr-manifest*.jsonl"  # the manifest and any shards (.invsr-manifest.shard-I-of-N.jsonl)
 
 
 def input_stamp(path: Path) -> dict[str, int]:
@@ -46,7 +47,11 @@ class Manifest:
             except ValueError:
                 continue  # a line cut short by a crash, or foreign text: ignore it
             if isinstance(rec, dict) and isinstance(rec.get("output"), str):
-                self._latest[rec["output"]] = rec
+                self._latest[_key(rec)] = rec
+
+    def records(self) -> list[dict[str, Any]]:
+        """The latest record of every output (and of every input that made no job), in order of first appearance."""
+        return list(self._latest.values())
 
     def lookup(self, output: Path) -> dict[str, Any] | None:
         return self._latest.get(str(output))
@@ -83,7 +88,13 @@ class Manifest:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._latest[record["output"]] = record
+            self._latest[_key(record)] = record
+
+
+def _key(rec: dict[str, Any]) -> str:
+    """Records are keyed by output; one with no output (an input that matched nothing) by its input, so several
+    such failures are all kept. The NUL prefix cannot occur in a path, so no lookup ever matches it."""
+    return rec["output"] or f"\0input:{rec.get('input', '')}"
 
 
 def _last_byte(path: Path) -> bytes:

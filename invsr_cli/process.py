@@ -30,7 +30,7 @@ from invsr_cli.discover import Job
 from invsr_cli.errors import InvSRError
 from invsr_cli.report import Outcome, Reporter
 from invsr_cli.settings import ImageSettings, Settings, SettingsPolicy
-from invsr_cli.sink import ImageSink, failure, reason_of, write_output
+from invsr_cli.sink import ImageSink, Writer, failure, reason_of, write_output
 
 __all__ = ["Engine", "ImageTask", "PreparedImage", "Processing", "process_images", "batch_size_for",
            "MIN_OOM_TILE", "fit_batch"]
@@ -152,7 +152,7 @@ class PreparedImage:
         self.generation += 1
         self.replan(self.settings.tile, pin=pin)
 
-    def outcome(self, width: int, height: int, write_seconds: float) -> Outcome:
+    def outcome(self, width: int, height: int, write_seconds: float, models: dict[str, Any] | None = None) -> Outcome:
         s = self.settings
         stages = {k: round(v, 4) for k, v in self.stage_seconds.items()}
         if stages:
@@ -162,7 +162,7 @@ class PreparedImage:
             width=width, height=height, tiles=self.tiles_run + self.n_tiles, preset=s.preset, timesteps=s.timesteps,
             degradation=dict(self.chosen.degradation) if self.chosen.degradation is not None else None,
             rule=self.chosen.reason, tile=self.plan.tile, overlap=self.plan.overlap,
-            batch_sizes=tuple(self.batch_sizes), stage_seconds=stages or None, settings=s,
+            batch_sizes=tuple(self.batch_sizes), stage_seconds=stages or None, settings=s, models=models,
             passes=self.pass_no, frames=self.frames,
         )
 
@@ -227,7 +227,7 @@ def process_images(
     *,
     reporter: Reporter | None = None,
     should_stop: Callable[[], bool] = lambda: False,
-    write: Callable[[PreparedImage, Any], tuple[int, int]] = write_output,
+    write: Writer = write_output,
     timer: Any = None,
 ) -> Processing:
     """Upscale ``tasks`` with ``engine``; iterate the result for one :class:`Outcome` per task that was attempted
@@ -236,8 +236,8 @@ def process_images(
     ``policy`` gives each image its settings when it is read. ``reporter`` hears tile progress and warnings (out of
     memory); it is not given outcomes. ``should_stop`` is polled between batches: once true, no new batch starts,
     the writes in flight finish and their outcomes come, and the images not finished are abandoned unreported.
-    ``write(image, rgb)`` writes one finished image (default: atomically to ``image.job.output``) and returns its
-    size. ``timer`` (an :class:`invsr_cli.engine.timing.StageTimer` attached to ``engine``) adds per-image stage
+    ``write(image, rgb, models)`` writes one finished image (default: atomically to ``image.job.output``, with
+    its provenance) and returns its size. ``timer`` (an :class:`invsr_cli.engine.timing.StageTimer` attached to ``engine``) adds per-image stage
     seconds to the outcomes: a batch's stage time is shared among its images by their tiles in it.
 
     A full disk stops the run: :attr:`Processing.stopped` says why, and every task not yet finished gets a failed
@@ -250,7 +250,7 @@ class Processing:
     """The iterator :func:`process_images` returns; ``stopped`` is set when a full disk ended it early."""
 
     def __init__(self, tasks: Iterable[ImageTask], policy: SettingsPolicy, engine: Engine, reporter: Reporter,
-                 should_stop: Callable[[], bool], write: Callable[[PreparedImage, Any], tuple[int, int]],
+                 should_stop: Callable[[], bool], write: Writer,
                  timer: Any) -> None:
         import torch
 
@@ -271,7 +271,8 @@ class Processing:
         self.todo_done = False
         self.reads: deque[tuple[ImageTask, Future]] = deque()
         self.inflight: dict[int, PreparedImage] = {}
-        self.sink = ImageSink(self.device, write, blend_stage=self._stage)
+        self.sink = ImageSink(self.device, write, blend_stage=self._stage,
+                              models=getattr(engine, "identity", None))
         self.readers = ThreadPoolExecutor(READERS, thread_name_prefix="invsr-read")
         self._outcomes = self._run()
 

@@ -5,12 +5,14 @@
 * ``--json`` gets one JSON object per image on stdout and a final summary object;
 * ``--quiet`` keeps only failures and errors.
 
-The runner calls a :class:`Reporter`; it never prints by itself.
+The runner calls a :class:`Reporter`; it never prints by itself. When the reader of stdout goes away
+(``invsr upscale ... --json | head -n 1``) the reporter raises :class:`StdoutClosed`, which ends the run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TextIO
@@ -22,8 +24,40 @@ __all__ = [
     "PlainReporter",
     "JsonReporter",
     "RichReporter",
+    "StdoutClosed",
     "make_reporter",
 ]
+
+
+class StdoutClosed(BaseException):
+    """The reader of the report went away (``| head -n 1``): nobody is listening, so the run ends.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: it must stop the run, not be recorded as one image's failure
+    by the runner's ``except Exception`` handlers. The CLI exits quietly on it. The stream has already been
+    pointed at /dev/null, so the runner's closing summary and Python's flush at exit write nowhere instead of
+    raising ``BrokenPipeError`` again ("Exception ignored ... BrokenPipeError")."""
+
+
+def _silence(stream: TextIO) -> None:
+    """Point ``stream``'s file descriptor at /dev/null (what the Python docs recommend after EPIPE on stdout)."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a StringIO in a test)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _write_line(stream: TextIO, line: str) -> None:
+    try:
+        stream.write(line + "\n")
+        stream.flush()
+    except BrokenPipeError as e:
+        _silence(stream)
+        raise StdoutClosed(f"{getattr(stream, 'name', 'output')} closed by its reader") from e
 
 
 @dataclass
@@ -45,12 +79,15 @@ class Outcome:
     batch_sizes: tuple[int, ...] = ()  # the engine batches its tiles ran in
     stage_seconds: dict[str, float] | None = None  # with -v: noise predictor, VAE, UNet, write
     settings: Any = field(default=None, compare=False, repr=False)  # the Settings it was made with
+    models: dict[str, Any] | None = field(default=None, compare=False, repr=False)  # the weights' identity
     passes: int = 1  # model passes (2: a target above x4)
     frames: int = 1  # an animation's frames
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for JSON lines and the manifest (the settings go in as their own dict, by the caller)."""
-        d = {k: v for k, v in asdict(replace(self, settings=None)).items() if k != "settings"}
+        """Plain data for JSON lines and the manifest (the settings and the models go in as their own dicts, by
+        the caller)."""
+        d = {k: v for k, v in asdict(replace(self, settings=None, models=None)).items()
+             if k not in ("settings", "models")}
         d["timesteps"] = list(self.timesteps)
         d["batch_sizes"] = list(self.batch_sizes)
         for optional in ("degradation", "stage_seconds"):
@@ -104,7 +141,8 @@ class Reporter:
     def start(self, total: int, to_do: int, tiles: int) -> None: ...
 
     def tiles_planned(self, n: int) -> None:
-        """``n`` more tiles to compute (an image was tiled, or re-planned smaller after out of memory)."""
+        """``n`` more tiles will be computed: the runner calls it when it has tiled an image (``tiles`` in
+        :meth:`start` counts only what was known then, usually 0, since images are tiled as they are read)."""
 
     def tiles_done(self, n: int) -> None: ...
 
@@ -165,23 +203,23 @@ class PlainReporter(Reporter):
 
     def outcome(self, o: Outcome) -> None:
         if o.status == "failed":
-            print(_clean(_plain_line(o)), file=self.err if self.quiet else self.out, flush=True)
+            _write_line(self.err if self.quiet else self.out, _clean(_plain_line(o)))
         elif not self.quiet:
-            print(_clean(_plain_line(o)), file=self.out, flush=True)
+            _write_line(self.out, _clean(_plain_line(o)))
             if self.verbose:
                 for line in _detail_lines(o):
-                    print(_clean(line), file=self.out, flush=True)
+                    _write_line(self.out, _clean(line))
 
     def info(self, text: str) -> None:
         if self.verbose:
-            print(_clean(text), file=self.err, flush=True)
+            _write_line(self.err, _clean(text))
 
     def warning(self, text: str) -> None:
-        print(_clean(f"warning: {text}"), file=self.err, flush=True)
+        _write_line(self.err, _clean(f"warning: {text}"))
 
     def finish(self, summary: Summary) -> None:
         if not self.quiet or summary.failed or summary.interrupted or summary.stopped:
-            print(summary.line(), file=self.out if not self.quiet else self.err, flush=True)
+            _write_line(self.out if not self.quiet else self.err, summary.line())
 
 
 class JsonReporter(Reporter):
@@ -196,8 +234,7 @@ class JsonReporter(Reporter):
             line.encode("utf-8")
         except UnicodeEncodeError:  # a non-UTF-8 file name (surrogate escapes): \udcXX escapes keep it valid JSON
             line = json.dumps(obj, ensure_ascii=True, default=str)
-        self.out.write(line + "\n")
-        self.out.flush()
+        _write_line(self.out, line)
 
     def outcome(self, o: Outcome) -> None:
         self._emit({"type": "image", **o.to_dict()})
@@ -209,7 +246,7 @@ class JsonReporter(Reporter):
 class RichReporter(PlainReporter):
     """A live progress display on a terminal (stderr), with per-image lines printed above it."""
 
-    def __init__(self, quiet: bool = False, verbose: bool = False):
+    def __init__(self, quiet: bool = False, verbose: bool = False, console: Any = None):
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -220,7 +257,7 @@ class RichReporter(PlainReporter):
             TimeRemainingColumn,
         )
 
-        self.console = Console(stderr=True)
+        self.console = console if console is not None else Console(stderr=True)
         super().__init__(quiet=quiet, verbose=verbose)
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -240,6 +277,11 @@ class RichReporter(PlainReporter):
         self._images = self.progress.add_task("images", total=to_do, rate="")
         self._tiles = self.progress.add_task("tiles", total=tiles or None, rate="")
 
+    def tiles_planned(self, n: int) -> None:
+        if self._tiles is not None and n > 0:
+            total = self.progress.tasks[self._tiles].total or 0
+            self.progress.update(self._tiles, total=total + n)
+
     def tiles_done(self, n: int) -> None:
         if self._tiles is not None:
             self._tiles_n += n
@@ -248,9 +290,11 @@ class RichReporter(PlainReporter):
             self.progress.update(self._tiles, advance=n, rate=rate)
 
     def outcome(self, o: Outcome) -> None:
+        from rich.markup import escape
+
         if o.status == "failed":
-            self.console.print(f"[red]failed[/red]  {_clean(o.input)}: {_clean(o.reason)}", markup=True,
-                               highlight=False)
+            self.console.print(f"[red]failed[/red]  {escape(_clean(o.input))}: {escape(_clean(o.reason))}",
+                               markup=True, highlight=False)
         elif not self.quiet:
             self.console.print(_clean(_plain_line(o)), markup=False, highlight=False)
             if self.verbose:
@@ -260,7 +304,9 @@ class RichReporter(PlainReporter):
             self.progress.update(self._images, advance=1)
 
     def warning(self, text: str) -> None:
-        self.console.print(f"[yellow]warning:[/yellow] {_clean(text)}", highlight=False)
+        from rich.markup import escape
+
+        self.console.print(f"[yellow]warning:[/yellow] {escape(_clean(text))}", highlight=False)
 
     def info(self, text: str) -> None:
         if self.verbose:

@@ -34,17 +34,32 @@ from invsr_cli.settings import FixedPolicy, Settings, SettingsPolicy
 __all__ = ["run_batch", "Recorder"]
 
 
+def run_fingerprint(policy: SettingsPolicy, identity: dict[str, Any] | None) -> str:
+    """What an output depends on: the settings (with ``auto``, every schedule the rules can pick and the rules
+    themselves) and the weights' ``identity`` (:func:`invsr_cli.engine.model_identity`)."""
+    import hashlib
+    import json
+
+    models = ""
+    if identity is not None:
+        models = "-" + hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return policy.fingerprint() + models
+
+
 class Recorder:
     """Counts outcomes into the summary, tells the reporter, and appends done/failed ones to the manifest with
-    the settings each was made with."""
+    the settings and the weights each was made with. ``models`` is the identity expected before anything loads
+    (what skip-existing compares with); an outcome made by an engine says which weights it really used."""
 
-    def __init__(self, reporter: Reporter, manifest: Manifest | None, fingerprint: str) -> None:
+    def __init__(self, reporter: Reporter, manifest: Manifest | None, policy: SettingsPolicy,
+                 models: dict[str, Any] | None = None) -> None:
         self.reporter = reporter
         self.manifest = manifest
-        self.fingerprint = fingerprint
+        self.policy = policy
+        self.models = models
+        self.fingerprint = run_fingerprint(policy, models)
         self.summary = Summary()
         self.stop_signal: str | None = None
-        self.models: dict[str, Any] | None = None
 
     @property
     def stopping(self) -> bool:
@@ -69,11 +84,13 @@ class Recorder:
             self._append(o, job)
 
     def _append(self, o: Outcome, job: Job | None) -> None:
-        rec: dict[str, Any] = {**o.to_dict(), "fingerprint": self.fingerprint}
+        # What was loaded: e.g. the commit a first run has just fetched (its revision was unknown before the fetch).
+        models = o.models if o.models is not None else self.models
+        rec: dict[str, Any] = {**o.to_dict(), "fingerprint": run_fingerprint(self.policy, models)}
         if o.settings is not None:
             rec["settings"] = o.settings.to_dict()
-        if self.models is not None:
-            rec["models"] = self.models
+        if models is not None:
+            rec["models"] = models
         if job is not None:
             with contextlib.suppress(OSError):
                 rec.update(input_stamp(job.input))
@@ -119,7 +136,7 @@ def run_batch(
     start = time.perf_counter()
     _refuse_unreachable_sizes(jobs, policy)
     if dry_run:
-        rec = Recorder(reporter, None, policy.fingerprint())
+        rec = Recorder(reporter, None, policy)
         _record_input_errors(input_errors, rec)
         _plan_only(jobs, policy, rec)
         rec.summary.wall_seconds = time.perf_counter() - start
@@ -131,7 +148,7 @@ def run_batch(
         if removed:
             reporter.warning(f"removed {removed} temporary file(s) left by an interrupted run in {output_dir}")
         manifest = Manifest(manifest_path or output_dir / MANIFEST_NAME)
-        rec = Recorder(reporter, manifest, policy.fingerprint())
+        rec = Recorder(reporter, manifest, policy, _expected_models(engine, policy))
         _record_input_errors(input_errors, rec)
         todo = _skip_existing(_skip_larger(list(enumerate(jobs)), policy, rec), policy, rec)
         reporter.start(len(jobs), len(todo), 0)
@@ -155,6 +172,16 @@ def _compute(todo: list[tuple[int, Job]], policy: SettingsPolicy, executor: Exec
     for outcome in executor.run([ImageTask(job, index) for index, job in todo], policy, ctx):
         rec.record(outcome, jobs.get((outcome.input, outcome.output)))
     rec.summary.stopped = executor.stopped
+
+
+def _expected_models(engine: Any, policy: SettingsPolicy) -> dict[str, Any]:
+    """The identity of the weights the run will use: the given engine's, or what the settings name (cheap: no
+    model is loaded, the network is not touched, a local file's hash comes from the cache)."""
+    if engine is not None and getattr(engine, "identity", None) is not None:
+        return engine.identity
+    from invsr_cli.engine import model_identity
+
+    return model_identity(policy.settings.sd_model, policy.settings.noise_predictor)
 
 
 def _record_input_errors(errors: Sequence[tuple[str, str]], rec: Recorder) -> None:

@@ -92,6 +92,9 @@ class Settings:
     suffix: str = ""
     skip_existing: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
+    lossless: bool = False
+    strip_metadata: bool = False
+    provenance: bool = True
     # Output size (invsr_cli.sizing): at most one of scale/width/height/fit/long_side/short_side is asked for
     width: int | None = None
     height: int | None = None
@@ -114,7 +117,7 @@ class Settings:
         keys = ("timesteps", "guidance", "posterior", "seed", "color_fix", "tile", "overlap", "blend",
                 "scale", "dtype", "vae_fp32", "sd_model", "noise_predictor", "format", "quality", "suffix")
         data = {k: getattr(self, k) for k in keys}
-        # Added later: hashed only when set, so outputs made before they existed stay up to date.
+        # Added later: hashed only when not at their defaults, so older fingerprints stay valid.
         data.update({k: getattr(self, k) for k in _LATER_OUTPUT_KEYS if getattr(self, k) != getattr(DEFAULTS, k)})
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
@@ -131,8 +134,8 @@ class Settings:
 
 
 DEFAULTS = Settings()
-_LATER_OUTPUT_KEYS = ("width", "height", "fit", "long_side", "short_side", "passes", "max_input_side",
-                      "first_frame")
+_LATER_OUTPUT_KEYS = ("lossless", "strip_metadata", "provenance", "width", "height", "fit", "long_side",
+                      "short_side", "passes", "max_input_side", "first_frame")
 
 # -- validation ---------------------------------------------------------------------------------------------------
 # Each validator gets the raw value and returns the normalised one, or raises ValueError with the allowed values.
@@ -273,6 +276,9 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "suffix": _suffix,
     "skip_existing": _bool,
     "max_pixels": _int(1, None),
+    "lossless": _bool,
+    "strip_metadata": _bool,
+    "provenance": _bool,
     "width": _opt_side,
     "height": _opt_side,
     "fit": _box,
@@ -346,6 +352,11 @@ def _resolve_one(preset: Preset | None, flags: Mapping[str, Any], flag_source: s
         raise ConfigError(
             f"`overlap` must be at most half of `tile` ({s.tile} LR px), so at most {max_overlap(s.tile)}; "
             f"got {s.overlap} (from {_origin('overlap', preset, flags, flag_source)})"
+        )
+    if s.lossless and s.format in ("jpg", "avif"):
+        raise ConfigError(
+            f"`lossless` needs a format with a lossless mode (png, webp, tiff, jxl or auto), got `format` "
+            f"{s.format} (from {_origin('format', preset, flags, flag_source)})"
         )
     return s
 

@@ -19,7 +19,10 @@ from invsr_cli.report import Outcome
 if TYPE_CHECKING:  # pragma: no cover
     from invsr_cli.process import PreparedImage
 
-__all__ = ["ImageSink", "WRITERS", "output_problem", "output_size", "write_output", "failure"]
+# write(image, rgb, models) -> (width, height): writes one finished image (models: the engine's weights' identity)
+Writer = Callable[["PreparedImage", Any, "dict[str, Any] | None"], tuple[int, int]]
+
+__all__ = ["ImageSink", "WRITERS", "Writer", "output_problem", "output_size", "write_output", "failure"]
 
 WRITERS = 2  # background writer threads; at most 2 * WRITERS finished images wait in memory
 
@@ -56,10 +59,13 @@ def output_problem(torch: Any, hr: Any, lr_rgb: Any) -> str | None:
     return None
 
 
-def write_output(img: PreparedImage, rgb: Any) -> tuple[int, int]:
+def write_output(img: PreparedImage, rgb: Any, models: dict[str, Any] | None = None) -> tuple[int, int]:
     """Runs in a writer thread: re-attach alpha, resize to the target size (``img.size``, see
-    :mod:`invsr_cli.sizing`), encode, write atomically. Returns (w, h). ``rgb`` is an animation's list of frames."""
+    :mod:`invsr_cli.sizing`), encode with the provenance record (how it was made, with which weights), write
+    atomically. Returns (w, h). ``rgb`` is an animation's list of frames (animations and GIFs carry no provenance
+    record: :mod:`invsr_cli.animation` writes them)."""
     from invsr_cli.imageio import resize_rgb, upscale_alpha, write_image
+    from invsr_cli.provenance import provenance_record
 
     s = img.settings
     size = img.size.output if img.size is not None else output_size(img.loaded.width, img.loaded.height, s.scale)
@@ -73,26 +79,31 @@ def write_output(img: PreparedImage, rgb: Any) -> tuple[int, int]:
         alphas = getattr(anim, "alphas", None) if anim is not None else (
             None if img.loaded.alpha is None else [img.loaded.alpha])
         alphas = None if alphas is None else [upscale_alpha(a, size) for a in alphas]
-        write_animation(job.output, frames, alphas=alphas, source=anim, format=job.format, quality=s.quality)
+        write_animation(job.output, frames, alphas=alphas, source=anim, format=job.format, quality=s.quality,
+                        lossless=s.lossless)
         return size
     h, w = rgb.shape[:2]
     if size != (w, h):
         rgb = resize_rgb(rgb, size)
     alpha = upscale_alpha(img.loaded.alpha, size) if img.loaded.alpha is not None else None
-    write_image(job.output, rgb, alpha=alpha, source=img.loaded, format=job.format, quality=s.quality)
+    record = provenance_record(s.to_dict(), models=models) if s.provenance else None
+    write_image(job.output, rgb, alpha=alpha, source=img.loaded, format=job.format, quality=s.quality,
+                provenance=record, strip_metadata=s.strip_metadata, lossless=s.lossless)
     return size
 
 
 class ImageSink:
     """Finish computed images and write them in background threads, a bounded number at a time."""
 
-    def __init__(self, device: Any, write: Callable[[PreparedImage, Any], tuple[int, int]] = write_output,
-                 writers: int = WRITERS, blend_stage: Callable[[str], Any] | None = None) -> None:
+    def __init__(self, device: Any, write: Writer = write_output,
+                 writers: int = WRITERS, blend_stage: Callable[[str], Any] | None = None,
+                 models: dict[str, Any] | None = None) -> None:
         import contextlib
 
         import torch
 
         self.blend_stage = blend_stage or (lambda name: contextlib.nullcontext())
+        self.models = models  # the identity of the engine's weights, recorded with each output
         self.torch = torch
         self.device = device
         self.write = write
@@ -139,7 +150,7 @@ class ImageSink:
 
     def _timed_write(self, img: PreparedImage, rgb: Any) -> tuple[tuple[int, int], float]:
         start = time.perf_counter()
-        size = self.write(img, rgb)
+        size = self.write(img, rgb, self.models)
         return size, time.perf_counter() - start
 
     def ready(self) -> Iterator[Outcome]:
@@ -167,4 +178,4 @@ class ImageSink:
             return failure(img, reason_of(e, job))
         except Exception as e:  # an encoder bug on one image must not end the batch
             return failure(img, f"cannot write: {type(e).__name__}: {e}")
-        return img.outcome(w, h, write_seconds)
+        return img.outcome(w, h, write_seconds, self.models)

@@ -2,11 +2,11 @@
 
 * :func:`build_tiny_models` writes a TINY SD-Turbo-like diffusers folder and a tiny noise predictor checkpoint in the
   same on-disk layouts as the real ones, so tests load them through the real loading code
-  (:func:`invsr_cli.engine.models.load_components`). Building and loading take about a second; a 1-step upscale of
+  (:func:`invsr_cli.engine.loading.load_components`). Building and loading take about a second; a 1-step upscale of
   a 32x32 LR image a fraction of a second on a CPU.
 * :func:`build_full_size_components` builds the FULL SD-Turbo (SD 2.1) architectures and the official-size noise
   predictor in memory with random weights, for benchmarks (about 1.3 G parameters: slow to build, never used by the
-  default tests).
+  default tests); :func:`save_full_size_models` writes them to disk in the real layouts (load-time measurements).
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from invsr_cli.engine.models import Components
+    from invsr_cli.engine.loading import Components
 
 __all__ = [
     "TinyModels",
     "build_tiny_models",
     "build_full_size_components",
+    "save_full_size_models",
     "tiny_noise_predictor_config",
     "SD_TURBO_SCHEDULER_CONFIG",
 ]
@@ -239,7 +240,7 @@ def build_full_size_components(dtype: torch.dtype | None = None, device: str = "
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from invsr_cli.engine.models import Components, set_sdpa_attention
+    from invsr_cli.engine.loading import Components, set_sdpa_attention
     from invsr_cli.engine.noise_predictor import NoisePredictor, NoisePredictorConfig
 
     dtype = dtype or torch.float32
@@ -299,5 +300,25 @@ def build_full_size_components(dtype: torch.dtype | None = None, device: str = "
         tokenizer=tokenizer,
         scheduler=scheduler,
         noise_predictor=noise_predictor,
-        identity={"sd_model": "random:full-size-sd-turbo-arch", "noise_predictor": "random:official-arch"},
+        identity={"sd_model": {"source": "random", "arch": "full-size-sd-turbo"},
+                  "noise_predictor": {"source": "random", "arch": "official"}},
     )
+
+
+def save_full_size_models(root: Path) -> TinyModels:
+    """Write :func:`build_full_size_components` (fp32, random weights) to disk in the layouts of the real weights:
+    a diffusers SD folder (``root/sd``, safetensors, about 5 GB) and ``root/noise_predictor.pth`` (135 MB). The
+    tokenizer is the tiny one. For measuring load times through the real loading code; takes a minute or two."""
+    import torch
+
+    root = Path(root)
+    sd_dir = root / "sd"
+    comps = build_full_size_components(dtype=torch.float32, device="cpu")
+    comps.vae.save_pretrained(sd_dir / "vae", safe_serialization=True)
+    comps.unet.save_pretrained(sd_dir / "unet", safe_serialization=True)
+    comps.text_encoder.save_pretrained(sd_dir / "text_encoder", safe_serialization=True)
+    comps.scheduler.save_pretrained(sd_dir / "scheduler")
+    _write_tokenizer(sd_dir / "tokenizer")
+    np_path = root / "noise_predictor.pth"
+    torch.save(comps.noise_predictor.state_dict(), np_path)
+    return TinyModels(root=root, sd_dir=sd_dir, noise_predictor_path=np_path)

@@ -1,8 +1,64 @@
-"""Shared fixtures: tiny random-weight models, built once per test session (about a second)."""
+"""Shared fixtures: tiny random-weight models, built once per test session (about a second), and the opt-in switch
+for the tests marked ``real_weights``."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+REAL_WEIGHTS_ENV = "INVSR_REAL_WEIGHTS"
+
+
+def real_weights_missing() -> list[str]:
+    """The files of the default weights (SD-Turbo and the noise predictor) that are not in the Hugging Face
+    cache, as ``repo/file``. A cache lookup only (huggingface_hub.try_to_load_from_cache): nothing is downloaded."""
+    from huggingface_hub import try_to_load_from_cache
+    from invsr_cli.engine.models import (
+        _SD_HUB_FILES,  # the files the loader itself requires, so this list cannot drift from it
+        _SD_OPTIONAL,
+        DEFAULT_NP_FILE,
+        DEFAULT_NP_REPO,
+        DEFAULT_SD_MODEL,
+        hub_cache_dir,
+    )
+
+    needed = [(DEFAULT_SD_MODEL, f) for f in _SD_HUB_FILES if f not in _SD_OPTIONAL]
+    needed.append((DEFAULT_NP_REPO, DEFAULT_NP_FILE))
+    cache = hub_cache_dir()
+    return [f"{repo}/{name}" for repo, name in needed
+            if not isinstance(try_to_load_from_cache(repo, name, cache_dir=cache), str)]
+
+
+def pytest_collection_modifyitems(config, items):
+    """``real_weights`` tests run only with INVSR_REAL_WEIGHTS=1 (``make test-all``), and then only when the
+    weights are in the Hugging Face cache; otherwise they are skipped with the reason."""
+    marked = [item for item in items if item.get_closest_marker("real_weights")]
+    if not marked:
+        return
+    if os.environ.get(REAL_WEIGHTS_ENV) != "1":
+        reason = f"real-weight test: opt-in with {REAL_WEIGHTS_ENV}=1 (make test-all)"
+    else:
+        from invsr_cli.engine.models import hub_cache_dir
+
+        missing = real_weights_missing()
+        if not missing:
+            return
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        reason = (f"real weights not in the Hugging Face cache {hub_cache_dir()}: missing {shown} "
+                  "(fetch them with `invsr models download`; tests never download)")
+    for item in marked:
+        item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hash_cache(tmp_path_factory):
+    """The weights' hash cache (invsr_cli.engine.identity) in a temporary folder, never the user's: for this
+    process and the `invsr` processes the tests start. Returns the folder."""
+    folder = tmp_path_factory.mktemp("invsr_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INVSR_CACHE_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ import io
 import math
 import time
 from collections import Counter
-from dataclasses import FrozenInstanceError
 from itertools import pairwise
 
 import cv2
@@ -277,8 +276,6 @@ def test_choose_first_match_wins_and_bounds_are_half_open():
     assert Bound(1.0, 2.0).holds(1.0) and not Bound(1.0, 2.0).holds(2.0)
     deg = Degradation(1.0, math.nan, 1.0)
     assert deg.as_dict() == {"noise_sigma": 1.0, "blur": None, "blockiness": 1.0}
-    with pytest.raises(FrozenInstanceError):
-        deg.blur = 0.0  # type: ignore[misc]
 
 
 @settings(max_examples=60, deadline=None)

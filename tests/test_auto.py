@@ -51,6 +51,7 @@ def test_analyse_command_reports_estimates_and_choice(degraded):
     assert table.returncode == 0 and "noisy" in table.stdout.decode() and "rule" in table.stdout.decode()
 
 
+@pytest.mark.slow
 def test_preset_auto_logs_choice_per_image_and_records_it(degraded, tmp_path, tiny_models):
     out = tmp_path / "out"
     p = run(["upscale", degraded, out, "--preset", "auto", "--json", "--sd-model", tiny_models.sd_dir,
@@ -77,6 +78,7 @@ class CountingEngine:
         return self.engine.upscale(lr, **kw)
 
 
+@pytest.mark.slow
 def test_mixed_schedules_still_fill_batches(degraded, tmp_path, tiny_engine):
     """Images alternate noisy/blur; tiles are grouped by schedule, so batches stay full instead of collapsing
     to one image per forward pass."""

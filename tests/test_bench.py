@@ -11,6 +11,7 @@ import pytest
 from invsr_cli.bench import STAGES, parse_size, run_bench
 
 
+@pytest.mark.slow
 def test_cli_bench_tiny_quick_json():
     from typer.testing import CliRunner
 
@@ -22,13 +23,14 @@ def test_cli_bench_tiny_quick_json():
     eng, base, ratios = report["engine"], report["baseline"], report["ratios"]
     assert report["config"]["lr_width"] == 64 and report["config"]["tile"] == 64
     assert report["config"]["baseline_tile"] == 128 and report["config"]["baseline_overlap"] == 64
-    assert report["machine"]["device"] == "cpu" and report["machine"]["cores"] >= 1
+    assert report["machine"]["device"] == "cpu"
+    assert report["machine"]["cores"] == (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                          else os.cpu_count())  # the cores this process may use
     for path in (eng, base):
         assert set(STAGES) <= set(path["stages"])
         assert path["seconds"] > 0 and path["tiles"] >= 1 and path["tiles_per_s"] > 0
         assert path["output_mp"] == pytest.approx(256 * 256 / 1e6, abs=1e-4)
         assert path["peak_rss_mb"] > 0 and path["peak_rss_scope"] in ("path", "process")
-        assert path["page_faults"] >= 0
         for stage in ("noise_predictor", "vae_encode", "unet", "vae_decode", "text_encoder"):
             assert path["stages"][stage] > 0 and path["calls"][stage] >= 1
     assert base["tiles"] >= eng["tiles"]
@@ -36,6 +38,7 @@ def test_cli_bench_tiny_quick_json():
     assert report["output_difference"] is None  # different tiles: results differ by design
 
 
+@pytest.mark.slow
 def test_speedups_do_not_change_results(tiny_engine):
     """Posterior mean, fp32, the same tile/overlap: prompt caching, float32 accumulation on the device and tiles
     packed across images give the authors' pipeline's result to 1e-4 (issue 4)."""
@@ -98,6 +101,7 @@ def test_peak_rss_is_per_path_on_linux():
     assert r["with_big"] - r["after"] > 300, r
 
 
+@pytest.mark.slow
 def test_repeat_alternates_and_reports_the_median(tiny_engine, monkeypatch):
     import invsr_cli.bench as bench
 

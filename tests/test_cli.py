@@ -48,6 +48,7 @@ def mixed(tmp_path) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_folder_of_every_kind_end_to_end(mixed, tmp_path, models):
     out = tmp_path / "out"
     p = run(["upscale", mixed, out, "-r", *models], cwd=tmp_path)
@@ -77,6 +78,7 @@ def test_folder_of_every_kind_end_to_end(mixed, tmp_path, models):
     assert "\x1b" not in everything and "\r" not in everything  # not a TTY: no control characters, no bars
 
 
+@pytest.mark.slow
 def test_glob_and_stdin_lists(mixed, tmp_path, models):
     p = run(["upscale", "in/*.png", "out_glob", *models], cwd=tmp_path)
     assert p.returncode == 0, text(p)
@@ -91,6 +93,7 @@ def test_glob_and_stdin_lists(mixed, tmp_path, models):
     assert (tmp_path / "out_lines" / "a.png").is_file()  # absolute stdin path: its basename
 
 
+@pytest.mark.slow
 def test_json_output_and_summary(mixed, tmp_path, models):
     p = run(["upscale", mixed / "a.png", mixed / "d_gray.png", tmp_path / "o", "--json", *models])
     assert p.returncode == 0, text(p)
@@ -100,6 +103,7 @@ def test_json_output_and_summary(mixed, tmp_path, models):
     assert objs[-1]["processed"] == 2 and objs[-1]["failed"] == 0
 
 
+@pytest.mark.slow
 def test_corrupt_file_among_good_ones(mixed, tmp_path, models):
     (mixed / "bad.png").write_bytes(b"this is not a png")
     (mixed / "trunc.jpg").write_bytes((mixed / "b.jpg").read_bytes()[:200])
@@ -114,6 +118,7 @@ def test_corrupt_file_among_good_ones(mixed, tmp_path, models):
     assert "failed 2" in p.stdout.decode().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_skip_existing_overwrite_and_stale_outputs(mixed, tmp_path, models):
     out = tmp_path / "out"
     args = ["upscale", mixed / "a.png", out, *models]
@@ -167,6 +172,7 @@ def test_usage_and_config_errors_exit_2(tmp_path, args, fragment):
     assert fragment in text(p)
 
 
+@pytest.mark.slow
 def test_missing_weights_offline_exit_3(tmp_path):
     imagegen.rgb(tmp_path / "a.png")
     p = run(["upscale", tmp_path / "a.png", tmp_path / "out"], env={"HF_HOME": str(tmp_path / "hf")})
@@ -175,6 +181,7 @@ def test_missing_weights_offline_exit_3(tmp_path):
     assert "Traceback" not in text(p)
 
 
+@pytest.mark.slow
 def test_nonexistent_input_is_a_failure_not_a_crash(tmp_path, models):
     imagegen.rgb(tmp_path / "a.png")
     p = run(["upscale", tmp_path / "a.png", tmp_path / "missing.png", tmp_path / "out", *models])
@@ -183,6 +190,7 @@ def test_nonexistent_input_is_a_failure_not_a_crash(tmp_path, models):
     assert "processed 1, skipped 0, failed 1" in p.stdout.decode().splitlines()[-1]  # the summary counts it
 
 
+@pytest.mark.slow
 def test_batch_size_does_not_change_results(tmp_path, models):
     d = tmp_path / "in"
     d.mkdir()
@@ -215,7 +223,7 @@ def test_version_and_help_have_examples():
     p = run(["--version"])
     assert p.returncode == 0 and p.stdout.decode().startswith("invsr ")
     for cmd in (["--help"], ["upscale", "--help"], ["presets", "--help"], ["models", "--help"],
-                ["analyse", "--help"]):
+                ["analyse", "--help"], ["doctor", "--help"], ["report", "--help"]):
         p = run(cmd)
         assert p.returncode == 0 and "Example" in p.stdout.decode(), (cmd, text(p))
 
@@ -233,10 +241,17 @@ def test_wheel_ships_presets(tmp_path):
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", dist,
                     root], check=True, capture_output=True)
+    import zipfile
+
+    names = zipfile.ZipFile(next(dist.glob("*.whl"))).namelist()
+    assert "invsr_cli/templates/report.html.j2" in names, names  # the report's template is package data
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    # Without PYTHONPATH: a source tree on it (PYTHONPATH=$PWD, to test a worktree) carries invsr_cli.egg-info,
+    # and pip would then call the wheel "already satisfied" and install nothing.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q", "--no-deps",
-                    "--no-index", *dist.glob("*.whl")], check=True, capture_output=True)
+                    "--no-index", *dist.glob("*.whl")], check=True, capture_output=True, env=clean)
     import typer  # the dependencies come from the dev venv; invsr_cli itself must come from the wheel
 
     deps = str(Path(typer.__file__).parents[1])

@@ -43,3 +43,16 @@ def test_command_is_in_the_readme_with_every_option(path, cmd):
         assert any(re.search(rf"`[^`]*{re.escape(o)}\b", README) for o in longs), (
             f"`invsr {' '.join(path)}` option {longs} is not in README.md"
         )
+
+
+@pytest.mark.parametrize(("path", "cmd"), [((), None), *COMMANDS], ids=["invsr", *(" ".join(p) for p, _ in COMMANDS)])
+def test_command_help_carries_an_example(path, cmd):
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, [*path, "--help"], prog_name="invsr")
+    assert result.exit_code == 0, result.output
+    help_text = result.output
+    assert "Example" in help_text, f"`invsr {' '.join(path)} --help` has no example:\n{help_text}"
+    # an example is a command line of this very command, not of another one
+    example = re.compile(rf"^\s*(Example:\s+)?invsr {re.escape(' '.join(path))}\b", re.M)
+    assert example.search(help_text), f"`invsr {' '.join(path)} --help` has no example of itself:\n{help_text}"

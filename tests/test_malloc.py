@@ -37,6 +37,7 @@ def _probe(arg: str, **env: str) -> dict:
     return json.loads(out)
 
 
+@pytest.mark.slow
 def test_keep_freed_memory_avoids_refaulting_large_blocks():
     system = _probe("system")
     keep = _probe("keep")

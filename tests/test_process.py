@@ -58,7 +58,7 @@ def test_tasks_with_pixels_in_memory_and_a_custom_write_touch_no_file(tmp_path, 
     (tmp_path / "a.png").unlink()  # proves the pixels given are used, not the file
     kept = {}
 
-    def keep(img, rgb):
+    def keep(img, rgb, models):
         kept[img.task.index] = rgb
         return rgb.shape[1], rgb.shape[0]
 
@@ -89,7 +89,7 @@ def test_disk_full_marks_every_task_never_attempted(tmp_path, tiny_engine):
     for i, n in enumerate(names):
         imagegen.rgb(tmp_path / n, 32, 24, seed=i)
 
-    def full(img, rgb):
+    def full(img, rgb, models):
         raise DiskFullError(f"{img.job.output}: No space left on device", errno.ENOSPC)
 
     settings = resolve_settings(None, {"tile": 32, "overlap": 8, "batch_size": 1})

@@ -17,6 +17,8 @@ from PIL import Image
 
 from tests.refactor_reference import CASES, REFERENCE_DIR, make_inputs, run_case
 
+pytestmark = pytest.mark.slow  # each case runs the real executable (~10 s)
+
 MAX_LEVEL_DIFF = 1
 MAX_DIFFERING_SHARE = 0.005
 

@@ -97,6 +97,7 @@ def _folder(d: Path, n: int, w: int = 48, h: int = 40) -> dict[str, tuple[int, i
 # -- 1. a corpus of hostile files ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_hostile_corpus(tmp_path, models):
     corpus = build_corpus(tmp_path / "corpus", seed=5)
     root = corpus.root
@@ -239,6 +240,7 @@ def _run_and_kill(args, delay: float, *, after_first_done: bool, stderr_path: Pa
     return b"".join(lines), p.returncode, killed, stderr_path.read_text(errors="replace")
 
 
+@pytest.mark.slow
 def test_sigkill_crash_trials(tmp_path, models):
     src = tmp_path / "in"
     sizes = _folder(src, 8)
@@ -323,6 +325,7 @@ def test_sigkill_crash_trials(tmp_path, models):
 # -- 3. SIGTERM / SIGINT -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_stops_cleanly(tmp_path, models, sig, code):
     src = tmp_path / "in"
@@ -346,6 +349,7 @@ def test_signal_stops_cleanly(tmp_path, models, sig, code):
     assert not temps(out)
 
 
+@pytest.mark.slow
 def test_sigterm_while_the_models_load_still_prints_the_summary(tmp_path, models):
     """-v announces the load before it starts (torch and diffusers are imported inside it, seconds even for the
     tiny models): a SIGTERM then abandons the load, prints the summary and exits 143."""
@@ -364,6 +368,44 @@ def test_sigterm_while_the_models_load_still_prints_the_summary(tmp_path, models
     assert not list((tmp_path / "out").glob("*.png"))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("presses", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])
+def test_sigint_with_json_exits_130_after_the_summary_object(tmp_path, models, presses):
+    """Once: finish the writes in flight, then stop. Twice: abandon at once (a KeyboardInterrupt out of the run).
+    Either way exit 130, the summary object last, no traceback."""
+    src = tmp_path / "in"
+    sizes = _folder(src, 10)
+    p = popen(["upscale", src, tmp_path / "out", "--json", *models])
+    first = json.loads(p.stdout.readline())  # one image done: the run is inside its signal handling
+    assert first["type"] == "image" and first["status"] == "done"
+    for _ in range(presses):
+        p.send_signal(signal.SIGINT)
+    rest, err = p.communicate(timeout=60)
+    objs = [first, *json_lines(rest)]
+    assert p.returncode == 130, err.decode(errors="replace")[-2000:]
+    assert objs[-1]["type"] == "summary" and objs[-1]["interrupted"] == "SIGINT", objs[-1]
+    assert objs[-1]["processed"] == sum(o["type"] == "image" and o["status"] == "done" for o in objs) < len(sizes)
+    assert "Traceback" not in err.decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_stdout_closed_by_its_reader_ends_quietly(tmp_path, models):
+    """`invsr upscale ... --json | head -n 1`: no traceback, no "Exception ignored ... BrokenPipeError" at exit."""
+    src = tmp_path / "in"
+    sizes = _folder(src, 10)
+    out = tmp_path / "out"
+    p = popen(["upscale", src, out, "--json", *models])
+    first = json.loads(p.stdout.readline())
+    p.stdout.close()  # what head does after its first line
+    err = p.stderr.read().decode(errors="replace")
+    assert p.wait(timeout=60) == 1, err[-2000:]  # the run stopped early: exit 1, as for a full disk
+    assert first["type"] == "image"
+    for noise in ("Traceback", "Exception ignored", "BrokenPipe", "Errno 32"):
+        assert noise not in err, err[-2000:]
+    assert 1 <= len(_complete_outputs(out, sizes)) < len(sizes)  # nobody listening: it stopped
+    assert not temps(out)
+
+
 # -- 4. exclusive runs --------------------------------------------------------------------------------------------
 
 
@@ -374,6 +416,7 @@ def _blocked_on_lock(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_second_run_exits_75_or_waits(tmp_path, models):
     imagegen.rgb(tmp_path / "a.png")
     out = tmp_path / "out"
@@ -441,6 +484,7 @@ def _oom(message="CUDA out of memory. Tried to allocate 2.00 GiB (simulated)"):
     return torch.OutOfMemoryError(message)
 
 
+@pytest.mark.slow
 def test_disk_full_fails_the_file_and_stops_the_run(tmp_path, monkeypatch, tiny_engine):
     from invsr_cli.cli import _exit_code
 
@@ -479,6 +523,7 @@ def test_disk_full_fails_the_file_and_stops_the_run(tmp_path, monkeypatch, tiny_
         check_image(out / name, (32, 24))
 
 
+@pytest.mark.slow
 def test_out_of_memory_halves_the_batch(tmp_path, tiny_engine):
     for i in range(2):
         imagegen.rgb(tmp_path / f"{i}.png", 64, 48, seed=i)
@@ -564,6 +609,7 @@ def _tree(root: Path, skip: Path) -> set[str]:
     return {os.path.join(r, f) for r, ds, fs in os.walk(root) for f in fs if not r.startswith(str(skip))}
 
 
+@pytest.mark.slow
 def test_stdin_paths_cannot_escape_output_dir(tmp_path, models):
     w = tmp_path / "w"
     cwd = w / "a" / "b"
@@ -609,6 +655,7 @@ class _Payload:
         return (Path.write_text, (self.marker, "pwned"))
 
 
+@pytest.mark.slow
 def test_pickle_checkpoint_with_code_is_refused_by_the_cli(tmp_path, tiny_models):
     """The library-level proof (including that a plain unpickle WOULD run the payload) is
     tests/test_noise_predictor.py::test_pickle_with_code_is_refused_without_running_it."""

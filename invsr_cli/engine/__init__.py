@@ -1,7 +1,11 @@
-"""The InvSR diffusion engine: noise predictor, model loading, sampler, colour fixes.
+"""The InvSR diffusion engine: what a program needs to load and run it.
 
 Nothing heavy is imported here: names are re-exported lazily (torch/diffusers load on first use).
-The engine never imports the CLI, settings, the runner or image I/O.
+The engine never imports the CLI, settings, the runner or image I/O. Modules:
+
+* ``weights``: where the weights are (one ``resolve`` for loading, ``models download`` and ``models info``);
+* ``identity``: what the weights are, cheaply (manifests); ``loading``: strict loading of every component;
+* ``devices``: device and dtype choice; ``noise_predictor``, ``sampler``, ``colorfix``: the models and the steps.
 """
 
 from __future__ import annotations
@@ -11,90 +15,34 @@ from typing import TYPE_CHECKING, Any
 
 _LAZY = {
     "InvSREngine": "invsr_cli.engine.sampler",
-    "default_timesteps": "invsr_cli.engine.sampler",
-    "validate_timesteps": "invsr_cli.engine.sampler",
-    "sigmas_for": "invsr_cli.engine.sampler",
-    "POSITIVE_PROMPT": "invsr_cli.engine.sampler",
-    "NEGATIVE_PROMPT": "invsr_cli.engine.sampler",
-    "DEFAULT_SCHEDULES": "invsr_cli.engine.sampler",
-    "Components": "invsr_cli.engine.models",
-    "DEFAULT_SD_MODEL": "invsr_cli.engine.models",
-    "DEFAULT_NP_REPO": "invsr_cli.engine.models",
-    "DEFAULT_NP_FILE": "invsr_cli.engine.models",
-    "DEFAULT_NOISE_PREDICTOR": "invsr_cli.engine.models",
-    "resolve_sd_model": "invsr_cli.engine.models",
-    "resolve_noise_predictor": "invsr_cli.engine.models",
-    "download_models": "invsr_cli.engine.models",
-    "models_info": "invsr_cli.engine.models",
-    "load_components": "invsr_cli.engine.models",
-    "resolve_device": "invsr_cli.engine.models",
-    "resolve_dtype": "invsr_cli.engine.models",
-    "NoisePredictor": "invsr_cli.engine.noise_predictor",
-    "NoisePredictorConfig": "invsr_cli.engine.noise_predictor",
-    "load_noise_predictor": "invsr_cli.engine.noise_predictor",
-    "load_noise_predictor_state": "invsr_cli.engine.noise_predictor",
-    "apply_color_fix": "invsr_cli.engine.colorfix",
-    "COLOR_FIXES": "invsr_cli.engine.colorfix",
+    "DEFAULT_SD_MODEL": "invsr_cli.engine.weights",
+    "DEFAULT_NOISE_PREDICTOR": "invsr_cli.engine.weights",
+    "download_models": "invsr_cli.engine.weights",
+    "models_info": "invsr_cli.engine.weights",
+    "model_identity": "invsr_cli.engine.identity",
+    "resolve_device": "invsr_cli.engine.devices",
 }
 
 __all__ = [
     "InvSREngine",
-    "default_timesteps",
-    "validate_timesteps",
-    "sigmas_for",
-    "POSITIVE_PROMPT",
-    "NEGATIVE_PROMPT",
-    "DEFAULT_SCHEDULES",
-    "Components",
     "DEFAULT_SD_MODEL",
-    "DEFAULT_NP_REPO",
-    "DEFAULT_NP_FILE",
     "DEFAULT_NOISE_PREDICTOR",
-    "resolve_sd_model",
-    "resolve_noise_predictor",
     "download_models",
     "models_info",
-    "load_components",
+    "model_identity",
     "resolve_device",
-    "resolve_dtype",
-    "NoisePredictor",
-    "NoisePredictorConfig",
-    "load_noise_predictor",
-    "load_noise_predictor_state",
-    "apply_color_fix",
-    "COLOR_FIXES",
 ]
+assert set(__all__) == set(_LAZY)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from invsr_cli.engine.colorfix import COLOR_FIXES, apply_color_fix
-    from invsr_cli.engine.models import (
+    from invsr_cli.engine.devices import resolve_device
+    from invsr_cli.engine.identity import model_identity
+    from invsr_cli.engine.sampler import InvSREngine
+    from invsr_cli.engine.weights import (
         DEFAULT_NOISE_PREDICTOR,
-        DEFAULT_NP_FILE,
-        DEFAULT_NP_REPO,
         DEFAULT_SD_MODEL,
-        Components,
         download_models,
-        load_components,
         models_info,
-        resolve_device,
-        resolve_dtype,
-        resolve_noise_predictor,
-        resolve_sd_model,
-    )
-    from invsr_cli.engine.noise_predictor import (
-        NoisePredictor,
-        NoisePredictorConfig,
-        load_noise_predictor,
-        load_noise_predictor_state,
-    )
-    from invsr_cli.engine.sampler import (
-        DEFAULT_SCHEDULES,
-        NEGATIVE_PROMPT,
-        POSITIVE_PROMPT,
-        InvSREngine,
-        default_timesteps,
-        sigmas_for,
-        validate_timesteps,
     )
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "load_noise_predictor_state",
     "infer_noise_predictor_config",
     "load_noise_predictor",
+    "check_noise_predictor_file",
 ]
 
 _COMPONENT = "noise_predictor"
@@ -279,21 +280,39 @@ def load_noise_predictor(
     """
     path = Path(path)
     state = load_noise_predictor_state(path)
-    cfg = config or infer_noise_predictor_config(state)
-    try:
-        # Built on the meta device (no random init: every weight comes from the file), then the checkpoint's
-        # tensors are assigned in; the module has no buffers, so nothing is left uninitialised.
-        with torch.device("meta"):
-            model = NoisePredictor(cfg)
-    except (ValueError, ZeroDivisionError, RuntimeError) as exc:
-        raise ModelLoadError(f"{_COMPONENT}: cannot build an architecture for {path} ({cfg}): {exc}") from exc
-    _check_keys(model, state, path)
+    # Built on the meta device (no random init: every weight comes from the file), then the checkpoint's tensors
+    # are assigned in; the module has no buffers, so nothing is left uninitialised.
+    model, _ = _meta_model_checked(path, state, config)
     model.load_state_dict(state, strict=True, assign=True)
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:  # pragma: no cover - guards a future diffusers block that adds buffers
         raise ModelLoadError(f"{_COMPONENT}: tensors not set from {path}: {', '.join(leftover)}")
     model.requires_grad_(False).eval()
     return model.to(device=device, dtype=dtype)
+
+
+def check_noise_predictor_file(path: str | Path) -> tuple[NoisePredictorConfig, int]:
+    """The strict key and shape check of :func:`load_noise_predictor` without building real weights: the state is
+    read on the CPU, the architecture is built on the meta device. Returns the inferred config and the number of
+    tensors; raises :class:`ModelLoadError` (or :class:`UnsafeCheckpointError`) like loading would."""
+    path = Path(path)
+    state = load_noise_predictor_state(path)
+    _, cfg = _meta_model_checked(path, state, None)
+    return cfg, len(state)
+
+
+def _meta_model_checked(path: Path, state: dict[str, Any], config: NoisePredictorConfig | None
+                        ) -> tuple[NoisePredictor, NoisePredictorConfig]:
+    """The architecture for ``state`` (``config``, or inferred from its shapes) on the meta device, with the
+    strict key and shape check done; no weight is allocated."""
+    cfg = config or infer_noise_predictor_config(state)
+    try:
+        with torch.device("meta"):
+            model = NoisePredictor(cfg)
+    except (ValueError, ZeroDivisionError, RuntimeError) as exc:
+        raise ModelLoadError(f"{_COMPONENT}: cannot build an architecture for {path} ({cfg}): {exc}") from exc
+    _check_keys(model, state, path)
+    return model, cfg
 
 
 def config_as_dict(cfg: NoisePredictorConfig) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """InvSR x4 sampling (METHOD.md, "Sampling"): the engine the rest of invsr calls.
 
-Components (see :class:`invsr_cli.engine.models.Components`): SD-Turbo's VAE, UNet, CLIP text encoder and tokenizer,
+Components (see :class:`invsr_cli.engine.loading.Components`): SD-Turbo's VAE, UNet, CLIP text encoder and tokenizer,
 its Euler scheduler config (for the noise levels only) and the InvSR noise predictor.
 
 ``InvSREngine.upscale(lr)``:
@@ -31,19 +31,16 @@ from __future__ import annotations
 import math
 import operator
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from invsr_cli.engine.models import (
-    DEFAULT_SD_MODEL,
-    Components,
-    load_components,
-    resolve_device,
-    resolve_dtype,
-)
+from invsr_cli.engine.devices import resolve_device, resolve_dtype
+from invsr_cli.engine.loading import Components, load_components
+from invsr_cli.engine.weights import DEFAULT_SD_MODEL
 from invsr_cli.errors import ConfigError, InputError, InvalidOutputError
 from invsr_cli.schedules import (
     COLOR_FIXES,
@@ -134,6 +131,7 @@ class InvSREngine:
         self.alphas_cumprod = alphas_cumprod_from_config(components.scheduler.config)
         self._prompt_cache: dict[str, torch.Tensor] = {}
         self.encode_prompt_calls = 0
+        self.load_seconds: float | None = None  # set by load(): finding and loading the weights, wall time
         for m in (self.vae, self.unet, self.text_encoder, self.noise_predictor):
             m.requires_grad_(False).eval()
         self._prepare_for_device()
@@ -158,6 +156,7 @@ class InvSREngine:
         fp32, fp16 or bf16; ``vae_fp32`` keeps the VAE in fp32 (fp16 VAE decodes can overflow);
         ``compile``: ``torch.compile`` the UNet (opt-in; the first calls per shape are slow).
         """
+        start = time.perf_counter()
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         components = load_components(
@@ -171,6 +170,7 @@ class InvSREngine:
         engine = cls(components)
         if compile:
             engine.compile()
+        engine.load_seconds = time.perf_counter() - start
         return engine
 
     def _prepare_for_device(self) -> None:
@@ -198,8 +198,11 @@ class InvSREngine:
         return self._vae_dtype
 
     @property
-    def identity(self) -> dict[str, str]:
-        return dict(self.components.identity)
+    def identity(self) -> dict[str, Any]:
+        """The weights' identity (:func:`invsr_cli.engine.identity.model_identity`); a copy."""
+        import copy
+
+        return copy.deepcopy(self.components.identity)
 
     # -- prompt ----------------------------------------------------------------------------------------------
 

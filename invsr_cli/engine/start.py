@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 __all__ = ["load_engine", "quiet_libraries"]
@@ -11,19 +10,16 @@ __all__ = ["load_engine", "quiet_libraries"]
 def load_engine(sd_model: str, noise_predictor: str | None, *, device: str = "auto", dtype: str = "auto",
                 vae_fp32: bool = False, compile: bool = False) -> Any:
     """An :class:`~invsr_cli.engine.sampler.InvSREngine` for a batch run (weights from the HF cache or local
-    paths); ``engine.load_seconds`` says how long the load took."""
-    from invsr_cli.engine.models import resolve_device
+    paths); ``engine.load_seconds`` says how long the load took and ``engine.identity`` which weights it holds."""
+    from invsr_cli.engine.devices import resolve_device
     from invsr_cli.engine.sampler import InvSREngine
     from invsr_cli.malloc import keep_freed_memory
 
     quiet_libraries()
     if resolve_device(device).type == "cpu":
         keep_freed_memory()  # before loading, so the weights come from the heap too; see invsr_cli/malloc.py
-    start = time.perf_counter()
-    engine = InvSREngine.load(sd_model, noise_predictor, device=device, dtype=dtype, vae_fp32=vae_fp32,
-                              compile=compile)
-    engine.load_seconds = round(time.perf_counter() - start, 3)
-    return engine
+    return InvSREngine.load(sd_model, noise_predictor, device=device, dtype=dtype, vae_fp32=vae_fp32,
+                            compile=compile)
 
 
 def quiet_libraries() -> None:

@@ -1,0 +1,171 @@
+"""The visual report: built from the manifest (shards too), paginated, every name escaped; and in a real headless
+Chromium (Debian's `chromium`, over the DevTools pipe: see tests/cdp.py) the images render and the slider moves."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from invsr_cli.htmlreport import page_path, write_report
+from tests import imagegen
+from tests.cdp import Browser, find_chromium
+
+ROOT = Path(__file__).resolve().parents[1]
+HOSTILE = "<b>x&y\"'.png"  # a legal file name that is also markup
+
+
+def _invsr(args, cwd):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "invsr_cli.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+@pytest.fixture
+def chromium():
+    path = find_chromium()
+    if path is None:
+        if os.environ.get("INVSR_REQUIRE_BROWSER") == "1":  # .ci/run sets it: there a missing browser is a failure
+            pytest.fail("no chromium on PATH, and INVSR_REQUIRE_BROWSER=1 (apt-get install -y chromium)")
+        pytest.skip("no chromium on PATH (apt-get install -y chromium); CI installs it")
+    return path
+
+
+def _fabricate(root: Path, names: list[str], shard_of=None) -> Path:
+    """Inputs, outputs (the input enlarged x4 by Pillow: no model needed) and manifest records, as a run writes
+    them; with ``shard_of``, records go round-robin into that many shard manifests."""
+    inp, out = root / "in", root / "out"
+    inp.mkdir(parents=True)
+    out.mkdir()
+    shards = shard_of or 1
+    lines: list[list[str]] = [[] for _ in range(shards)]
+    for i, name in enumerate(names):
+        imagegen.rgb(inp / name, 24 + 4 * i, 20, seed=i)
+        Image.open(inp / name).resize(((24 + 4 * i) * 4, 80), Image.Resampling.BICUBIC).save(out / name)
+        rec = {"time": f"2026-01-01T00:00:{i:02d}+0000", "input": str(inp / name), "output": str(out / name),
+               "status": "done", "reason": "", "seconds": 0.5 + i, "width": (24 + 4 * i) * 4, "height": 80,
+               "tiles": 1, "preset": "blur" if i % 2 else "default", "timesteps": [200],
+               "settings": {"preset": "auto", "tile": 128}, "fingerprint": "f"}
+        if i % 2:
+            rec["degradation"] = {"noise_sigma": 1.5, "blur": 0.71, "blockiness": 1.01}
+            rec["auto_reason"] = "blur >= 0.65"
+        lines[i % shards].append(json.dumps(rec))
+    lines[0].append(json.dumps({"time": "2026-01-01T00:01:00+0000", "input": str(inp / "gone.png"),
+                                "output": str(out / "gone.png"), "status": "failed",
+                                "reason": "cannot decode <gone.png> & more"}))
+    for missing in ("nope1.png", "nope2.png"):  # inputs that made no job: no output, both kept
+        lines[0].append(json.dumps({"time": "2026-01-01T00:01:01+0000", "input": missing, "output": "",
+                                    "status": "failed", "reason": f"{missing}: no such file"}))
+    for k, ls in enumerate(lines):
+        name = ".invsr-manifest.jsonl" if shard_of is None else f".invsr-manifest.shard-{k + 1}-of-{shards}.jsonl"
+        (out / name).write_text("\n".join(ls) + "\n", encoding="utf-8")
+    return out
+
+
+def test_pages_shards_escaping_and_reuse(tmp_path):
+    names = ["a.png", HOSTILE, "ñ 日本.png", "d.png", "e.png"]
+    out = _fabricate(tmp_path, names, shard_of=2)
+    html = tmp_path / "site" / "r.html"
+    res = write_report(out, html, page_size=2)
+    assert [p.name for p in res.pages] == ["r.html", "r-2.html", "r-3.html"]
+    assert res.images == 5 and res.failed == 3  # records from both shards
+    pages = [p.read_text(encoding="utf-8") for p in res.pages]
+    text = "".join(pages)
+    assert "<b>x" not in text and "&lt;b&gt;x&amp;y&#34;&#39;.png" in text  # every name escaped
+    assert "cannot decode &lt;gone.png&gt; &amp; more" in pages[0]  # reasons too
+    assert "nope1.png: no such file" in pages[0] and "nope2.png: no such file" in pages[0]
+    assert "blur &gt;= 0.65" in text and "0.71" in text  # the auto rule and the measurements
+    assert 'href="r-2.html"' in pages[0] and 'href="r.html"' in pages[2]
+    assert sum(p.count('class="item"') for p in pages) == 5
+    assert all("<script src" not in p and "http" not in p for p in pages)  # self-contained: nothing fetched
+    per_image = len(pages[1].encode()) - len(pages[2].encode())  # page 2 holds two images, page 3 one
+    assert 500 < per_image < 3_000, per_image  # small pages: images are files, never inlined
+    thumbs = sorted((tmp_path / "site" / "r_files").glob("*.webp"))
+    assert len(thumbs) == 20
+    assert all(f"r_files/{t.name}" in text for t in thumbs)
+
+    mtimes = {t.name: t.stat().st_mtime_ns for t in thumbs}
+    (out / "d.png").unlink()  # an output removed since: its thumbnails go, the rest are reused
+    res = write_report(out, html, page_size=10)
+    assert [p.name for p in res.pages] == ["r.html"] and not page_path(html, 2).exists()
+    after = {t.name: t.stat().st_mtime_ns for t in (tmp_path / "site" / "r_files").glob("*.webp")}
+    assert len(after) == 16 and all(mtimes[k] == v for k, v in after.items())
+    assert "the output file is no longer there" in html.read_text(encoding="utf-8")
+
+
+def test_report_command_needs_a_manifest(tmp_path):
+    p = _invsr(["report", tmp_path], cwd=tmp_path)
+    assert p.returncode == 2 and "no run manifest" in p.stderr, p.stdout + p.stderr
+
+
+def _all_images_loaded(b: Browser) -> list[int]:
+    b.eval("window.scrollTo(0, document.body.scrollHeight)")  # lazy images: bring every one into view
+    return b.eval("""Promise.all([...document.images].map(i => i.complete ? 0 :
+                      new Promise(r => { i.onload = i.onerror = r; })))
+                      .then(() => [...document.images].map(i => i.naturalWidth))""")
+
+
+def test_report_renders_in_chromium_and_the_slider_moves(tiny_models, tmp_path, chromium):
+    d = tmp_path / "in"
+    d.mkdir()
+    imagegen.rgb(d / "a.png", 48, 40, seed=1)
+    imagegen.rgb(d / HOSTILE, 40, 32, seed=2)
+    imagegen.rgba(d / "ñ 日本.png", 32, 32)
+    (d / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    p = _invsr(["upscale", d, out, "--sd-model", tiny_models.sd_dir, "--noise-predictor",
+                tiny_models.noise_predictor_path, "--preset", "auto", "--report", out / "report.html"], tmp_path)
+    assert p.returncode == 1, p.stdout + p.stderr  # one input failed; the report is written anyway
+    assert (out / "report.html").is_file() and len(list((out / "report_files").glob("*.webp"))) == 12
+    p = _invsr(["report", out, "-o", tmp_path / "again.html"], tmp_path)  # later, from the manifest alone
+    assert p.returncode == 0 and "3 image(s), 1 failed" in p.stdout, p.stdout + p.stderr
+    page = (tmp_path / "again.html").read_text(encoding="utf-8")
+    assert "not recorded in the manifest" not in page and "noise σ" in page  # auto: estimates and the rule
+
+    t0 = time.perf_counter()
+    with Browser(chromium, width=1200, height=1800) as b:
+        b.goto((tmp_path / "again.html").as_uri())
+        widths = _all_images_loaded(b)
+        assert len(widths) == 3 * 4 and all(w > 0 for w in widths), widths  # before, after, two crops each
+        assert b.eval("document.querySelectorAll('h3 b').length") == 0  # the hostile name is text, not markup
+        assert any(HOSTILE in t for t in b.eval("[...document.querySelectorAll('h3')].map(h => h.textContent)"))
+        assert b.eval("document.getElementById('n-failed').textContent") == "1"
+        b.eval("window.scrollTo(0, 0)")
+        shot = np.asarray(Image.open(io.BytesIO(b.screenshot())).convert("L"), dtype=np.float32)
+        assert shot.std() > 20, shot.std()  # not a blank page
+
+        box = b.eval("""(() => { const c = document.querySelector('.compare');
+                         c.scrollIntoView({block: 'center'}); const r = c.getBoundingClientRect();
+                         return {x: r.x, y: r.y, width: r.width, height: r.height,
+                                 sx: window.scrollX, sy: window.scrollY}; })()""")
+        assert box["width"] > 100 and box["height"] > 100, box
+        # input events use viewport coordinates; a screenshot clip uses the document's
+        clip_box = {"x": box["x"] + box["sx"], "y": box["y"] + box["sy"], "width": box["width"],
+                    "height": box["height"]}
+        pixels = np.asarray(Image.open(io.BytesIO(b.screenshot(clip=clip_box))).convert("RGB"), dtype=np.float32)
+        assert pixels.std() > 10 and pixels.mean(axis=(0, 1)).max() < 235, pixels.std()  # images drew, not paper
+
+        before = b.eval("document.querySelector('.compare input').value")
+        y = box["y"] + box["height"] / 2
+        b.drag(box["x"] + box["width"] * 0.5, y, box["x"] + box["width"] * 0.1)
+        value = float(b.eval("document.querySelector('.compare input').value"))
+        assert before == "50" and value < 25, value
+        clip = b.eval("getComputedStyle(document.querySelector('.compare img.before')).clipPath")
+        assert clip != "inset(0px 50% 0px 0px)" and clip.startswith("inset("), clip
+        moved = np.asarray(Image.open(io.BytesIO(b.screenshot(clip=clip_box))).convert("RGB"), dtype=np.float32)
+        assert np.abs(moved - pixels).mean() > 2, np.abs(moved - pixels).mean()  # what is shown changed
+        Image.fromarray(np.concatenate([pixels, moved], 1).astype(np.uint8)).save(tmp_path / "slider.png")
+        (tmp_path / "screenshot.png").write_bytes(b.screenshot())
+        if os.environ.get("INVSR_KEEP_SCREENSHOTS"):  # to look at them: INVSR_KEEP_SCREENSHOTS=DIR
+            for name in ("slider.png", "screenshot.png"):
+                (Path(os.environ["INVSR_KEEP_SCREENSHOTS"]) / name).write_bytes((tmp_path / name).read_bytes())
+    assert time.perf_counter() - t0 < 20
