@@ -31,6 +31,7 @@ _LAZY = {
     "process_images": "invsr_cli.process",
     "run_checks": "invsr_cli.doctor",
     "write_report": "invsr_cli.htmlreport",
+    "watch_folder": "invsr_cli.watch",
 }
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "process_images",
     "run_checks",
     "write_report",
+    "watch_folder",
 ]
 assert set(__all__) == {"__version__", *_LAZY}
 
@@ -62,6 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from invsr_cli.runner import run_batch
     from invsr_cli.settings import Settings, resolve_policy, resolve_settings
     from invsr_cli.tiling import plan_tiles
+    from invsr_cli.watch import watch_folder
 
 
 def __getattr__(name: str) -> Any:

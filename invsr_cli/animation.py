@@ -151,8 +151,8 @@ def read_animation(path: str | os.PathLike[str], *, first_only: bool = False) ->
 
 def resize_animation(anim: Animation, size: tuple[int, int], frames: Sequence[np.ndarray] | None = None) -> Animation:
     """``anim`` with every frame (``frames``: replacement pixels, default its own) and alpha resized to
-    ``size = (width, height)``: area averaging when shrinking (:func:`invsr_cli.imageio.resize_rgb`)."""
-    from invsr_cli.imageio import resize_rgb, upscale_alpha
+    ``size = (width, height)``: area averaging when shrinking (:func:`invsr_cli.imagewrite.resize_rgb`)."""
+    from invsr_cli.imagewrite import resize_rgb, upscale_alpha
 
     frames = anim.frames if frames is None else frames
     new = tuple(f if f.shape[1::-1] == tuple(size) else resize_rgb(f, size) for f in frames)
@@ -199,7 +199,7 @@ def write_animation(path: str | os.PathLike[str], frames: Sequence[np.ndarray], 
 
     from invsr_cli.discover import display_path
     from invsr_cli.errors import OutputError
-    from invsr_cli.imageio import atomic_write_bytes
+    from invsr_cli.atomic import atomic_write_bytes
 
     path = Path(path)
     if format not in ANIMATION_WRITE_FORMATS:

@@ -3,12 +3,14 @@ outcomes to exit codes in one place (``main``). Heavy modules are imported insid
 ``invsr --help`` stays instant.
 
 Exit codes: 0 all done or skipped; 1 some inputs failed (or the run stopped early); 2 usage or configuration
-error; 3 weights unavailable; 75 another run holds the output folder; 130 SIGINT; 143 SIGTERM.
+error; 3 weights unavailable; 75 another run holds the output folder; 130 SIGINT; 143 SIGTERM (``watch``: 0, a
+clean stop).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -242,6 +244,63 @@ def _exit_code(summary: Any) -> int:
     if summary.failed or summary.stopped:
         return EXIT_FAILED
     return EXIT_OK
+
+
+# -- watch --------------------------------------------------------------------------------------------------------
+
+# `invsr watch` takes upscale's options, all but those that name inputs, only plan, or report at the end: one list
+# of options to keep. tests/test_watch.py checks that every other one maps to a Settings key.
+_NOT_WATCH_OPTIONS = {"paths", "output", "recursive", "null", "dry_run", "report"}
+_RUN_OPTIONS = {"preset", "manifest", "wait", "quiet", "verbose", "json_output"}  # not Settings keys
+_SETTINGS_KEYS = {"fmt": "format", "compile_": "compile"}  # upscale parameters named apart from their key
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  invsr watch inbox/ out/\n\n"
+    "  invsr watch inbox/ inbox/upscaled --preset auto --settle 5\n\n"
+    "  invsr watch /mnt/share/in /mnt/share/out --poll 10 -q   (a network file system)",
+)
+def watch(
+    input_dir: Annotated[Path, typer.Argument(help="The folder to watch, with its sub-folders.", show_default=False,
+                                                              metavar="INPUT_DIR")],
+    output_dir: Annotated[Path, typer.Argument(help="The output folder (inside INPUT_DIR is fine: it is ignored).",
+                                               show_default=False, metavar="OUTPUT_DIR")],
+    settle: Annotated[float, typer.Option(help="Seconds a new file's size and mtime must stay unchanged before "
+                                          "it is read.", rich_help_panel=RUN)] = 2.0,
+    poll: Annotated[float | None, typer.Option(help="Look every N seconds instead of waiting for file-system "
+                                               "events (network file systems).", rich_help_panel=RUN)] = None,
+    **options: Any,
+) -> None:
+    """Upscale what is in INPUT_DIR (as upscale -r), then each image that arrives or changes once it has settled,
+    until SIGTERM or SIGINT (exit 0). Takes upscale's options."""
+    from invsr_cli.preset_files import load_policy
+    from invsr_cli.report import make_reporter
+    from invsr_cli.watch import watch_folder
+
+    policy = load_policy(options["preset"], _watch_flags(options))
+    reporter = make_reporter(json_output=options["json_output"], quiet=options["quiet"],
+                             verbose=options["verbose"], tty=False)  # a log, not a progress bar
+    summary = watch_folder(input_dir, output_dir, policy, settle=settle, poll=poll, reporter=reporter,
+                           manifest_path=options["manifest"], wait=options["wait"])
+    raise typer.Exit(EXIT_FAILED if summary.stopped else EXIT_OK)  # a stop by signal is a clean stop
+
+
+def _watch_flags(options: dict[str, Any]) -> dict[str, Any]:
+    """upscale's option values (by parameter name) -> the Settings flags they set, as `upscale` maps them."""
+    flags = {_SETTINGS_KEYS.get(k, k): v for k, v in options.items() if k not in _RUN_OPTIONS}
+    flags["provenance"] = False if flags.pop("no_provenance", None) else None
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def _with_upscale_options(func: Any) -> inspect.Signature:
+    own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.kind != p.VAR_KEYWORD]
+    shared = [p for name, p in inspect.signature(upscale, eval_str=True).parameters.items()
+              if name not in _NOT_WATCH_OPTIONS]
+    return inspect.Signature(own + shared)
+
+
+watch.__signature__ = _with_upscale_options(watch)  # type: ignore[attr-defined]
 
 
 # -- presets ------------------------------------------------------------------------------------------------------

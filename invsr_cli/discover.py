@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from invsr_cli.errors import ConfigError
+from invsr_cli.formats import LOSSY_ONLY_FORMATS, OUTPUT_FORMATS
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "OUTPUT_FORMATS",
     "Job",
     "DiscoveryResult",
     "Expansion",
@@ -61,7 +61,6 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".avif", ".heic",
      ".heif", ".hif", ".jxl"}
 )
-OUTPUT_FORMATS = ("auto", "png", "jpg", "webp", "tiff", "avif", "jxl")
 _EXT_FORMAT = {
     ".gif": "gif",  # auto only (animations stay GIFs, see invsr_cli.animation); not a --format choice
     ".png": "png",
@@ -77,7 +76,7 @@ _EXT_FORMAT = {
 }
 # Read but not written: what `auto` writes instead (see the module docstring for why HEIC becomes JPEG).
 _AUTO_FALLBACK = {".heic": ("jpg", ".jpg"), ".heif": ("jpg", ".jpg"), ".hif": ("jpg", ".jpg")}
-_NO_LOSSLESS = ("jpg", "avif", "gif")
+_LOSSY_AUTO = (*LOSSY_ONLY_FORMATS, "gif")  # `auto` + lossless: these give png (gif: its palette is lossy)
 _MAGIC = re.compile(r"[*?[]")
 MAX_COLLISIONS_SHOWN = 10
 
@@ -156,7 +155,7 @@ def output_name(
         out_fmt = _EXT_FORMAT.get(ext.lower())
         if out_fmt is None:
             out_fmt, ext = _AUTO_FALLBACK.get(ext.lower(), ("png", ".png"))
-        if lossless and out_fmt in _NO_LOSSLESS:
+        if lossless and out_fmt in _LOSSY_AUTO:
             out_fmt, ext = "png", ".png"
     else:
         out_fmt, ext = fmt, "." + fmt

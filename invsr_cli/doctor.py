@@ -426,7 +426,8 @@ def _check_non_ascii(out: Path | None) -> Check:
     """Writes an image under a non-ASCII name with invsr's own writer, lists the folder, reads it back."""
     import numpy as np
 
-    from invsr_cli.imageio import read_image, write_image
+    from invsr_cli.imageio import read_image
+    from invsr_cli.imagewrite import write_image
 
     name = "non-ascii paths"
     where = out if out is not None and out.is_dir() else None

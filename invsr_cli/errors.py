@@ -18,6 +18,7 @@ __all__ = [
     "DiskFullError",
     "InvalidOutputError",
     "LockedError",
+    "describe_exception",
 ]
 
 
@@ -77,3 +78,9 @@ class LockedError(InvSRError):
 
     exit_code = 75
 
+
+def describe_exception(exc: BaseException) -> str:
+    """``"TypeName: message"`` on one line (``"TypeName"`` when the message is empty): how a library's exception
+    is quoted inside an error message naming a file (image reads, encodes and atomic writes)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,9 +1,10 @@
-"""Image decoding and encoding, at the edges: Pillow and its plugins (OpenCV and tifffile for 16-bit colour),
-atomic writes.
+"""Image decoding, at the edges: Pillow and its plugins (OpenCV for 16-bit colour). Encoding and writing are
+:mod:`invsr_cli.imagewrite`; atomic file writes are :mod:`invsr_cli.atomic`.
 
 Reading (:func:`read_image`) gives float32 RGB in [0, 1] for the model plus what is needed to write the result
 back faithfully: alpha (kept separately), whether the image is grayscale, its bit depth (8 or 16), the ICC profile
-and the EXIF block (orientation applied to the pixels and reset to 1).
+and the EXIF block (orientation applied to the pixels and reset to 1). :func:`read_xmp` reads an image's XMP
+packet back (the provenance record, for ``invsr inspect``).
 
 Policies
 --------
@@ -25,67 +26,38 @@ Policies
 * **Truncated files** are errors (``ImageFile.LOAD_TRUNCATED_IMAGES`` stays False and every image is fully
   decoded before use).
 * **16-bit**: 16-bit grayscale PNG/TIFF are read with Pillow; Pillow would silently reduce 16-bit RGB/RGBA/LA
-  PNG/TIFF to 8 bits, so those pixels are decoded with OpenCV (metadata still from Pillow). 16-bit outputs are
-  written as PNG or TIFF; every other format is 8-bit (Pillow's AVIF and WebP encoders are 8-bit, and
-  pillow-jxl-plugin marks 16-bit grayscale as linear light, which viewers would show with the wrong tone curve).
-  16-bit grayscale goes through Pillow (``I;16``); 16-bit colour or alpha PNG through OpenCV
-  (``imencodeWithMetadata``: ICC, EXIF and XMP kept); 16-bit colour or alpha TIFF through ``tifffile`` (ICC, XMP
-  and EXIF's main-IFD tags such as Make, Model, DateTime, Artist and Copyright kept; the Exif and GPS sub-IFDs
-  are lost, tifffile cannot write them). 16-bit gray+alpha is written as RGBA with R = G = B (OpenCV's
-  PNG encoder has no two-channel mode, and few readers understand two-channel 16-bit TIFF).
-* **Metadata**: ICC and EXIF are kept in every output format that holds them (PNG, JPEG, WebP, TIFF, AVIF; JPEG
-  XL keeps EXIF, but ``pillow-jxl-plugin`` cannot embed an ICC profile, so an RGB source with a profile is
-  converted to sRGB, which JPEG XL assumes without one). The provenance record (:mod:`invsr_cli.provenance`)
-  is an XMP packet: PNG iTXt ``XML:com.adobe.xmp``, JPEG APP1, WebP/AVIF/JPEG XL XMP boxes, TIFF tag 700 (XMP).
-  The source's own XMP is not carried over. ``strip_metadata`` writes none of ICC, EXIF and XMP.
-* **Lossless**: PNG and TIFF are always lossless; ``lossless`` switches WebP (``exact``: colour under transparent
-  pixels kept too) and JPEG XL to their lossless modes. JPEG and AVIF have no lossless mode here (Pillow's AVIF
-  encoder converts to YCbCr, so even quality 100 is not exact): asking for it is an error.
-* **Alpha and JPEG**: JPEG cannot hold alpha, so a transparent image written as JPEG is composited over white
-  (what the picture looks like on a page), rather than exposing whatever colour lies under transparent pixels.
-* **Grayscale** sources are written back as grayscale (L, or 16-bit), converted from the model's RGB output with
-  the ITU-R 601 luma weights (as Pillow's ``convert("L")``). WebP has no grayscale mode: it is written as RGB.
-  AVIF grayscale is 4:0:0.
+  PNG/TIFF to 8 bits, so those pixels are decoded with OpenCV (metadata still from Pillow).
 
-Every read failure is an :class:`~invsr_cli.errors.ImageReadError` whose message is one line naming the file;
-writes are atomic (temporary file in the destination folder, fsync, rename) and fail with
-:class:`~invsr_cli.errors.OutputError` or, on ENOSPC/EIO/EDQUOT, :class:`~invsr_cli.errors.DiskFullError`.
+Every read failure is an :class:`~invsr_cli.errors.ImageReadError` whose message is one line naming the file.
 """
 
 from __future__ import annotations
 
-import errno
 import io
 import os
-import secrets
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageCms, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError, features
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError, features
 
 from invsr_cli.discover import display_path
-from invsr_cli.errors import ConfigError, DiskFullError, ImageReadError, OutputError
+from invsr_cli.errors import ImageReadError, describe_exception
 
 __all__ = [
     "ImageInfo",
     "LoadedImage",
     "READ_FORMATS",
-    "WRITE_FORMATS",
-    "TEMP_SUFFIX",
+    "TIFF_EXIF_TAGS",
     "probe_image",
     "read_image",
-    "write_image",
-    "atomic_write_bytes",
-    "cleanup_stale_temps",
-    "upscale_alpha",
-    "resize_rgb",
     "canonical_format",
     "missing_plugin",
+    "register_plugins",
     "read_xmp",
 ]
 
@@ -103,25 +75,18 @@ _FORMAT_NAMES = {
     "HEIF": "heic",
     "JXL": "jxl",
 }
-# MPO comes via JPEG; HEIF and JXL are there once their plugin is registered (_register_plugins).
+# MPO comes via JPEG; HEIF and JXL are there once their plugin is registered (register_plugins).
 READ_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "DIB", "GIF", "AVIF", "HEIF", "JXL")
-WRITE_FORMATS: tuple[str, ...] = ("png", "jpg", "webp", "tiff", "avif", "jxl")
-LOSSY_ONLY_FORMATS: tuple[str, ...] = ("jpg", "avif")  # no lossless mode (see the module docstring)
 _FORMAT_ALIASES = {"jpeg": "jpg", "jpe": "jpg", "jfif": "jpg", "tif": "tiff", "heif": "heic", "hif": "heic"}
 # Optional read plugins: canonical format -> (module, the extra that installs it, its name for messages).
 _PLUGINS = {"heic": ("pillow_heif", "heif", "HEIC/HEIF"), "jxl": ("pillow_jxl", "jxl", "JPEG XL")}
 # ISO-BMFF major/compatible brands of HEIF images (not AVIF's "avif"/"avis", which Pillow reads itself).
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
-TEMP_SUFFIX = ".invsr-tmp"
-DEFAULT_QUALITY = 95
-
-_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EIO} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
 _ORIENTATION = 0x0112
-# Descriptive tags worth carrying over from a TIFF source's IFD0 (the rest describe the TIFF's own layout).
-_TIFF_EXIF_TAGS = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298)
+# Descriptive tags worth carrying over from a TIFF source's IFD0 (the rest describe the TIFF's own layout); public
+# because imagewrite writes the same tags into a 16-bit TIFF's own IFD.
+TIFF_EXIF_TAGS = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298)
 _EXIF_SUB_IFDS = (0x8769, 0x8825)  # Exif, GPS
-_JPEG_MAX_EXIF = 65533
-_TIFF_XMP = 700
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # the default; a truncated file must be an error, never padded
 
@@ -174,11 +139,6 @@ def _fail(path: Path | str, reason: str) -> ImageReadError:
     return ImageReadError(f"{display_path(path)}: {reason}")
 
 
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _check_file(path: Path) -> None:
     try:
         st = os.stat(path)
@@ -187,7 +147,7 @@ def _check_file(path: Path) -> None:
     except PermissionError:
         raise _fail(path, "permission denied") from None
     except OSError as exc:
-        raise _fail(path, f"cannot stat: {exc.strerror or _describe(exc)}") from None
+        raise _fail(path, f"cannot stat: {exc.strerror or describe_exception(exc)}") from None
     if stat.S_ISDIR(st.st_mode):
         raise _fail(path, "is a directory, not an image file")
     if not stat.S_ISREG(st.st_mode):
@@ -197,8 +157,9 @@ def _check_file(path: Path) -> None:
 
 
 @cache
-def _register_plugins() -> frozenset[str]:
-    """Register the optional read plugins that are installed (once); -> the canonical formats they add."""
+def register_plugins() -> frozenset[str]:
+    """Register the optional read plugins that are installed (once); -> the canonical formats they add. Public
+    because :mod:`invsr_cli.imagewrite` asks it whether JPEG XL can be encoded (the same plugin writes it)."""
     found = set()
     for fmt, (module, _extra, _name) in _PLUGINS.items():
         try:
@@ -230,7 +191,7 @@ def missing_plugin(fmt: str) -> str | None:
     """Why a ``fmt`` file (canonical name) cannot be read here, or None when it can: the optional extra to
     install (HEIC, JPEG XL), or Pillow built without AVIF."""
     fmt = canonical_format(fmt)
-    if fmt in _PLUGINS and fmt not in _register_plugins():
+    if fmt in _PLUGINS and fmt not in register_plugins():
         _module, extra, name = _PLUGINS[fmt]
         return f"{name} image: needs `pip install 'invsr-cli[{extra}]'`"
     if fmt == "avif" and not features.check("avif"):
@@ -241,7 +202,7 @@ def missing_plugin(fmt: str) -> str | None:
 @cache
 def _available_formats() -> tuple[str, ...]:
     """READ_FORMATS less the plugins that are not installed (Image.open fails on an unknown format name)."""
-    _register_plugins()
+    register_plugins()
     Image.init()
     return tuple(f for f in READ_FORMATS if f in Image.OPEN)
 
@@ -325,7 +286,7 @@ def _open(path: Path, fp: Any, max_pixels: int | None = None) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise _fail(path, f"refused as a possible decompression bomb: {exc}") from None
     except Exception as exc:  # Pillow raises many types on hostile headers
-        raise _fail(path, f"unreadable header ({_describe(exc)})") from None
+        raise _fail(path, f"unreadable header ({describe_exception(exc)})") from None
 
 
 def _open_file(path: Path) -> Any:
@@ -336,7 +297,7 @@ def _open_file(path: Path) -> Any:
     except IsADirectoryError:
         raise _fail(path, "is a directory, not an image file") from None
     except OSError as exc:
-        raise _fail(path, f"cannot open: {exc.strerror or _describe(exc)}") from None
+        raise _fail(path, f"cannot open: {exc.strerror or describe_exception(exc)}") from None
 
 
 def _n_frames(im: Image.Image) -> int:
@@ -357,7 +318,7 @@ def probe_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) 
         try:
             n_frames = _n_frames(im)
         except Exception as exc:
-            raise _fail(path, f"unreadable frames ({_describe(exc)})") from None
+            raise _fail(path, f"unreadable frames ({describe_exception(exc)})") from None
         _check_pixels(path, im.width, im.height, max_pixels)
         return ImageInfo(im.width, im.height, canonical_format(im.format or ""), im.mode, n_frames)
 
@@ -426,7 +387,7 @@ def _exif_bytes_or_raise(im: Image.Image) -> bytes | None:
         return None
     if im.format == "TIFF":  # IFD0 of a TIFF is the file's own layout: keep the descriptive tags only
         clean = Image.Exif()
-        for tag in _TIFF_EXIF_TAGS:
+        for tag in TIFF_EXIF_TAGS:
             if tag in exif:
                 clean[tag] = exif[tag]
         for tag in _EXIF_SUB_IFDS:
@@ -524,7 +485,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
         try:
             n_frames = _n_frames(im)
         except Exception as exc:
-            raise _fail(path, f"unreadable frames ({_describe(exc)})") from None
+            raise _fail(path, f"unreadable frames ({describe_exception(exc)})") from None
         if n_frames > 1 and im.format != "MPO":
             raise _fail(path, f"animated image with {n_frames} frames; invsr upscales still images only")
         w, h = im.size
@@ -556,7 +517,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
         except Image.DecompressionBombError as exc:
             raise _fail(path, f"refused as a possible decompression bomb: {exc}") from None
         except Exception as exc:
-            raise _fail(path, f"cannot decode ({_describe(exc)})") from None
+            raise _fail(path, f"cannot decode ({describe_exception(exc)})") from None
 
     rgb = _to_float(colour)
     if rgb.ndim == 2:
@@ -576,307 +537,12 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     )
 
 
-# --------------------------------------------------------------------------------------------------- encoding
 
 
-def _quantise(x: np.ndarray, bits: int) -> np.ndarray:
-    top = 65535 if bits == 16 else 255
-    return np.rint(np.clip(x, 0.0, 1.0) * top).astype(np.uint16 if bits == 16 else np.uint8)
 
 
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    return rgb[..., 0] * np.float32(0.299) + rgb[..., 1] * np.float32(0.587) + rgb[..., 2] * np.float32(0.114)
 
 
-@dataclass(frozen=True)
-class _Meta:
-    """The metadata blocks to write: ICC profile, EXIF (``Exif\0\0`` + TIFF, as Pillow gives it), XMP packet."""
-
-    icc: bytes | None = None
-    exif: bytes | None = None
-    xmp: bytes | None = None
-
-
-def _raw_exif(exif: bytes) -> bytes:
-    return exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
-
-
-def _exif_main_tags(exif: bytes | None) -> dict[int, str]:
-    """EXIF's descriptive main-IFD text tags (Make, Model, DateTime, ...) -- what a TIFF holds in its own IFD."""
-    if not exif:
-        return {}
-    try:
-        parsed = Image.Exif()
-        parsed.load(exif)
-        return {t: parsed[t] for t in _TIFF_EXIF_TAGS if isinstance(parsed.get(t), str) and parsed[t]}
-    except Exception:
-        return {}
-
-
-def _encode_png16_colour(arr: np.ndarray, meta: _Meta) -> bytes:
-    """16-bit RGB/RGBA PNG (HxWx3|4 uint16, RGB order) with OpenCV, metadata through imencodeWithMetadata."""
-    import cv2
-
-    bgr = np.ascontiguousarray(arr[..., [2, 1, 0, 3][: arr.shape[2]]])
-    kinds, blobs = [], []
-    for kind, blob in ((cv2.IMAGE_METADATA_ICCP, meta.icc), (cv2.IMAGE_METADATA_EXIF, meta.exif and
-                       _raw_exif(meta.exif)), (cv2.IMAGE_METADATA_XMP, meta.xmp)):
-        if blob:
-            kinds.append(kind)
-            blobs.append(np.frombuffer(blob, np.uint8))
-    params = [cv2.IMWRITE_PNG_COMPRESSION, 6]
-    if kinds:
-        ok, buf = cv2.imencodeWithMetadata(".png", bgr, kinds, blobs, params)
-    else:
-        ok, buf = cv2.imencode(".png", bgr, params)
-    if not ok:
-        raise ValueError("OpenCV could not encode the 16-bit PNG")
-    return buf.tobytes()
-
-
-def _encode_tiff16_colour(arr: np.ndarray, meta: _Meta) -> bytes:
-    """16-bit RGB/RGBA TIFF (HxWx3|4 uint16) with tifffile: deflate + horizontal predictor, ICC, XMP and EXIF's
-    main-IFD text tags (tifffile cannot write the Exif/GPS sub-IFDs)."""
-    import tifffile
-
-    tags = _exif_main_tags(meta.exif)
-    software = tags.pop(0x0131, False)  # False: tifffile writes no Software tag of its own
-    extratags: list[tuple[int, str, int, Any, bool]] = [(t, "s", 0, v, True) for t, v in sorted(tags.items())]
-    if meta.xmp:
-        extratags.append((_TIFF_XMP, "B", len(meta.xmp), meta.xmp, True))
-    buf = io.BytesIO()
-    tifffile.imwrite(
-        buf, arr, photometric="rgb", compression="zlib", predictor=True, iccprofile=meta.icc or None,
-        extrasamples=[2] if arr.shape[2] == 4 else None, extratags=extratags, software=software, metadata=None,
-    )
-    return buf.getvalue()
-
-
-def _to_srgb(im: Image.Image, icc: bytes) -> Image.Image:
-    """Convert an RGB(A) image from its ICC profile to sRGB (for JPEG XL, whose plugin cannot embed a profile);
-    a broken profile leaves the pixels as they are."""
-    try:
-        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode=im.mode) or im
-    except Exception:
-        return im
-
-
-def _save_pillow(im: Image.Image, fmt: str, meta: _Meta, quality: int, lossless: bool) -> bytes:
-    buf = io.BytesIO()
-    params: dict[str, Any] = {}
-    if meta.icc and fmt != "jxl":
-        params["icc_profile"] = meta.icc
-    if meta.exif and fmt != "tiff" and not (fmt == "jpg" and len(meta.exif) > _JPEG_MAX_EXIF):
-        params["exif"] = meta.exif
-    if meta.xmp and fmt in ("jpg", "webp", "avif", "jxl"):
-        params["xmp"] = meta.xmp
-    if fmt == "png":
-        if meta.xmp:
-            info = PngImagePlugin.PngInfo()
-            info.add_itxt("XML:com.adobe.xmp", meta.xmp.decode("utf-8"))
-            params["pnginfo"] = info
-        im.save(buf, "PNG", compress_level=6, **params)
-    elif fmt == "jpg":
-        im.save(buf, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, **params)
-    elif fmt == "webp":
-        if lossless:  # exact: keep the colour under transparent pixels too. quality is the effort here:
-            # 50 gave the same size as 100 in a third of the time on a 2048x1536 upscale (scripts/format_bench.py)
-            im.save(buf, "WEBP", lossless=True, exact=True, quality=50, method=4, **params)
-        else:
-            im.save(buf, "WEBP", quality=quality, **params)
-    elif fmt == "avif":
-        if im.mode != "L":  # grayscale is 4:0:0 (Pillow's default for L)
-            params["subsampling"] = "4:4:4" if quality >= 90 else "4:2:0"
-        im.save(buf, "AVIF", quality=quality, **params)
-    elif fmt == "jxl":
-        if meta.icc and im.mode in ("RGB", "RGBA"):
-            im = _to_srgb(im, meta.icc)
-        if lossless:
-            im.save(buf, "JXL", lossless=True, **params)
-        else:
-            im.save(buf, "JXL", quality=quality, **params)
-    else:  # tiff: EXIF and XMP (tag 700) go in the TIFF's own IFD
-        if meta.exif or meta.xmp:
-            exif = Image.Exif()
-            if meta.exif:
-                try:
-                    exif.load(meta.exif)
-                except Exception:
-                    pass
-            if meta.xmp:
-                exif[_TIFF_XMP] = meta.xmp
-            params["exif"] = exif
-        compression = "tiff_adobe_deflate" if features.check("libtiff") else None
-        im.save(buf, "TIFF", compression=compression, **params)
-    return buf.getvalue()
-
-
-def _encode(
-    rgb: np.ndarray,
-    alpha: np.ndarray | None,
-    source: LoadedImage,
-    fmt: str,
-    quality: int | None,
-    *,
-    lossless: bool = False,
-    xmp: bytes | None = None,
-    strip_metadata: bool = False,
-) -> bytes:
-    rgb = np.clip(rgb.astype(np.float32, copy=False), 0.0, 1.0)
-    if alpha is not None:
-        alpha = np.clip(alpha.astype(np.float32, copy=False), 0.0, 1.0)
-        if fmt == "jpg":  # no alpha in JPEG: composite over white
-            rgb = rgb * alpha[..., None] + (1.0 - alpha[..., None])
-            alpha = None
-    planes = [_luma(rgb)[..., None]] if source.grayscale else [rgb]
-    if alpha is not None:
-        planes.append(alpha[..., None])
-    bits = 16 if source.bit_depth == 16 and fmt in ("png", "tiff") else 8
-    arr = _quantise(np.concatenate(planes, axis=2), bits)
-    meta = _Meta() if strip_metadata else _Meta(source.icc, source.exif, xmp)
-    q = DEFAULT_QUALITY if quality is None else int(quality)
-
-    if bits == 16 and arr.shape[2] != 1:  # Pillow has no 16-bit colour modes
-        if arr.shape[2] == 2:  # gray+alpha: as RGBA (see the module docstring)
-            arr = arr[..., [0, 0, 0, 1]]
-        return _encode_png16_colour(arr, meta) if fmt == "png" else _encode_tiff16_colour(arr, meta)
-    im = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)  # 16-bit gray: I;16
-    return _save_pillow(im, fmt, meta, q, lossless)
-
-
-def _classify_os_error(path: Path, exc: OSError, what: str) -> OutputError:
-    reason = f"{display_path(path)}: cannot {what}: {exc.strerror or _describe(exc)}"
-    if exc.errno in _DISK_FULL_ERRNOS:
-        return DiskFullError(reason)
-    return OutputError(reason)
-
-
-def _temp_name(final: Path) -> Path:
-    stem = final.name
-    while len(os.fsencode(stem)) > 64:
-        stem = stem[:-1]
-    return final.with_name(f".{stem}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some filesystems cannot fsync a folder; only a failing disk matters here
-        if exc.errno in _DISK_FULL_ERRNOS:
-            raise
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> int:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder (``.NAME.XXXXXXXX.invsr-tmp``),
-    written, flushed and fsynced, then renamed over ``path``; the folder is fsynced after the rename. Parent folders
-    are created. On any failure the temporary file is removed and nothing appears under ``path``.
-
-    Returns the number of bytes written. Raises :class:`DiskFullError` (ENOSPC, EIO, EDQUOT) or
-    :class:`OutputError`.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{display_path(path)}: cannot write: the output path is an existing folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _classify_os_error(path, exc, "create the folder") from exc
-    fd = -1
-    for _ in range(100):
-        tmp = _temp_name(path)
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, as for open()
-            break
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise _classify_os_error(path, exc, "create a temporary file") from exc
-    else:  # pragma: no cover - 100 random collisions
-        raise OutputError(f"{display_path(path)}: cannot create a temporary file")
-    step = "write"
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fd = -1
-            f.write(data)
-            f.flush()
-            step = "sync"
-            os.fsync(f.fileno())
-        step = "rename"
-        os.replace(tmp, path)
-        step = "sync the folder of"
-        _fsync_dir(path.parent)
-    except BaseException as exc:
-        if fd >= 0:
-            os.close(fd)
-        if step != "sync the folder of":
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        if isinstance(exc, OSError):
-            raise _classify_os_error(path, exc, step) from exc
-        raise
-    return len(data)
-
-
-def write_image(
-    path: str | os.PathLike[str],
-    rgb_hr: np.ndarray,
-    *,
-    alpha: np.ndarray | None = None,
-    source: LoadedImage,
-    format: str,
-    quality: int | None = None,
-    provenance: Mapping[str, Any] | None = None,
-    strip_metadata: bool = False,
-    lossless: bool = False,
-) -> int:
-    """Encode and atomically write an upscaled image; returns the bytes written.
-
-    ``rgb_hr``: float32 ``(H, W, 3)`` in [0, 1] (values outside are clipped); ``alpha``: float32 ``(H, W)`` or
-    None. The grayscale flag, bit depth, ICC and EXIF come from ``source``. ``format``: png, jpg, webp, tiff,
-    avif or jxl (``Job.format``; extension spellings jpeg/jpe/jfif/tif accepted); ``quality`` (1..100) is used
-    by jpg, webp, avif and jxl, default 95. ``provenance``: the record to embed as XMP
-    (:func:`invsr_cli.provenance.provenance_record`), None for none. ``strip_metadata`` writes no ICC, EXIF or
-    XMP at all (``provenance`` is ignored). ``lossless``: WebP and JPEG XL lossless (PNG and TIFF always are);
-    a :class:`~invsr_cli.errors.ConfigError` for jpg and avif, which have no lossless mode.
-    """
-    path = Path(path)
-    fmt = canonical_format(format)
-    if fmt not in WRITE_FORMATS:
-        raise ConfigError(f"`format` must be one of {', '.join(WRITE_FORMATS)}; got {format!r}")
-    if quality is not None and not 1 <= int(quality) <= 100:
-        raise ConfigError(f"`quality` must be between 1 and 100, got {quality}")
-    if lossless and fmt in LOSSY_ONLY_FORMATS:
-        raise ConfigError(f"{display_path(path)}: {fmt} has no lossless mode; use png, webp, tiff or jxl with "
-                          "--lossless")
-    if fmt == "jxl" and "jxl" not in _register_plugins():
-        raise OutputError(f"{display_path(path)}: cannot encode jxl: needs `pip install 'invsr-cli[jxl]'`")
-    if fmt == "avif" and not features.check("avif"):
-        raise OutputError(f"{display_path(path)}: cannot encode avif: this Pillow has no AVIF codec "
-                          "(needs Pillow >= 11.3 built with libavif)")
-    if rgb_hr.ndim != 3 or rgb_hr.shape[2] != 3:
-        raise ValueError(f"rgb_hr must be (H, W, 3), got {rgb_hr.shape}")
-    if alpha is not None and alpha.shape != rgb_hr.shape[:2]:
-        raise ValueError(f"alpha must be {rgb_hr.shape[:2]}, got {alpha.shape}")
-    xmp = None
-    if provenance is not None and not strip_metadata:
-        from invsr_cli.provenance import to_xmp
-
-        xmp = to_xmp(provenance)
-    try:
-        data = _encode(rgb_hr, alpha, source, fmt, quality, lossless=lossless, xmp=xmp,
-                       strip_metadata=strip_metadata)
-    except Exception as exc:
-        raise OutputError(f"{display_path(path)}: cannot encode {fmt}: {_describe(exc)}") from exc
-    return atomic_write_bytes(path, data)
 
 
 def read_xmp(path: str | os.PathLike[str]) -> bytes | None:
@@ -892,7 +558,7 @@ def read_xmp(path: str | os.PathLike[str]) -> bytes | None:
             try:
                 boxes = pillow_jxl.Decoder()(fp.read())[4]
             except Exception as exc:
-                raise _fail(path, f"cannot decode ({_describe(exc)})") from None
+                raise _fail(path, f"cannot decode ({describe_exception(exc)})") from None
             found = [bytes(b.data) for b in boxes if b.box_type == b"xml "]
             return found[0] if found else None
         xmp = im.info.get("xmp")
@@ -900,56 +566,8 @@ def read_xmp(path: str | os.PathLike[str]) -> bytes | None:
             try:
                 im.load()
             except Exception as exc:
-                raise _fail(path, f"cannot decode ({_describe(exc)})") from None
+                raise _fail(path, f"cannot decode ({describe_exception(exc)})") from None
             xmp = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp")
     if isinstance(xmp, str):
         xmp = xmp.encode("utf-8")
     return xmp or None
-
-
-def cleanup_stale_temps(out_dir: str | os.PathLike[str]) -> int:
-    """Remove temporary files (``.*.invsr-tmp``) left under ``out_dir`` by an interrupted run; returns how many.
-
-    Symlinked folders are not followed. Call it while holding the output folder's lock: a concurrent run's
-    temporary files look the same.
-    """
-    removed = 0
-    for root, _dirs, files in os.walk(out_dir, followlinks=False):
-        for name in files:
-            if name.startswith(".") and name.endswith(TEMP_SUFFIX):
-                try:
-                    os.unlink(os.path.join(root, name))
-                    removed += 1
-                except FileNotFoundError:
-                    pass
-    return removed
-
-
-def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    import cv2
-
-    w, h = int(size[0]), int(size[1])
-    if h < 1 or w < 1:
-        raise ValueError(f"size must be positive (width, height), got {size}")
-    if (h, w) == arr.shape[:2]:
-        return arr.astype(np.float32, copy=True)
-    shrinking = h <= arr.shape[0] and w <= arr.shape[1]
-    interp = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
-    out = cv2.resize(np.ascontiguousarray(arr, dtype=np.float32), (w, h), interpolation=interp)
-    return np.clip(out, 0.0, 1.0, out=out)
-
-
-def upscale_alpha(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an ``(h, w)`` float alpha to ``size = (width, height)`` (Pillow/OpenCV order): bicubic when
-    enlarging, area averaging when shrinking, clamped to [0, 1]."""
-    if alpha.ndim != 2:
-        raise ValueError(f"alpha must be (h, w), got {alpha.shape}")
-    return _resize(alpha, size)
-
-
-def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an ``(h, w, 3)`` float image to ``size = (width, height)`` (Pillow/OpenCV order), for ``--scale``
-    below 4: area averaging when shrinking (no aliasing), bicubic otherwise; clamped to [0, 1]."""
-    if rgb.ndim != 3:
-        raise ValueError(f"rgb must be (h, w, 3), got {rgb.shape}")
-    return _resize(rgb, size)

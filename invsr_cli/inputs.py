@@ -155,7 +155,7 @@ def _still(anim: Any) -> Any:
 
 def _reduce(loaded: Any, size: tuple[int, int]) -> Any:
     """A still reduced to ``size`` (area averaging, alpha too); unchanged when it is that size already."""
-    from invsr_cli.imageio import resize_rgb, upscale_alpha
+    from invsr_cli.imagewrite import resize_rgb, upscale_alpha
 
     if size == (loaded.width, loaded.height):
         return loaded

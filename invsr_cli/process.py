@@ -138,7 +138,7 @@ class PreparedImage:
 
     def next_pass(self, pin: bool = False) -> None:
         """Make the finished pass's result, reduced to the second pass's input size, this image's input."""
-        from invsr_cli.imageio import resize_rgb
+        from invsr_cli.imagewrite import resize_rgb
 
         size = self.size.second_input
         if hasattr(self.loaded, "frames"):
@@ -229,6 +229,7 @@ def process_images(
     should_stop: Callable[[], bool] = lambda: False,
     write: Writer = write_output,
     timer: Any = None,
+    finish_in_flight: bool = False,
 ) -> Processing:
     """Upscale ``tasks`` with ``engine``; iterate the result for one :class:`Outcome` per task that was attempted
     ("done" or "failed", in completion order).
@@ -243,7 +244,7 @@ def process_images(
     A full disk stops the run: :attr:`Processing.stopped` says why, and every task not yet finished gets a failed
     outcome "not attempted: disk full".
     """
-    return Processing(tasks, policy, engine, reporter or Reporter(), should_stop, write, timer)
+    return Processing(tasks, policy, engine, reporter or Reporter(), should_stop, write, timer, finish_in_flight)
 
 
 class Processing:
@@ -251,7 +252,7 @@ class Processing:
 
     def __init__(self, tasks: Iterable[ImageTask], policy: SettingsPolicy, engine: Engine, reporter: Reporter,
                  should_stop: Callable[[], bool], write: Writer,
-                 timer: Any) -> None:
+                 timer: Any, finish_in_flight: bool = False) -> None:
         import torch
 
         self.torch = torch
@@ -259,6 +260,7 @@ class Processing:
         self.engine = engine
         self.reporter = reporter
         self.should_stop = should_stop
+        self.finish_in_flight = finish_in_flight
         self.timer = timer
         self.device = engine.device
         self.pin = str(self.device).startswith("cuda") and torch.cuda.is_available()
@@ -294,6 +296,12 @@ class Processing:
                 self.todo_done = True
                 return
             self.reads.append((task, self.readers.submit(_prepare, task, self.policy, self.pin)))
+
+    def _drop_unread(self) -> None:
+        """Stopping: read nothing more (the images not yet read are left for a later run)."""
+        self.todo_done = True
+        while self.reads:
+            self.reads.popleft()[1].cancel()
 
     def _take_read(self) -> Iterator[Outcome]:
         task, fut = self.reads.popleft()
@@ -420,8 +428,13 @@ class Processing:
     # the loop -----------------------------------------------------------------------------------------------
     def _run(self) -> Iterator[Outcome]:
         try:
-            while not self.should_stop() and self.stopped is None:
-                self._top_up()
+            while self.stopped is None:
+                if self.should_stop():
+                    if not self.finish_in_flight:
+                        break
+                    self._drop_unread()  # then finish what is in flight
+                else:
+                    self._top_up()
                 batch = self.scheduler.next_batch(more_coming=bool(self.reads))
                 if batch is not None:
                     yield from self._run_batch(batch[1])

@@ -31,7 +31,7 @@ from invsr_cli.manifest import MANIFEST_NAME, Manifest, input_stamp
 from invsr_cli.report import Outcome, Reporter, Summary
 from invsr_cli.settings import FixedPolicy, Settings, SettingsPolicy
 
-__all__ = ["run_batch", "Recorder"]
+__all__ = ["run_batch", "Run", "Recorder"]
 
 
 def run_fingerprint(policy: SettingsPolicy, identity: dict[str, Any] | None) -> str:
@@ -126,16 +126,11 @@ def run_batch(
     and only if some job needs computing. Raises ``LockedError`` when another run holds the folder,
     ``WeightsUnavailableError``/``ModelLoadError`` when the models cannot be loaded.
     """
-    from invsr_cli.executors import LocalExecutor, load_engine
-    from invsr_cli.imageio import cleanup_stale_temps
-    from invsr_cli.lock import output_lock
-
     policy = FixedPolicy(settings) if isinstance(settings, Settings) else settings
-    executor = executor or LocalExecutor(engine, engine_loader or load_engine)
     reporter = reporter or Reporter()
-    start = time.perf_counter()
     _refuse_unreachable_sizes(jobs, policy)
     if dry_run:
+        start = time.perf_counter()
         rec = Recorder(reporter, None, policy)
         _record_input_errors(input_errors, rec)
         _plan_only(jobs, policy, rec)
@@ -143,25 +138,99 @@ def run_batch(
         reporter.finish(rec.summary)
         return rec.summary
 
-    with output_lock(output_dir, wait=wait):
-        removed = cleanup_stale_temps(output_dir)
-        if removed:
-            reporter.warning(f"removed {removed} temporary file(s) left by an interrupted run in {output_dir}")
-        manifest = Manifest(manifest_path or output_dir / MANIFEST_NAME)
-        rec = Recorder(reporter, manifest, policy, _expected_models(engine, policy))
-        _record_input_errors(input_errors, rec)
-        todo = _skip_existing(_skip_larger(list(enumerate(jobs)), policy, rec), policy, rec)
-        reporter.start(len(jobs), len(todo), 0)
-        try:
-            with _stop_on_signals(rec, enabled=handle_signals) as signals:
-                _compute(todo, policy, executor, RunContext(reporter, lambda: rec.stopping, signals.loading), rec)
-        except _StoppedWhileLoading:
-            pass  # the summary below says which signal
-        finally:
+    with Run(policy, output_dir=output_dir, reporter=reporter, manifest_path=manifest_path, wait=wait,
+             engine=engine, engine_loader=engine_loader, executor=executor, handle_signals=handle_signals) as run:
+        run.process(jobs, input_errors=input_errors)
+    return run.summary
+
+
+class Run:
+    """A run that is fed more than once (``invsr watch``; :func:`run_batch` feeds it once), with one executor,
+    so the models load once.
+
+    Entering takes the output folder's lock (``LockedError`` when held, unless ``wait``), removes the temporary
+    files an interrupted run left, opens the manifest and installs the SIGINT/SIGTERM handlers (``handle_signals``,
+    main thread only). :meth:`process` skips or computes jobs, as often as needed. Leaving restores the handlers,
+    reports the summary (:attr:`summary`) and releases the lock.
+    """
+
+    def __init__(self, settings: Settings | SettingsPolicy, *, output_dir: Path, reporter: Reporter | None = None,
+                 manifest_path: Path | None = None, wait: bool = False, engine: Any = None,
+                 engine_loader: Callable[[Settings], Any] | None = None, executor: Executor | None = None,
+                 handle_signals: bool = True, finish_in_flight: bool = False) -> None:
+        from invsr_cli.executors import LocalExecutor, load_engine
+
+        self.policy = FixedPolicy(settings) if isinstance(settings, Settings) else settings
+        self.output_dir = Path(output_dir)
+        self.reporter = reporter or Reporter()
+        self.manifest_path = manifest_path
+        self.wait = wait
+        self.engine = engine
+        self.executor = executor or LocalExecutor(engine, engine_loader or load_engine)
+        self.handle_signals = handle_signals
+        self.finish_in_flight = finish_in_flight
+        self.rec: Recorder | None = None
+        self._stack = contextlib.ExitStack()
+        self._started = False
+
+    def __enter__(self) -> Run:
+        from invsr_cli.atomic import cleanup_stale_temps
+        from invsr_cli.lock import output_lock
+
+        self._start = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(output_lock(self.output_dir, wait=self.wait))
+            removed = cleanup_stale_temps(self.output_dir)
+            if removed:
+                self.reporter.warning(f"removed {removed} temporary file(s) left by an interrupted run in "
+                                      f"{self.output_dir}")
+            manifest = Manifest(self.manifest_path or self.output_dir / MANIFEST_NAME)
+            self.rec = Recorder(self.reporter, manifest, self.policy, _expected_models(self.engine, self.policy))
+            self._signals = stack.enter_context(_stop_on_signals(self.rec, enabled=self.handle_signals,
+                                                                 finish_in_flight=self.finish_in_flight))
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._stack:  # restores the signal handlers, then releases the lock
+            rec = self.rec
             rec.summary.interrupted = rec.stop_signal
-            rec.summary.wall_seconds = time.perf_counter() - start
-            reporter.finish(rec.summary)
-    return rec.summary
+            rec.summary.wall_seconds = time.perf_counter() - self._start
+            self.reporter.finish(rec.summary)
+
+    @property
+    def summary(self) -> Summary:
+        return self.rec.summary
+
+    @property
+    def stopping(self) -> bool:
+        """A stop signal arrived, or the run stopped early (disk full): process nothing more."""
+        return self.rec.stopping or self.rec.summary.stopped is not None
+
+    def _context(self) -> RunContext:
+        return RunContext(self.reporter, lambda: self.rec.stopping, self._signals.loading, self.finish_in_flight)
+
+    def load_models(self) -> None:
+        """Load the models now instead of at the first image to compute (an executor without ``load`` loads its
+        own way). A stop signal abandons the load."""
+        load = getattr(self.executor, "load", None)
+        if load is not None and not self.stopping:
+            with contextlib.suppress(_StoppedWhileLoading):  # the summary says which signal
+                load(self.policy, self._context())
+
+    def process(self, jobs: Sequence[Job], *, input_errors: Sequence[tuple[str, str]] = ()) -> None:
+        """Record ``input_errors`` as failed, skip the jobs with an up-to-date output, compute the rest and record
+        every outcome. Computes nothing once :attr:`stopping`."""
+        rec = self.rec
+        _record_input_errors(input_errors, rec)
+        todo = _skip_existing(jobs, self.policy, rec)
+        if not self._started:
+            self._started = True
+            self.reporter.start(len(jobs), len(todo), 0)
+        if self.stopping:
+            return
+        with contextlib.suppress(_StoppedWhileLoading):  # the summary says which signal
+            _compute(todo, self.policy, self.executor, self._context(), rec)
 
 
 def _compute(todo: list[tuple[int, Job]], policy: SettingsPolicy, executor: Executor, ctx: RunContext,
@@ -171,7 +240,7 @@ def _compute(todo: list[tuple[int, Job]], policy: SettingsPolicy, executor: Exec
     jobs = {(str(job.input), str(job.output)): job for _, job in todo}
     for outcome in executor.run([ImageTask(job, index) for index, job in todo], policy, ctx):
         rec.record(outcome, jobs.get((outcome.input, outcome.output)))
-    rec.summary.stopped = executor.stopped
+    rec.summary.stopped = rec.summary.stopped or executor.stopped
 
 
 def _expected_models(engine: Any, policy: SettingsPolicy) -> dict[str, Any]:
@@ -271,9 +340,9 @@ def _skip_larger(jobs: list[tuple[int, Job]], policy: SettingsPolicy, rec: Recor
     return todo
 
 
-def _skip_existing(jobs: Sequence[tuple[int, Job]], policy: SettingsPolicy, rec: Recorder) -> list[tuple[int, Job]]:
+def _skip_existing(jobs: Sequence[Job], policy: SettingsPolicy, rec: Recorder) -> list[tuple[int, Job]]:
     todo = []
-    for index, job in jobs:
+    for index, job in _skip_larger(list(enumerate(jobs)), policy, rec):
         if policy.settings.skip_existing and job.output.is_file():
             state = rec.manifest.is_up_to_date(job.input, job.output, rec.fingerprint) if rec.manifest else None
             if state is not False:
@@ -291,8 +360,9 @@ class _StoppedWhileLoading(BaseException):
 
 
 class _Signals:
-    def __init__(self, rec: Recorder) -> None:
+    def __init__(self, rec: Recorder, finish_in_flight: bool = False) -> None:
         self.rec = rec
+        self.finish_in_flight = finish_in_flight
         self._loading = False
 
     @contextlib.contextmanager
@@ -311,15 +381,16 @@ class _Signals:
         if self._loading:
             self.rec.reporter.warning(f"{name}: stopping while the models load")
             raise _StoppedWhileLoading(name)
-        self.rec.reporter.warning(f"{name}: finishing the writes in flight, then stopping (Ctrl-C again to abandon)")
+        what = "the images in flight" if self.finish_in_flight else "the writes in flight"
+        self.rec.reporter.warning(f"{name}: finishing {what}, then stopping (Ctrl-C again to abandon)")
 
 
 @contextlib.contextmanager
-def _stop_on_signals(rec: Recorder, *, enabled: bool) -> Iterator[_Signals]:
-    """SIGINT/SIGTERM: stop taking new batches, finish the writes in flight, then return with the summary; while
-    the models load, abandon the load. A second SIGINT abandons at once (KeyboardInterrupt); no partial files
-    either way (writes are atomic)."""
-    signals = _Signals(rec)
+def _stop_on_signals(rec: Recorder, *, enabled: bool, finish_in_flight: bool = False) -> Iterator[_Signals]:
+    """SIGINT/SIGTERM: stop taking new batches, finish the writes in flight (with ``finish_in_flight``, the images
+    in flight), then return with the summary; while the models load, abandon the load. A second SIGINT abandons at
+    once (KeyboardInterrupt); no partial files either way (writes are atomic)."""
+    signals = _Signals(rec, finish_in_flight)
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield signals
         return

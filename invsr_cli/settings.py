@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from invsr_cli.discover import OUTPUT_FORMATS
 from invsr_cli.errors import ConfigError
+from invsr_cli.formats import LOSSY_ONLY_FORMATS, OUTPUT_FORMATS
 from invsr_cli.schedules import (
     COLOR_FIXES,
     DTYPES,
@@ -353,7 +353,7 @@ def _resolve_one(preset: Preset | None, flags: Mapping[str, Any], flag_source: s
             f"`overlap` must be at most half of `tile` ({s.tile} LR px), so at most {max_overlap(s.tile)}; "
             f"got {s.overlap} (from {_origin('overlap', preset, flags, flag_source)})"
         )
-    if s.lossless and s.format in ("jpg", "avif"):
+    if s.lossless and s.format in LOSSY_ONLY_FORMATS:
         raise ConfigError(
             f"`lossless` needs a format with a lossless mode (png, webp, tiff, jxl or auto), got `format` "
             f"{s.format} (from {_origin('format', preset, flags, flag_source)})"

@@ -64,7 +64,7 @@ def write_output(img: PreparedImage, rgb: Any, models: dict[str, Any] | None = N
     :mod:`invsr_cli.sizing`), encode with the provenance record (how it was made, with which weights), write
     atomically. Returns (w, h). ``rgb`` is an animation's list of frames (animations and GIFs carry no provenance
     record: :mod:`invsr_cli.animation` writes them)."""
-    from invsr_cli.imageio import resize_rgb, upscale_alpha, write_image
+    from invsr_cli.imagewrite import resize_rgb, upscale_alpha, write_image
     from invsr_cli.provenance import provenance_record
 
     s = img.settings

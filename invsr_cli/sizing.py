@@ -3,7 +3,7 @@
 The model always enlarges x4 (``NATIVE``). A target is asked for in one of six exclusive ways (settings keys):
 ``scale`` (a factor, at most 4), ``width`` or ``height`` (the other side follows the aspect ratio), ``fit`` (the
 largest size inside a box, aspect ratio kept), ``long_side`` or ``short_side``. A target of at most x4 is the x4
-result resized down (area averaging, :func:`invsr_cli.imageio.resize_rgb`); a larger one needs a second pass
+result resized down (area averaging, :func:`invsr_cli.imagewrite.resize_rgb`); a larger one needs a second pass
 (``passes: 2``): the x4 result is reduced (area averaging) to a quarter of the target, rounded up, upscaled x4
 again, and that resized down to the target. Above x16 no number of passes helps: refused.
 

@@ -23,7 +23,8 @@ from PIL import Image, ImageCms
 from invsr_cli import imageio
 from invsr_cli.discover import IMAGE_EXTENSIONS, output_name
 from invsr_cli.errors import ConfigError, ImageReadError
-from invsr_cli.imageio import LoadedImage, read_image, write_image
+from invsr_cli.imageio import LoadedImage, read_image
+from invsr_cli.imagewrite import write_image
 from invsr_cli.provenance import NAMESPACE, from_xmp, provenance_record, read_provenance, to_xmp
 from invsr_cli.settings import resolve_settings
 
@@ -114,7 +115,7 @@ def test_16bit_where_the_format_has_it(tmp_path):
     gray16 = RNG.integers(0, 65536, (10, 12), dtype=np.uint16)
     src = _source(tmp_path, gray16)
     assert src.bit_depth == 16
-    # JPEG XL: 8-bit, because pillow-jxl-plugin would tag 16-bit gray as linear light (see imageio)
+    # JPEG XL: 8-bit, because pillow-jxl-plugin would tag 16-bit gray as linear light (see imagewrite)
     for fmt, depth in (("png", 16), ("tiff", 16), ("jxl", 8), ("avif", 8), ("webp", 8), ("jpg", 8)):
         out = tmp_path / f"g16.{fmt}"
         write_image(out, src.rgb, source=src, format=fmt, lossless=fmt in ("jxl", "webp"))

@@ -17,16 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from invsr_cli import imageio
+from invsr_cli import atomic, imageio
+from invsr_cli.atomic import cleanup_stale_temps
 from invsr_cli.errors import DiskFullError, ImageReadError, OutputError
-from invsr_cli.imageio import (
-    cleanup_stale_temps,
-    probe_image,
-    read_image,
-    resize_rgb,
-    upscale_alpha,
-    write_image,
-)
+from invsr_cli.imageio import probe_image, read_image
+from invsr_cli.imagewrite import resize_rgb, upscale_alpha, write_image
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 RNG = np.random.default_rng(0)
@@ -503,7 +498,7 @@ def test_temp_file_is_hidden_in_the_destination_folder(tmp_path, source, monkeyp
         assert Path(src).is_file()
         return real_replace(src, dst)
 
-    monkeypatch.setattr(imageio.os, "replace", spy)
+    monkeypatch.setattr(atomic.os, "replace", spy)
     write_image(tmp_path / "o" / "x.png", source.rgb, source=source, format="png")
     (src, dst), *_ = seen
     assert src.parent == dst.parent == tmp_path / "o"
@@ -514,7 +509,7 @@ def test_failure_mid_write_leaves_nothing(tmp_path, source, monkeypatch):
     def boom(fd):
         raise OSError(errno.EBADF, "simulated failure")
 
-    monkeypatch.setattr(imageio.os, "fsync", boom)
+    monkeypatch.setattr(atomic.os, "fsync", boom)
     out = tmp_path / "o" / "x.png"
     with pytest.raises(OutputError) as err:
         write_image(out, source.rgb, source=source, format="png")
@@ -529,7 +524,7 @@ def test_failure_keeps_the_previous_complete_output(tmp_path, source, monkeypatc
     def boom(fd):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(imageio.os, "fsync", boom)
+    monkeypatch.setattr(atomic.os, "fsync", boom)
     with pytest.raises(DiskFullError):
         write_image(out, source.rgb, source=source, format="png")
     assert out.read_bytes() == b"previous complete file" and _files(tmp_path) == ["src.png", "x.png"]
@@ -562,7 +557,7 @@ class _FullDisk(io.RawIOBase):
 
 
 def test_enospc_is_disk_full_with_no_partial_file(tmp_path, source, monkeypatch):
-    monkeypatch.setattr(imageio.os, "fdopen", lambda fd, mode: io.BufferedWriter(_FullDisk(fd)))
+    monkeypatch.setattr(atomic.os, "fdopen", lambda fd, mode: io.BufferedWriter(_FullDisk(fd)))
     out = tmp_path / "o" / "x.png"
     with pytest.raises(DiskFullError) as err:
         write_image(out, source.rgb, source=source, format="png")
@@ -575,7 +570,7 @@ def test_interrupt_during_write_removes_the_temp(tmp_path, source, monkeypatch):
     def interrupt(fd):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(imageio.os, "fsync", interrupt)
+    monkeypatch.setattr(atomic.os, "fsync", interrupt)
     with pytest.raises(KeyboardInterrupt):
         write_image(tmp_path / "o" / "x.png", source.rgb, source=source, format="png")
     assert _files(tmp_path / "o") == []

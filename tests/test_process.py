@@ -160,3 +160,30 @@ def test_reporter_hears_tiles_planned_and_done(tmp_path, tiny_engine):
     (o,) = process_images(_tasks(tmp_path, ["a.png"], tmp_path / "out"), FixedPolicy(settings), tiny_engine,
                           reporter=rep)
     assert o.tiles > 1 and rep.planned == rep.done == o.tiles
+
+
+@pytest.mark.parametrize("finish", [False, True])
+def test_a_stop_abandons_or_finishes_the_image_in_flight(tmp_path, tiny_engine, finish):
+    """The stop is asked for during the first engine call, when image 0 has 1 of its 4 tiles computed. A batch run
+    abandons it (nothing written, nothing reported); a service (`invsr watch`) finishes it and reads nothing new."""
+    names = [f"{i}.png" for i in range(4)]
+    for i, n in enumerate(names):
+        imagegen.rgb(tmp_path / n, 48, 40, seed=i)
+    stop = []
+
+    class StopDuringFirstBatch:
+        device = tiny_engine.device
+
+        def upscale(self, lr, **kw):
+            stop.append(True)
+            return tiny_engine.upscale(lr, **kw)
+
+    settings = resolve_settings(None, {"tile": 32, "overlap": 8, "batch_size": 1})
+    outcomes = list(process_images(_tasks(tmp_path, names, tmp_path / "out"), FixedPolicy(settings),
+                                   StopDuringFirstBatch(), should_stop=lambda: bool(stop), finish_in_flight=finish))
+    if finish:
+        assert [Path(o.input).name for o in outcomes] == ["0.png"] and outcomes[0].status == "done"
+        assert outcomes[0].tiles == 4 and len(stop) == 4
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png"]
+    else:
+        assert outcomes == [] and len(stop) == 1 and not (tmp_path / "out").exists()

@@ -28,8 +28,9 @@ import pytest
 import torch
 from PIL import Image
 
+from invsr_cli.atomic import TEMP_SUFFIX
 from invsr_cli.discover import discover
-from invsr_cli.imageio import TEMP_SUFFIX, read_image
+from invsr_cli.imageio import read_image
 from invsr_cli.lock import output_lock
 from invsr_cli.report import Reporter
 from invsr_cli.runner import run_batch

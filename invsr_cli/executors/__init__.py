@@ -29,6 +29,7 @@ class RunContext:
     reporter: Reporter = field(default_factory=Reporter)
     should_stop: Callable[[], bool] = lambda: False
     loading: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
+    finish_in_flight: bool = False  # on a stop, finish the images already read (a service) instead of abandoning
 
 
 class Executor(Protocol):
@@ -54,6 +55,16 @@ class LocalExecutor:
         self.engine = engine
         self.loader = loader
         self.stopped: str | None = None
+        self._announced = False
+
+    def load(self, policy: SettingsPolicy, ctx: RunContext) -> None:
+        """Load the engine now if there is none yet (``run`` calls it at its first task; ``invsr watch`` at start)."""
+        if self.engine is None:
+            s = policy.settings
+            with ctx.loading():  # a stop signal from the announcement on abandons the load
+                ctx.reporter.info(f"loading the models: {s.sd_model}, "
+                                  f"noise predictor {s.noise_predictor or 'default'}")
+                self.engine = self.loader(s)
 
     def run(self, tasks: Sequence[ImageTask], policy: SettingsPolicy, ctx: RunContext) -> Iterator[Outcome]:
         from invsr_cli.process import process_images
@@ -61,20 +72,18 @@ class LocalExecutor:
         if not tasks or ctx.should_stop():
             return
         reporter = ctx.reporter
-        if self.engine is None:
-            s = policy.settings
-            with ctx.loading():  # a stop signal from the announcement on abandons the load
-                reporter.info(f"loading the models: {s.sd_model}, noise predictor {s.noise_predictor or 'default'}")
-                self.engine = self.loader(s)
+        self.load(policy, ctx)
         timer = None
         if getattr(reporter, "verbose", False):
             from invsr_cli.engine.timing import StageTimer
 
             timer = StageTimer(self.engine.device)
             timer.attach(self.engine)
-            reporter.info(engine_line(self.engine, policy))
+            if not self._announced:  # once per engine, however many runs it serves (`invsr watch`)
+                self._announced = True
+                reporter.info(engine_line(self.engine, policy))
         processing = process_images(tasks, policy, self.engine, reporter=reporter, should_stop=ctx.should_stop,
-                                    timer=timer)
+                                    timer=timer, finish_in_flight=ctx.finish_in_flight)
         try:
             yield from processing
         finally:
