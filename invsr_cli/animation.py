@@ -197,9 +197,9 @@ def write_animation(path: str | os.PathLike[str], frames: Sequence[np.ndarray], 
     ``source`` is None), and write it atomically. Returns the bytes written."""
     from PIL import Image
 
+    from invsr_cli.atomic import atomic_write_bytes
     from invsr_cli.discover import display_path
     from invsr_cli.errors import OutputError
-    from invsr_cli.atomic import atomic_write_bytes
 
     path = Path(path)
     if format not in ANIMATION_WRITE_FORMATS:
