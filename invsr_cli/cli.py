@@ -73,6 +73,7 @@ SIZE = "Output size"
     "  invsr upscale 'shots/**/*.jpg' out/ --preset auto\n\n"
     "  invsr upscale photos/ out/ --fit 1920x1080 --max-input-side 1024\n\n"
     "  find photos -name '*.jpg' -print0 | invsr upscale -0 - out/\n\n"
+    "  invsr upscale /shared/in /shared/out --ray auto   (a Ray cluster; RAY_ADDRESS names it)\n\n"
     "  0 3 * * * invsr upscale -q -r /srv/inbox /srv/upscaled   (crontab: nightly, errors only)\n\n"
     "  invsr upscale in/ out/ --report out/report.html",
 )
@@ -182,6 +183,10 @@ def upscale(
     report: Annotated[Path | None, typer.Option("--report", help="After the run, write a visual HTML report "
                                                 "here (images in REPORT_files/ beside it).", metavar="HTML",
                                                 rich_help_panel=RUN)] = None,
+    ray: Annotated[str | None, typer.Option("--ray", metavar="auto|local|ADDRESS", help="Run on a Ray cluster "
+                                            "(the invsr-cli[ray] extra): local starts one in this process, auto "
+                                            "joins RAY_ADDRESS, or give HOST:PORT; outputs go to a shared "
+                                            "file system.", rich_help_panel=RUN)] = None,
 ) -> None:
     """Upscale images x4: files, folders, globs or a stdin list into an output folder."""
     from invsr_cli.discover import discover
@@ -190,6 +195,11 @@ def upscale(
     from invsr_cli.runner import run_batch
 
     inputs, out_dir = _split_paths(paths, output)
+    executor = None
+    if ray is not None:
+        from invsr_cli.executors.ray_data import RayExecutor
+
+        executor = RayExecutor(ray)  # exit 2 naming the extra when Ray is not installed
     flags = dict(
         steps=steps, timesteps=timesteps, seed=seed, posterior=posterior, guidance=guidance, color_fix=color_fix,
         tile=tile, overlap=overlap, blend=blend, batch_size=batch_size, scale=scale, format=fmt, quality=quality,
@@ -206,7 +216,7 @@ def upscale(
                      lossless=s.lossless)
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
     summary = run_batch(found.jobs, policy, output_dir=out_dir, reporter=reporter, dry_run=dry_run,
-                        manifest_path=manifest, wait=wait, input_errors=found.errors)
+                        manifest_path=manifest, wait=wait, input_errors=found.errors, executor=executor)
     if report is not None and not dry_run:
         from invsr_cli.htmlreport import write_report
 
