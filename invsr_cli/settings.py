@@ -107,6 +107,10 @@ class Settings:
     first_frame: bool = False
     preset: str = "default"
 
+    def __post_init__(self) -> None:
+        if self.fit is not None and not isinstance(self.fit, tuple):  # "WxH" or [w, h], as to_dict writes it
+            object.__setattr__(self, "fit", parse_box(self.fit))
+
     @property
     def steps(self) -> int:
         return len(self.timesteps)

@@ -148,6 +148,17 @@ def test_bad_values_name_key_and_file(key, value, msg):
         resolve_settings(Preset("p", "/x/p.yaml", values={key: value}), {})
 
 
+def test_settings_round_trip_through_to_dict():
+    """Records (manifest, Ray status rows) carry `fit` as "WxH"; Settings built from them is the same."""
+    from invsr_cli.settings import Settings
+
+    s = resolve_settings(None, {"fit": "800x600", "passes": 2})
+    d = s.to_dict()
+    assert d["fit"] == "800x600"
+    back = Settings(**{k: (tuple(v) if k == "timesteps" else v) for k, v in d.items() if k != "steps"})
+    assert back == s and back.output_fingerprint() == s.output_fingerprint()
+
+
 def test_new_keys_leave_old_fingerprints_alone():
     """Outputs made before these keys existed stay up to date; setting one makes them stale."""
     assert DEFAULTS.output_fingerprint() == _s(skip_if_larger=10).output_fingerprint()
