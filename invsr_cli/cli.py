@@ -61,6 +61,7 @@ TILING = "Tiling and batching"
 OUTPUT = "Output"
 MODELS = "Models and device"
 RUN = "Run"
+SIZE = "Output size"
 
 
 @app.command(
@@ -70,6 +71,7 @@ RUN = "Run"
     "  invsr upscale raw/ out/ --format jxl --lossless\n\n"
     "  invsr upscale photos/ out/ --format avif --quality 80 --strip-metadata\n\n"
     "  invsr upscale 'shots/**/*.jpg' out/ --preset auto\n\n"
+    "  invsr upscale photos/ out/ --fit 1920x1080 --max-input-side 1024\n\n"
     "  find photos -name '*.jpg' -print0 | invsr upscale -0 - out/\n\n"
     "  invsr upscale /shared/in /shared/out --ray auto   (a Ray cluster; RAY_ADDRESS names it)\n\n"
     "  invsr upscale in/ out/ --devices all   (one worker per GPU)\n\n"
@@ -111,7 +113,29 @@ def upscale(
     batch_size: Annotated[str | None, typer.Option("--batch-size", help="Tiles per forward pass, or auto.",
                                                    rich_help_panel=TILING)] = None,
     scale: Annotated[float | None, typer.Option(help="Output scale (0 < scale <= 4; 4 is native, others resize "
-                                                "the x4 result down).", rich_help_panel=OUTPUT)] = None,
+                                                "the x4 result down).", rich_help_panel=SIZE)] = None,
+    width: Annotated[int | None, typer.Option(help="Output width in px; the height follows the aspect ratio.",
+                                              rich_help_panel=SIZE, show_default=False)] = None,
+    height: Annotated[int | None, typer.Option(help="Output height in px; the width follows the aspect ratio.",
+                                               rich_help_panel=SIZE, show_default=False)] = None,
+    fit: Annotated[str | None, typer.Option(help="The largest size inside a WxH box, e.g. 1920x1080.",
+                                            rich_help_panel=SIZE, show_default=False)] = None,
+    long_side: Annotated[int | None, typer.Option("--long-side", help="Output long side in px.",
+                                                  rich_help_panel=SIZE, show_default=False)] = None,
+    short_side: Annotated[int | None, typer.Option("--short-side", help="Output short side in px.",
+                                                   rich_help_panel=SIZE, show_default=False)] = None,
+    passes: Annotated[int | None, typer.Option(help="2 allows targets above x4 (up to x16): the x4 result is "
+                                               "upscaled again (default 1: refuse them, exit 2).",
+                                               rich_help_panel=SIZE, show_default=False)] = None,
+    max_input_side: Annotated[int | None, typer.Option("--max-input-side", help="First reduce inputs whose long "
+                                                       "side is larger to this (area filter).",
+                                                       rich_help_panel=SIZE, show_default=False)] = None,
+    skip_if_larger: Annotated[int | None, typer.Option("--skip-if-larger", help="Leave inputs whose long side is "
+                                                       "at least this untouched (reported as skipped).",
+                                                       rich_help_panel=SIZE, show_default=False)] = None,
+    first_frame: Annotated[bool | None, typer.Option("--first-frame/--all-frames", help="Animations: upscale the "
+                                                     "first frame only, to a still (default: every frame).",
+                                                     rich_help_panel=OUTPUT, show_default=False)] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="auto (the input's), png, jpg, webp, tiff, avif or "
                                             "jxl (jxl needs invsr-cli[jxl]).", rich_help_panel=OUTPUT)] = None,
     quality: Annotated[int | None, typer.Option(help="Quality 1..100 for jpg/webp/avif/jxl (default 95).",
@@ -159,8 +183,8 @@ def upscale(
                                                   rich_help_panel=RUN)] = None,
     wait: Annotated[bool, typer.Option("--wait", help="If another run holds the output folder, wait for it "
                                        "instead of exiting 75.", rich_help_panel=RUN)] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (files, tiles, outputs); compute "
-                                          "nothing.", rich_help_panel=RUN)] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (files, final sizes, passes, tiles, "
+                                          "outputs); compute nothing.", rich_help_panel=RUN)] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Errors only.", rich_help_panel=RUN)] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="More detail.", rich_help_panel=RUN)] = False,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout, then a summary.",
@@ -186,6 +210,8 @@ def upscale(
         suffix=suffix, skip_existing=skip_existing, max_pixels=max_pixels, device=device, dtype=dtype,
         vae_fp32=vae_fp32, compile=compile_, sd_model=sd_model, noise_predictor=noise_predictor,
         lossless=lossless, strip_metadata=strip_metadata, provenance=False if no_provenance else None,
+        width=width, height=height, fit=fit, long_side=long_side, short_side=short_side, passes=passes,
+        max_input_side=max_input_side, skip_if_larger=skip_if_larger, first_frame=first_frame,
     )
     policy = load_policy(preset, {k: v for k, v in flags.items() if v is not None})
     stdin_paths = _read_stdin(null) if "-" in inputs else None

@@ -22,8 +22,9 @@ Output names: ``suffix`` is appended to the stem, and the extension follows the 
 input's own extension (spelling and case) for png/jpg/jpeg/webp/tif/tiff/avif/jxl, writes ``.jpg`` for HEIC/HEIF
 (camera photos, lossy already: JPEG keeps them small and readable everywhere, where PNG would be 5-10 times
 larger for no gain; HEIC itself is not written) and ``.png`` for the other formats we read but do not write
-(bmp, gif, or an unknown extension). With ``lossless``, ``auto`` writes ``.png`` for the inputs whose format has
-no lossless mode (jpg, avif, heic). ``png``/``jpg``/``webp``/``tiff``/``avif``/``jxl`` use that extension.
+(bmp, or an unknown extension); a GIF is written as a GIF, still or animated (``auto`` only). With
+``lossless``, ``auto`` writes ``.png`` for the inputs whose format has no lossless mode (jpg, avif, heic, and gif,
+whose palette is lossy: an animated GIF becomes an APNG). ``png``/``jpg``/``webp``/``tiff``/``avif``/``jxl`` use that extension.
 Every output must resolve inside OUTPUT_DIR (a symlinked folder inside OUTPUT_DIR pointing elsewhere
 is a per-input error). Two inputs mapping to one output raise :class:`~invsr_cli.errors.ConfigError` before any
 work starts.
@@ -61,6 +62,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
      ".heif", ".hif", ".jxl"}
 )
 _EXT_FORMAT = {
+    ".gif": "gif",  # auto only (animations stay GIFs, see invsr_cli.animation); not a --format choice
     ".png": "png",
     ".jpg": "jpg",
     ".jpeg": "jpg",
@@ -74,6 +76,7 @@ _EXT_FORMAT = {
 }
 # Read but not written: what `auto` writes instead (see the module docstring for why HEIC becomes JPEG).
 _AUTO_FALLBACK = {".heic": ("jpg", ".jpg"), ".heif": ("jpg", ".jpg"), ".hif": ("jpg", ".jpg")}
+_LOSSY_AUTO = (*LOSSY_ONLY_FORMATS, "gif")  # `auto` + lossless: these give png (gif: its palette is lossy)
 _MAGIC = re.compile(r"[*?[]")
 MAX_COLLISIONS_SHOWN = 10
 
@@ -152,7 +155,7 @@ def output_name(
         out_fmt = _EXT_FORMAT.get(ext.lower())
         if out_fmt is None:
             out_fmt, ext = _AUTO_FALLBACK.get(ext.lower(), ("png", ".png"))
-        if lossless and out_fmt in LOSSY_ONLY_FORMATS:
+        if lossless and out_fmt in _LOSSY_AUTO:
             out_fmt, ext = "png", ".png"
     else:
         out_fmt, ext = fmt, "." + fmt

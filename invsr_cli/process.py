@@ -8,6 +8,11 @@ Per image: read (in a background thread, a bounded number ahead), choose its set
 settings share a schedule (:mod:`invsr_cli.batching`); each tile is blended into its image's float32 accumulator
 on the engine's device; a finished image goes to the sink (:mod:`invsr_cli.sink`), which writes it atomically in
 the background. Out of memory halves the batch, then the image's tile, before failing that image.
+
+An animation (:mod:`invsr_cli.animation`) is one image whose tiles are the tiles of all its frames, frame after
+frame, so its frames share batches; the tile at one place has the same seed in every frame. A target above x4
+(``passes: 2``, :mod:`invsr_cli.sizing`) is two passes of the same image: when the first pass's tiles are done, its
+result, reduced to a quarter of the target, is re-planned and queued as the image's input again.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from invsr_cli.batching import Ran, Split, TileRef, TileScheduler, TooLarge, run_tiles
@@ -65,13 +70,18 @@ class PreparedImage:
 
     task: ImageTask
     chosen: ImageSettings
-    loaded: Any  # imageio.LoadedImage
+    loaded: Any  # imageio.LoadedImage, or animation.Animation (its frames are tiled together)
     started: float
-    plan: Any = None  # tiling.TilePlan
-    lr: Any = None  # padded LR, torch (3,H,W) float32 on the CPU
-    acc: Any = None  # tiling.BlendAccumulator on the engine device, made at the first tile
+    size: Any = None  # sizing.SizePlan: the output size and the passes it takes
+    pass_no: int = 1
+    plan: Any = None  # tiling.TilePlan, one frame's
+    lr: Any = None  # padded LR, torch (3,H,W) float32 on the CPU; (F,3,H,W) for an animation
+    accs: list[Any] = field(default_factory=list)  # per frame, tiling.BlendAccumulator on the device, lazily
+    results: list[Any] = field(default_factory=list)  # per frame, the finished HR pixels (numpy), or None
+    frame_tiles: list[int] = field(default_factory=list)  # per frame, the tiles blended so far
     done_tiles: int = 0
     generation: int = 0  # bumped when re-planned with a smaller tile after out-of-memory
+    tiles_run: int = 0  # tiles of the earlier passes
     batch_sizes: list[int] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
@@ -87,6 +97,26 @@ class PreparedImage:
     def key(self) -> tuple:
         return (self.settings.engine_key(), self.plan.tile)
 
+    @property
+    def frames(self) -> int:
+        return len(getattr(self.loaded, "frames", (None,)))
+
+    @property
+    def n_tiles(self) -> int:
+        """Tiles of every frame: an animation's frames are tiled like one image's, one after the other."""
+        return len(self.plan.tiles) * self.frames
+
+    def tile_lr(self, i: int) -> Any:
+        """The LR pixels of tile ``i`` (frame ``i // tiles per frame``), (3, t, t)."""
+        n, t = len(self.plan.tiles), self.plan.tile
+        y, x = self.plan.tiles[i % n]
+        lr = self.lr if self.lr.dim() == 3 else self.lr[i // n]
+        return lr[:, y:y + t, x:x + t]
+
+    def tile_seed(self, i: int) -> int:
+        """Every frame's tile at one place gets the same seed, so a static area stays static."""
+        return self.settings.seed + i % len(self.plan.tiles)
+
     def replan(self, tile: int, *, pin: bool = False) -> None:
         """Plan (or re-plan, smaller) this image's tiles and pad its pixels to the plan."""
         import torch
@@ -95,10 +125,32 @@ class PreparedImage:
 
         self.plan = plan_tiles(self.loaded.height, self.loaded.width, tile, min(self.settings.overlap,
                                                                                 max_overlap(tile)))
-        lr = torch.from_numpy(pad_image(self.loaded.rgb, self.plan)).permute(2, 0, 1).contiguous()
+        frames = getattr(self.loaded, "frames", None)
+        if frames is None:
+            lr = torch.from_numpy(pad_image(self.loaded.rgb, self.plan)).permute(2, 0, 1).contiguous()
+        else:
+            lr = torch.stack([torch.from_numpy(pad_image(f, self.plan)).permute(2, 0, 1) for f in frames])
         self.lr = lr.pin_memory() if pin else lr
-        self.acc = None
+        self.accs = [None] * self.frames
+        self.results = [None] * self.frames
+        self.frame_tiles = [0] * self.frames
         self.done_tiles = 0
+
+    def next_pass(self, pin: bool = False) -> None:
+        """Make the finished pass's result, reduced to the second pass's input size, this image's input."""
+        from invsr_cli.imagewrite import resize_rgb
+
+        size = self.size.second_input
+        if hasattr(self.loaded, "frames"):
+            from invsr_cli.animation import resize_animation
+
+            self.loaded = resize_animation(self.loaded, size, frames=self.results)
+        else:
+            rgb = resize_rgb(self.results[0], size)
+            self.loaded = replace(self.loaded, rgb=rgb, width=size[0], height=size[1])
+        self.pass_no += 1
+        self.generation += 1
+        self.replan(self.settings.tile, pin=pin)
 
     def outcome(self, width: int, height: int, write_seconds: float, models: dict[str, Any] | None = None) -> Outcome:
         s = self.settings
@@ -107,10 +159,11 @@ class PreparedImage:
             stages["write"] = round(write_seconds, 4)
         return Outcome(
             str(self.job.input), str(self.job.output), "done", seconds=round(time.perf_counter() - self.started, 3),
-            width=width, height=height, tiles=len(self.plan.tiles), preset=s.preset, timesteps=s.timesteps,
+            width=width, height=height, tiles=self.tiles_run + self.n_tiles, preset=s.preset, timesteps=s.timesteps,
             degradation=dict(self.chosen.degradation) if self.chosen.degradation is not None else None,
             rule=self.chosen.reason, tile=self.plan.tile, overlap=self.plan.overlap,
             batch_sizes=tuple(self.batch_sizes), stage_seconds=stages or None, settings=s, models=models,
+            passes=self.pass_no, frames=self.frames,
         )
 
 
@@ -153,14 +206,16 @@ def _measure_cuda_tile(settings: Settings, engine: Engine) -> tuple[int, int]:
 
 def _prepare(task: ImageTask, policy: SettingsPolicy, pin: bool) -> PreparedImage:
     """Read, choose settings, plan and pad one image. Runs in a reader thread."""
+    from invsr_cli.inputs import check_container, plan_for, read_input
+
     started = time.perf_counter()
     if task.image is not None:
-        loaded = task.image
+        loaded, source = task.image, (task.image.width, task.image.height)
     else:
-        from invsr_cli.imageio import read_image
-
-        loaded = read_image(task.job.input, max_pixels=policy.settings.max_pixels)
+        loaded, source = read_input(task.job.input, policy.settings)
+        check_container(task.job, len(getattr(loaded, "frames", ())))
     img = PreparedImage(task, policy.for_image(loaded.rgb), loaded, started)
+    img.size = plan_for(task.job.input, *source, img.frames, img.settings, policy.settings)
     img.replan(img.settings.tile, pin=pin)
     return img
 
@@ -262,8 +317,8 @@ class Processing:
         self._enqueue(img)
 
     def _enqueue(self, img: PreparedImage) -> None:
-        self.scheduler.add(img.key, img.task.index, len(img.plan.tiles), img.generation)
-        self.reporter.tiles_planned(len(img.plan.tiles))
+        self.scheduler.add(img.key, img.task.index, img.n_tiles, img.generation)
+        self.reporter.tiles_planned(img.n_tiles)
 
     # compute ------------------------------------------------------------------------------------------------
     def _live(self, ref: TileRef) -> bool:
@@ -273,11 +328,10 @@ class Processing:
     def _upscale(self, refs: list[TileRef]) -> Any:
         torch = self.torch
         imgs = [self.inflight[r.image] for r in refs]
-        s, t = imgs[0].settings, imgs[0].plan.tile
-        lr = torch.stack([img.lr[:, y:y + t, x:x + t] for img, r in zip(imgs, refs, strict=True)
-                          for y, x in [img.plan.tiles[r.tile]]])
+        s = imgs[0].settings
+        lr = torch.stack([img.tile_lr(r.tile) for img, r in zip(imgs, refs, strict=True)])
         lr = lr.to(self.device, non_blocking=self.pin)
-        seeds = [img.settings.seed + r.tile for img, r in zip(imgs, refs, strict=True)]
+        seeds = [img.tile_seed(r.tile) for img, r in zip(imgs, refs, strict=True)]
         before = dict(self.timer.seconds) if self.timer is not None else None
         out = self.engine.upscale(lr, timesteps=s.timesteps, seed=seeds, posterior=s.posterior,
                                   guidance=s.guidance, check_finite=False)
@@ -328,15 +382,35 @@ class Processing:
         for index in dict.fromkeys(r.image for r in refs):
             self.inflight[index].batch_sizes.append(len(refs))
         for ref, tile_out in zip(refs, outputs, strict=True):
-            img = self.inflight[ref.image]
+            img = self.inflight.get(ref.image)
+            if img is None:  # failed by an earlier frame of this batch
+                continue
+            n = len(img.plan.tiles)
+            f = ref.tile // n
             with self._stage("blend"):
-                if img.acc is None:
-                    img.acc = self._accumulator(img)
-                img.acc.add(ref.tile, tile_out)
+                if img.accs[f] is None:
+                    img.accs[f] = self._accumulator(img)
+                img.accs[f].add(ref.tile % n, tile_out)
             img.done_tiles += 1
-            if img.done_tiles == len(img.plan.tiles):
-                del self.inflight[ref.image]
-                yield from self.sink.finish(img)
+            img.frame_tiles[f] += 1
+            if img.frame_tiles[f] == n:  # a frame is done: colour-fix, check and keep it, free its buffers
+                problem = self.sink.frame_result(img, f)
+                if problem:
+                    del self.inflight[ref.image]
+                    yield failure(img, problem if img.frames == 1 else f"frame {f + 1}: {problem}")
+                    continue
+            if img.done_tiles == img.n_tiles:
+                yield from self._image_done(img)
+
+    def _image_done(self, img: PreparedImage) -> Iterator[Outcome]:
+        """Every tile of the pass is done: start the next pass (its input: this pass's result), or write it."""
+        if img.pass_no < img.size.passes:
+            img.tiles_run += img.n_tiles
+            img.next_pass(pin=self.pin)
+            self._enqueue(img)
+            return
+        del self.inflight[img.task.index]
+        yield from self.sink.finish(img)
 
     def _stage(self, name: str) -> Any:
         return self.timer.stage(name) if self.timer is not None else contextlib.nullcontext()

@@ -80,6 +80,8 @@ class Outcome:
     stage_seconds: dict[str, float] | None = None  # with -v: noise predictor, VAE, UNet, write
     settings: Any = field(default=None, compare=False, repr=False)  # the Settings it was made with
     models: dict[str, Any] | None = field(default=None, compare=False, repr=False)  # the weights' identity
+    passes: int = 1  # model passes (2: a target above x4)
+    frames: int = 1  # an animation's frames
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON lines and the manifest (the settings and the models go in as their own dicts, by
@@ -166,6 +168,7 @@ def _plain_line(o: Outcome) -> str:
     verb = "plan   " if o.status == "planned" else "done   "
     timing = "" if o.status == "planned" else f" {o.seconds:.2f}s"
     steps = f" steps={len(o.timesteps)}" if o.timesteps else ""
+    extra += (f" passes={o.passes}" if o.passes > 1 else "") + (f" frames={o.frames}" if o.frames > 1 else "")
     return f"{verb} {o.input} -> {o.output} {o.width}x{o.height} tiles={o.tiles}{steps}{extra}{timing}"
 
 

@@ -20,11 +20,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from invsr_cli.discover import Job
-from invsr_cli.errors import InvSRError
+from invsr_cli.errors import ConfigError, InvSRError
 from invsr_cli.executors import Executor, RunContext
 from invsr_cli.manifest import Manifest, folder_manifests, input_stamp, manifest_name
 from invsr_cli.report import Outcome, Reporter, Summary
@@ -136,6 +137,7 @@ def run_batch(
         jobs = [job for job in jobs if shard.holds(job.rel)]
         input_errors = [(spec, why) for spec, why in input_errors if shard.holds(spec)]
     reporter = reporter or Reporter()
+    _refuse_unreachable_sizes(jobs, policy)
     if dry_run:
         start = time.perf_counter()
         rec = Recorder(reporter, None, policy)
@@ -279,30 +281,90 @@ def _record_input_errors(errors: Sequence[tuple[str, str]], rec: Recorder) -> No
 
 
 def _plan_only(jobs: Sequence[Job], policy: SettingsPolicy, rec: Recorder) -> None:
-    """--dry-run: read headers only, print files, tiles and outputs; compute nothing, write nothing."""
-    from invsr_cli.imageio import probe_image
-    from invsr_cli.sink import output_size, reason_of
+    """--dry-run: read headers only, print files, their final sizes, passes and tiles; compute nothing, write
+    nothing."""
+    from invsr_cli.inputs import check_container, check_pixels, plan_for, probe_input, skip_reason
+    from invsr_cli.sink import reason_of
     from invsr_cli.tiling import plan_tiles
 
     s = policy.settings
     for job in jobs:
         try:
-            info = probe_image(job.input, max_pixels=s.max_pixels)
-            plan = plan_tiles(info.height, info.width, s.tile, s.overlap)
+            info = probe_input(job.input, first_frame=s.first_frame)
+            if (why := skip_reason(info, s)) is not None:
+                rec.record(Outcome(str(job.input), str(job.output), "skipped", reason=why))
+                continue
+            size = plan_for(job.input, info.width, info.height, info.frames, s, s)
+            check_pixels(job.input, size.input, info.frames, s.max_pixels)
+            check_container(job, info.frames)
+            inputs = [size.input] + ([size.second_input] if size.second_input else [])
+            plans = [plan_tiles(h, w, s.tile, s.overlap) for w, h in inputs]
         except InvSRError as e:
             rec.record(Outcome(str(job.input), str(job.output), "failed", reason=reason_of(e, job)))
             continue
-        w, h = output_size(info.width, info.height, s.scale)
+        w, h = size.output
         rec.record(Outcome(
-            str(job.input), str(job.output), "planned", width=w, height=h, tiles=len(plan.tiles),
+            str(job.input), str(job.output), "planned", width=w, height=h,
+            tiles=sum(len(p.tiles) for p in plans) * info.frames,
             preset="auto" if policy.measures else s.preset, timesteps=() if policy.measures else s.timesteps,
-            reason="output exists" if job.output.is_file() else "", tile=plan.tile, overlap=plan.overlap,
+            reason="output exists" if job.output.is_file() else "", tile=plans[0].tile, overlap=plans[0].overlap,
+            passes=size.passes, frames=info.frames,
         ))
+
+
+def _refuse_unreachable_sizes(jobs: Sequence[Job], policy: SettingsPolicy) -> None:
+    """Before any work: a target above x4 without ``--passes 2`` (or above x16) is a usage error (exit 2) naming
+    each image and its factor, read from the headers. Unreadable files are left to fail on their own."""
+    from invsr_cli.inputs import probe_input, skip_reason
+    from invsr_cli.sizing import target_size
+
+    options = {policy.settings, *policy.choices.values()}
+    if not any(c.width or c.height or c.fit or c.long_side or c.short_side for c in options):
+        return  # `--scale` is at most 4: always reachable in one pass
+    s = policy.settings
+    refused = []
+    for job in jobs:
+        try:
+            info = probe_input(job.input, first_frame=s.first_frame)
+        except InvSRError:
+            continue
+        if skip_reason(info, s) is not None:
+            continue
+        for c in options:
+            plan = target_size(info.width, info.height, replace(c, max_input_side=s.max_input_side))
+            if plan.passes > c.passes:
+                refused.append(f"{job.input}: {plan.describe()}")
+                break
+    if refused:
+        shown = "; ".join(refused[:5]) + (f"; and {len(refused) - 5} more" if len(refused) > 5 else "")
+        raise ConfigError(f"{len(refused)} image(s) need more than x4, which one pass gives; add --passes 2 (up to "
+                          f"x16) or ask for a smaller size: {shown}")
+
+
+def _skip_larger(jobs: list[tuple[int, Job]], policy: SettingsPolicy, rec: Recorder) -> list[tuple[int, Job]]:
+    """``--skip-if-larger N``: inputs whose long side (from the header) is already at least N are left untouched,
+    reported as skipped with the reason."""
+    from invsr_cli.inputs import probe_input, skip_reason
+
+    s = policy.settings
+    if s.skip_if_larger is None:
+        return jobs
+    todo = []
+    for index, job in jobs:
+        try:
+            why = skip_reason(probe_input(job.input), s)
+        except InvSRError:
+            why = None  # unreadable: it fails, with its reason, when it is read
+        if why is not None:
+            rec.record(Outcome(str(job.input), str(job.output), "skipped", reason=why))
+            continue
+        todo.append((index, job))
+    return todo
 
 
 def _skip_existing(jobs: Sequence[Job], policy: SettingsPolicy, rec: Recorder) -> list[tuple[int, Job]]:
     todo = []
-    for index, job in enumerate(jobs):
+    for index, job in _skip_larger(list(enumerate(jobs)), policy, rec):
         if policy.settings.skip_existing and job.output.is_file():
             state = rec.manifest.is_up_to_date(job.input, job.output, rec.fingerprint) if rec.manifest else None
             if state is not False:

@@ -32,6 +32,7 @@ from invsr_cli.schedules import (
     default_timesteps,
     validate_timesteps,
 )
+from invsr_cli.sizing import SIZE_KEYS, parse_box
 from invsr_cli.tiling import BLEND_MODES, max_overlap
 
 __all__ = [
@@ -94,7 +95,21 @@ class Settings:
     lossless: bool = False
     strip_metadata: bool = False
     provenance: bool = True
+    # Output size (invsr_cli.sizing): at most one of scale/width/height/fit/long_side/short_side is asked for
+    width: int | None = None
+    height: int | None = None
+    fit: tuple[int, int] | None = None
+    long_side: int | None = None
+    short_side: int | None = None
+    passes: int = 1
+    max_input_side: int | None = None
+    skip_if_larger: int | None = None
+    first_frame: bool = False
     preset: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.fit is not None and not isinstance(self.fit, tuple):  # "WxH" or [w, h], as to_dict writes it
+            object.__setattr__(self, "fit", parse_box(self.fit))
 
     @property
     def steps(self) -> int:
@@ -106,9 +121,8 @@ class Settings:
         keys = ("timesteps", "guidance", "posterior", "seed", "color_fix", "tile", "overlap", "blend",
                 "scale", "dtype", "vae_fp32", "sd_model", "noise_predictor", "format", "quality", "suffix")
         data = {k: getattr(self, k) for k in keys}
-        # Encoding switches join the hash only when not at their defaults, so older fingerprints stay valid.
-        data.update({k: getattr(self, k) for k in ("lossless", "strip_metadata", "provenance")
-                     if getattr(self, k) != getattr(DEFAULTS, k)})
+        # Added later: hashed only when not at their defaults, so older fingerprints stay valid.
+        data.update({k: getattr(self, k) for k in _LATER_OUTPUT_KEYS if getattr(self, k) != getattr(DEFAULTS, k)})
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
     def engine_key(self) -> tuple:
@@ -119,10 +133,13 @@ class Settings:
         d = asdict(self)
         d["steps"] = self.steps
         d["timesteps"] = list(self.timesteps)
+        d["fit"] = f"{self.fit[0]}x{self.fit[1]}" if self.fit else None
         return d
 
 
 DEFAULTS = Settings()
+_LATER_OUTPUT_KEYS = ("lossless", "strip_metadata", "provenance", "width", "height", "fit", "long_side",
+                      "short_side", "passes", "max_input_side", "first_frame")
 
 # -- validation ---------------------------------------------------------------------------------------------------
 # Each validator gets the raw value and returns the normalised one, or raises ValueError with the allowed values.
@@ -207,6 +224,14 @@ def _batch_size(v: Any) -> int | str:
         raise ValueError(f"must be 'auto' or an integer in 1..1024, got {v!r}") from None
 
 
+def _opt_side(v: Any) -> int | None:
+    return None if v is None else _int(1, 1_000_000)(v)
+
+
+def _box(v: Any) -> tuple[int, int] | None:
+    return None if v is None else parse_box(v)
+
+
 def _device(v: Any) -> str:
     s = _str(v).lower()
     base = s.split(":", 1)[0]
@@ -258,6 +283,15 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "lossless": _bool,
     "strip_metadata": _bool,
     "provenance": _bool,
+    "width": _opt_side,
+    "height": _opt_side,
+    "fit": _box,
+    "long_side": _opt_side,
+    "short_side": _opt_side,
+    "passes": _int(1, 2),
+    "max_input_side": _opt_side,
+    "skip_if_larger": _opt_side,
+    "first_frame": _bool,
 }
 
 # Keys a preset (or a flag) may set. `steps` and `timesteps` are two spellings of one setting, the schedule.
@@ -296,6 +330,15 @@ def _apply_layer(base: dict[str, Any], layer: Mapping[str, Any], where: str) -> 
             f"{where}: `steps` is {clean['steps']} but `timesteps` has {len(clean['timesteps'])} values; "
             "give one of them"
         )
+    sizes = [k for k in SIZE_KEYS if clean.get(k) is not None]
+    if len(sizes) > 1:
+        raise ConfigError(
+            f"{where}: `{sizes[0]}` and `{sizes[1]}` both set the output size; give one of "
+            f"{', '.join(SIZE_KEYS)}"
+        )
+    if sizes:  # a layer's output size replaces the one below it, whichever key each used
+        for k in SIZE_KEYS:
+            base.pop(k, None)
     if "steps" in clean:
         base["timesteps"] = default_timesteps(clean.pop("steps"))
     base.update(clean)

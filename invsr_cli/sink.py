@@ -28,7 +28,10 @@ WRITERS = 2  # background writer threads; at most 2 * WRITERS finished images wa
 
 
 def output_size(w: int, h: int, scale: float) -> tuple[int, int]:
-    return max(1, round(w * scale)), max(1, round(h * scale))
+    """``--scale`` alone (:func:`invsr_cli.sizing.target_size` is the whole rule)."""
+    from invsr_cli.sizing import scaled_size
+
+    return scaled_size(w, h, scale)
 
 
 def failure(img_or_task: Any, reason: str) -> Outcome:
@@ -57,18 +60,32 @@ def output_problem(torch: Any, hr: Any, lr_rgb: Any) -> str | None:
 
 
 def write_output(img: PreparedImage, rgb: Any, models: dict[str, Any] | None = None) -> tuple[int, int]:
-    """Runs in a writer thread: re-attach alpha, resize to --scale, encode with the provenance record (how it was
-    made, with which weights), write atomically. Returns (w, h)."""
+    """Runs in a writer thread: re-attach alpha, resize to the target size (``img.size``, see
+    :mod:`invsr_cli.sizing`), encode with the provenance record (how it was made, with which weights), write
+    atomically. Returns (w, h). ``rgb`` is an animation's list of frames (animations and GIFs carry no provenance
+    record: :mod:`invsr_cli.animation` writes them)."""
     from invsr_cli.imagewrite import resize_rgb, upscale_alpha, write_image
     from invsr_cli.provenance import provenance_record
 
     s = img.settings
+    size = img.size.output if img.size is not None else output_size(img.loaded.width, img.loaded.height, s.scale)
+    job = img.job
+    if isinstance(rgb, list) or job.format == "gif":
+        from invsr_cli.animation import write_animation
+
+        frames = rgb if isinstance(rgb, list) else [rgb]
+        frames = [f if f.shape[1::-1] == size else resize_rgb(f, size) for f in frames]
+        anim = img.loaded if isinstance(rgb, list) else None
+        alphas = getattr(anim, "alphas", None) if anim is not None else (
+            None if img.loaded.alpha is None else [img.loaded.alpha])
+        alphas = None if alphas is None else [upscale_alpha(a, size) for a in alphas]
+        write_animation(job.output, frames, alphas=alphas, source=anim, format=job.format, quality=s.quality,
+                        lossless=s.lossless)
+        return size
     h, w = rgb.shape[:2]
-    size = output_size(img.loaded.width, img.loaded.height, s.scale)
     if size != (w, h):
         rgb = resize_rgb(rgb, size)
     alpha = upscale_alpha(img.loaded.alpha, size) if img.loaded.alpha is not None else None
-    job = img.job
     record = provenance_record(s.to_dict(), models=models) if s.provenance else None
     write_image(job.output, rgb, alpha=alpha, source=img.loaded, format=job.format, quality=s.quality,
                 provenance=record, strip_metadata=s.strip_metadata, lossless=s.lossless)
@@ -95,25 +112,38 @@ class ImageSink:
         self.pending: deque[tuple[PreparedImage, Future]] = deque()
         self.stopped: str | None = None  # why no more writes should be tried (disk full)
 
-    def finish(self, img: PreparedImage) -> Iterator[Outcome]:
-        """Colour-fix and check ``img``'s blended result, then queue its write. Yields a failed outcome when the
-        output must not be written, and the outcomes of older writes when too many wait."""
+    def frame_result(self, img: PreparedImage, f: int) -> str | None:
+        """Colour-fix and check frame ``f``'s blended result (a still has one frame) and keep it, on the CPU, in
+        ``img.results[f]``, freeing its device buffer. Returns why it must not be written, or None."""
         torch = self.torch
         with self.blend_stage("blend"):
-            hr = img.acc.result()  # (3, 4h, 4w) float32 on the device
+            hr = img.accs[f].result()  # (3, 4h, 4w) float32 on the device
+        img.accs[f] = None  # free the device buffer now, not when the write ends
         s = img.settings
+        lr_rgb = img.loaded.frames[f] if hasattr(img.loaded, "frames") else img.loaded.rgb
         if s.color_fix != "none":
             from invsr_cli.engine.colorfix import apply_color_fix
 
-            lr = torch.from_numpy(img.loaded.rgb).permute(2, 0, 1)[None].to(self.device)
+            lr = torch.from_numpy(lr_rgb).permute(2, 0, 1)[None].to(self.device)
             ref = torch.nn.functional.interpolate(lr, size=hr.shape[-2:], mode="bicubic", align_corners=False)
             hr = apply_color_fix(s.color_fix, hr[None], ref)[0]
-        img.acc = img.lr = None  # free device and host buffers now, not when the write ends
-        problem = output_problem(torch, hr, img.loaded.rgb)
+        problem = output_problem(torch, hr, lr_rgb)
         if problem:
-            yield failure(img, problem)
-            return
-        rgb = hr.clamp(0, 1).permute(1, 2, 0).contiguous().cpu().numpy()
+            return problem
+        img.results[f] = hr.clamp(0, 1).permute(1, 2, 0).contiguous().cpu().numpy()
+        return None
+
+    def finish(self, img: PreparedImage) -> Iterator[Outcome]:
+        """Queue the write of ``img``'s finished frames (see :meth:`frame_result`). Yields the outcomes of older
+        writes when too many wait; a failed outcome when a frame not yet finished must not be written."""
+        for f, done in enumerate(img.results):
+            problem = None if done is not None else self.frame_result(img, f)
+            if problem:
+                yield failure(img, problem if len(img.results) == 1 else f"frame {f + 1}: {problem}")
+                return
+        rgb = img.results[0] if not hasattr(img.loaded, "frames") else list(img.results)
+        img.lr = None  # free the host buffers now, not when the write ends
+        img.results = []
         self.pending.append((img, self.pool.submit(self._timed_write, img, rgb)))
         while len(self.pending) > self.writers * 2:
             yield self._collect()

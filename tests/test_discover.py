@@ -189,7 +189,7 @@ def test_suffix_and_format_mapping(tmp_path, monkeypatch):
         "archive.tar_x4.png",
         "b_x4.png",
         "c_x4.TIF",
-        "d_x4.png",
+        "d_x4.gif",
         "e_x4.webp",
     ]
     fmts = {j.output.name: j.format for j in res.jobs}

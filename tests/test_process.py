@@ -118,7 +118,7 @@ def _finished_image(tmp_path, hr, color_fix="none") -> PreparedImage:
         def result(self):
             return hr
 
-    img.acc = Done()
+    img.accs[0] = Done()
     return img
 
 
