@@ -18,12 +18,13 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 
 from invsr_cli.discover import display_path
 from invsr_cli.errors import DiskFullError, OutputError, describe_exception
 
-__all__ = ["TEMP_SUFFIX", "atomic_write_bytes", "cleanup_stale_temps"]
+__all__ = ["TEMP_SUFFIX", "atomic_write_bytes", "cleanup_stale_temps", "remove_temps_of"]
 
 TEMP_SUFFIX = ".invsr-tmp"
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EIO} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
@@ -36,11 +37,16 @@ def _classify_os_error(path: Path, exc: OSError, what: str) -> OutputError:
     return OutputError(reason)
 
 
-def _temp_name(final: Path) -> Path:
+def _temp_stem(final: Path) -> str:
+    """The part of ``final``'s name its temporary files carry (shortened: long names stay within NAME_MAX)."""
     stem = final.name
     while len(os.fsencode(stem)) > 64:
         stem = stem[:-1]
-    return final.with_name(f".{stem}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    return stem
+
+
+def _temp_name(final: Path) -> Path:
+    return final.with_name(f".{_temp_stem(final)}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -122,6 +128,33 @@ def cleanup_stale_temps(out_dir: str | os.PathLike[str]) -> int:
             if name.startswith(".") and name.endswith(TEMP_SUFFIX):
                 try:
                     os.unlink(os.path.join(root, name))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
+def remove_temps_of(outputs: Iterable[Path]) -> int:
+    """Remove the temporary files (``.NAME.XXXXXXXX.invsr-tmp``) that writes of ``outputs`` left, and no others;
+    returns how many. For a shard, whose folder other shards write into at the same time (so it must not remove
+    theirs), and for workers that died mid-write (a device worker, a Ray actor)."""
+    by_folder: dict[Path, set[str]] = {}
+    for out in outputs:
+        by_folder.setdefault(out.parent, set()).add(_temp_stem(out))
+    removed = 0
+    for folder, stems in by_folder.items():
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
+                continue
+            head = name[1:-len(TEMP_SUFFIX)]  # STEM.XXXXXXXX
+            stem, dot, token = head.rpartition(".")
+            if dot and len(token) == 8 and stem in stems:
+                try:
+                    os.unlink(folder / name)
                     removed += 1
                 except FileNotFoundError:
                     pass

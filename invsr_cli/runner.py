@@ -197,7 +197,7 @@ class Run:
                 stack.enter_context(output_lock(self.output_dir, wait=self.wait))
                 removed = cleanup_stale_temps(self.output_dir)
             else:  # exclude plain runs and this shard's twin, not the other shards; clean only our own temps
-                from invsr_cli.shard import remove_temps_of
+                from invsr_cli.atomic import remove_temps_of
 
                 stack.enter_context(output_lock(self.output_dir, wait=self.wait, shared=True))
                 stack.enter_context(output_lock(self.output_dir, wait=self.wait, name=f".invsr.{shard.tag}.lock"))

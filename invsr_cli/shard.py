@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from invsr_cli.errors import ConfigError
 
-__all__ = ["Shard", "parse_shard", "remove_temps_of", "resolve_shard", "shard_from_env", "shard_of"]
+__all__ = ["Shard", "parse_shard", "resolve_shard", "shard_from_env", "shard_of"]
 
 
 @dataclass(frozen=True)
@@ -88,35 +88,3 @@ def resolve_shard(flag: str | None, env: Mapping[str, str] | None = None) -> Sha
     if flag is not None:
         return parse_shard(flag)
     return shard_from_env(env)
-
-
-def remove_temps_of(outputs: Iterable[Path]) -> int:
-    """Remove the temporary files (``.NAME.XXXXXXXX.invsr-tmp``, see :mod:`invsr_cli.imageio`) that writes of
-    ``outputs`` left; returns how many. For a shard, whose folder other shards write into at the same time (so
-    it must not remove theirs), and for a worker that died mid-write."""
-    from invsr_cli.atomic import TEMP_SUFFIX
-
-    by_folder: dict[Path, set[str]] = {}
-    for out in outputs:
-        stem = out.name
-        while len(os.fsencode(stem)) > 64:  # as imageio._temp_name shortens it
-            stem = stem[:-1]
-        by_folder.setdefault(out.parent, set()).add(stem)
-    removed = 0
-    for folder, stems in by_folder.items():
-        try:
-            names = os.listdir(folder)
-        except OSError:
-            continue
-        for name in names:
-            if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
-                continue
-            head = name[1:-len(TEMP_SUFFIX)]  # STEM.XXXXXXXX
-            stem, dot, token = head.rpartition(".")
-            if dot and len(token) == 8 and stem in stems:
-                try:
-                    os.unlink(folder / name)
-                    removed += 1
-                except FileNotFoundError:
-                    pass
-    return removed

@@ -339,7 +339,7 @@ class _Run:
         w.held.clear()
         self.reporter.warning(f"{why}" + (f" holding {len(held)} image(s); retrying them on the other workers"
                                           if held else ""))
-        from invsr_cli.shard import remove_temps_of
+        from invsr_cli.atomic import remove_temps_of
 
         remove_temps_of([item.task.job.output for item in held])
         if self.unresolved - sum(len(item.deaths) + 1 >= DEATHS_BEFORE_FAILED for item in held) > 0 \

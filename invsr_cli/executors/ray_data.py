@@ -36,6 +36,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from invsr_cli.atomic import remove_temps_of
 from invsr_cli.errors import ConfigError, InvSRError
 from invsr_cli.process import ImageTask
 from invsr_cli.report import Outcome, Reporter
@@ -304,7 +305,7 @@ class RayExecutor:
         finally:
             if ours and ray.is_initialized():
                 ray.shutdown()  # `local`: stops the cluster; `auto`/ADDRESS: disconnects
-            _remove_temps(tasks)
+            remove_temps_of(t.job.output for t in tasks)
 
     def plan(self, ray: Any, policy: SettingsPolicy, n_tasks: int) -> dict[str, Any]:
         """The ``map_batches`` resources and pool size for this cluster (public so tests and docs can see it)."""
@@ -449,30 +450,3 @@ def _our_cause(e: BaseException) -> InvSRError | None:
         todo += [x for x in (getattr(c, "cause", None), c.__cause__, c.__context__, *c.args)
                  if isinstance(x, BaseException)]
     return None
-
-
-def _remove_temps(tasks: Sequence[ImageTask]) -> int:
-    """Remove temporary files a killed worker left next to this run's outputs (``.NAME.XXXXXXXX.invsr-tmp``).
-    The driver holds the output folder's lock; the run's workers are done or gone."""
-    from invsr_cli.atomic import TEMP_SUFFIX
-
-    names: dict[Path, set[str]] = {}
-    for t in tasks:
-        names.setdefault(t.job.output.parent, set()).add(t.job.output.name)
-    removed = 0
-    for folder, outs in names.items():
-        try:
-            entries = os.listdir(folder)
-        except OSError:
-            continue
-        for name in entries:
-            if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
-                continue
-            stem = name[1:-len(TEMP_SUFFIX)].rsplit(".", 1)[0]  # .NAME.XXXXXXXX.invsr-tmp -> NAME (maybe cut)
-            if any(out.startswith(stem) for out in outs):
-                try:
-                    os.unlink(folder / name)
-                    removed += 1
-                except OSError:
-                    pass
-    return removed
