@@ -292,9 +292,10 @@ def _exit_code(summary: Any) -> int:
 
 # -- watch --------------------------------------------------------------------------------------------------------
 
-# `invsr watch` takes upscale's options, all but those that name inputs, only plan, or report at the end: one list
-# of options to keep. tests/test_watch.py checks that every other one maps to a Settings key.
-_NOT_WATCH_OPTIONS = {"paths", "output", "recursive", "null", "dry_run", "report"}
+# `invsr watch` takes upscale's options, all but those that name inputs, only plan, report at the end, or spread
+# the work over other processes (a watch is one service process holding its models): one list of options to
+# keep. tests/test_watch.py checks that every other one maps to a Settings key.
+_NOT_WATCH_OPTIONS = {"paths", "output", "recursive", "null", "dry_run", "report", "devices", "shard", "ray"}
 _RUN_OPTIONS = {"preset", "manifest", "wait", "quiet", "verbose", "json_output"}  # not Settings keys
 _SETTINGS_KEYS = {"fmt": "format", "compile_": "compile"}  # upscale parameters named apart from their key
 

@@ -28,6 +28,7 @@ from invsr_cli.report import Reporter
 from invsr_cli.runner import run_batch
 from invsr_cli.settings import FixedPolicy, resolve_settings
 from tests import imagegen
+from tests.threads import torch_threads
 
 INVSR = str(Path(sys.executable).parent / "invsr")
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,8 +110,9 @@ def single_process(tiny_models, tmp_path_factory):
     out = root / "out"
     engine = InvSREngine.load(tiny_models.sd_dir, tiny_models.noise_predictor_path, device="cpu", dtype="fp32")
     found = discover([str(inp)], out)
-    summary = run_batch(found.jobs, _settings(tiny_models), output_dir=out, reporter=_Quiet(), engine=engine,
-                        handle_signals=False)
+    with torch_threads(1):  # as each Ray worker (one CPU each): tests/threads.py says why it matters
+        summary = run_batch(found.jobs, _settings(tiny_models), output_dir=out, reporter=_Quiet(), engine=engine,
+                            handle_signals=False)
     assert (summary.processed, summary.failed) == (7, 1)
     return inp, out
 
@@ -472,7 +474,11 @@ def test_sigterm_stops_after_the_rows_in_flight_and_shuts_the_local_cluster_down
         if not q.name.startswith("."):
             with __import__("PIL.Image").Image.open(q) as im:
                 im.load()
-    time.sleep(2)  # ray.shutdown() ended the local cluster: nothing of this session is left
+    # ray.shutdown() ended the local cluster: nothing of this session is left (its processes may take a few
+    # seconds to exit on a loaded machine; they must be gone within 30 s)
+    deadline = time.monotonic() + 30
+    while _session_processes(p.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert not _session_processes(p.pid)
 
 

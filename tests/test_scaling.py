@@ -31,6 +31,7 @@ from invsr_cli.runner import run_batch
 from invsr_cli.settings import resolve_settings
 from invsr_cli.shard import Shard, parse_shard, resolve_shard, shard_from_env, shard_of
 from tests import imagegen
+from tests.threads import torch_threads
 
 INVSR = str(Path(sys.executable).parent / "invsr")
 ENV = {"HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8:strict"}
@@ -194,12 +195,14 @@ def test_same_bytes_and_exactly_once_across_executors(tmp_path, settings, tiny_e
 
     outs = {k: tmp_path / k for k in ("single", "devices", "shards")}
     devices = DevicesExecutor(["cpu", "cpu"], threads=1)
-    summaries = {"single": run_batch(jobs(outs["single"]), settings, output_dir=outs["single"], engine=tiny_engine,
-                                     handle_signals=False),
+    with torch_threads(1):  # the workers' arithmetic (tests/threads.py says why it matters)
+        single = run_batch(jobs(outs["single"]), settings, output_dir=outs["single"], engine=tiny_engine,
+                           handle_signals=False)
+        shard_summaries = [run_batch(jobs(outs["shards"]), settings, output_dir=outs["shards"], engine=tiny_engine,
+                                     handle_signals=False, shard=Shard(i, 2)) for i in range(2)]
+    summaries = {"single": single,
                  "devices": run_batch(jobs(outs["devices"]), settings, output_dir=outs["devices"],
                                       executor=devices, handle_signals=False)}
-    shard_summaries = [run_batch(jobs(outs["shards"]), settings, output_dir=outs["shards"], engine=tiny_engine,
-                                 handle_signals=False, shard=Shard(i, 2)) for i in range(2)]
     assert not torch.cuda.is_initialized()  # the parent of the workers never touched CUDA
     assert len(found.jobs) == len(names)
     for i, s in enumerate(shard_summaries):  # each shard took only its own inputs
