@@ -220,9 +220,10 @@ def upscale(
                      lossless=s.lossless)
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
     executor, the_shard = _scaling(devices, device, ray, shard, found.jobs, quiet=quiet)
-    summary = run_batch(found.jobs, policy, output_dir=out_dir, reporter=reporter, dry_run=dry_run,
-                        manifest_path=manifest, wait=wait, input_errors=found.errors, executor=executor,
-                        shard=the_shard)
+    with _stdout_holds_only_json(json_output):
+        summary = run_batch(found.jobs, policy, output_dir=out_dir, reporter=reporter, dry_run=dry_run,
+                            manifest_path=manifest, wait=wait, input_errors=found.errors, executor=executor,
+                            shard=the_shard)
     if report is not None and not dry_run:
         from invsr_cli.htmlreport import write_report
 
@@ -256,6 +257,13 @@ def _scaling(devices: str | None, device: str | None, ray: str | None, shard: st
         print(f"invsr: shard {the_shard} (from {the_shard.source}): {mine} of {len(jobs)} input(s)",
               file=sys.stderr, flush=True)
     return executor, the_shard
+
+
+def _stdout_holds_only_json(json_output: bool) -> contextlib.AbstractContextManager[Any]:
+    """With --json, stdout carries the reporter's JSON lines and nothing else: whatever a library prints meanwhile
+    (Ray's cluster messages come from a background thread) goes to stderr. The JSON reporter was made before, so
+    it holds the real stdout."""
+    return contextlib.redirect_stdout(sys.stderr) if json_output else contextlib.nullcontext()
 
 
 def _split_paths(paths: list[str], output: str | None) -> tuple[list[str], Path]:
@@ -326,8 +334,9 @@ def watch(
     policy = load_policy(options["preset"], _watch_flags(options))
     reporter = make_reporter(json_output=options["json_output"], quiet=options["quiet"],
                              verbose=options["verbose"], tty=False)  # a log, not a progress bar
-    summary = watch_folder(input_dir, output_dir, policy, settle=settle, poll=poll, reporter=reporter,
-                           manifest_path=options["manifest"], wait=options["wait"])
+    with _stdout_holds_only_json(options["json_output"]):
+        summary = watch_folder(input_dir, output_dir, policy, settle=settle, poll=poll, reporter=reporter,
+                               manifest_path=options["manifest"], wait=options["wait"])
     raise typer.Exit(EXIT_FAILED if summary.stopped else EXIT_OK)  # a stop by signal is a clean stop
 
 
