@@ -372,19 +372,24 @@ def test_missing_extra_exits_2_with_the_install_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@needs_ray
-@pytest.mark.slow
-def test_driver_killed_then_rerun_computes_only_what_is_missing(tiny_models, tmp_path):
-    """`invsr upscale --ray local` killed (SIGKILL) after its first images; the re-run skips what the manifest
-    records as done and computes only the rest, each input ending done exactly once across the two runs."""
+def _ray_local_run(tiny_models, tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """16 small inputs, and the `invsr upscale --ray local --json` command line over them: (input folder, output folder, args)."""
     inp = tmp_path / "in"
     inp.mkdir()
     for i in range(16):
         imagegen.rgb(inp / f"img{i:02d}.png", w=48, h=40, seed=i)
     out = tmp_path / "out"
-    args = [INVSR, "upscale", str(inp), str(out), "--ray", "local", "--json", "--sd-model", str(tiny_models.sd_dir),
-            "--noise-predictor", str(tiny_models.noise_predictor_path), "--device", "cpu", "--dtype", "fp32",
-            "--tile", "32", "--overlap", "8"]
+    return inp, out, [INVSR, "upscale", str(inp), str(out), "--ray", "local", "--json", "--sd-model",
+                      str(tiny_models.sd_dir), "--noise-predictor", str(tiny_models.noise_predictor_path),
+                      "--device", "cpu", "--dtype", "fp32", "--tile", "32", "--overlap", "8"]
+
+
+@needs_ray
+@pytest.mark.slow
+def test_driver_killed_then_rerun_computes_only_what_is_missing(tiny_models, tmp_path):
+    """`invsr upscale --ray local` killed (SIGKILL) after its first images; the re-run skips what the manifest
+    records as done and computes only the rest, each input ending done exactly once across the two runs."""
+    inp, out, args = _ray_local_run(tiny_models, tmp_path)
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
                              start_new_session=True)
     done_first = []
@@ -446,14 +451,7 @@ def _kill_tree(pid: int) -> None:
 def test_sigterm_stops_after_the_rows_in_flight_and_shuts_the_local_cluster_down(tiny_models, tmp_path):
     """SIGTERM to `invsr upscale --ray local`: exit 143, every recorded image recorded once, every output
     complete, no temporary files, and the local cluster's processes gone with the driver."""
-    inp = tmp_path / "in"
-    inp.mkdir()
-    for i in range(16):
-        imagegen.rgb(inp / f"img{i:02d}.png", w=48, h=40, seed=i)
-    out = tmp_path / "out"
-    args = [INVSR, "upscale", str(inp), str(out), "--ray", "local", "--json", "--sd-model", str(tiny_models.sd_dir),
-            "--noise-predictor", str(tiny_models.noise_predictor_path), "--device", "cpu", "--dtype", "fp32",
-            "--tile", "32", "--overlap", "8"]
+    _, out, args = _ray_local_run(tiny_models, tmp_path)
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), start_new_session=True)
     lines = []
     for line in p.stdout:
