@@ -22,16 +22,9 @@ if TYPE_CHECKING:  # pragma: no cover
 # write(image, rgb, models) -> (width, height): writes one finished image (models: the engine's weights' identity)
 Writer = Callable[["PreparedImage", Any, "dict[str, Any] | None"], tuple[int, int]]
 
-__all__ = ["ImageSink", "WRITERS", "Writer", "output_problem", "output_size", "write_output", "failure"]
+__all__ = ["ImageSink", "WRITERS", "Writer", "output_problem", "write_output", "failure"]
 
 WRITERS = 2  # background writer threads; at most 2 * WRITERS finished images wait in memory
-
-
-def output_size(w: int, h: int, scale: float) -> tuple[int, int]:
-    """``--scale`` alone (:func:`invsr_cli.sizing.target_size` is the whole rule)."""
-    from invsr_cli.sizing import scaled_size
-
-    return scaled_size(w, h, scale)
 
 
 def failure(img_or_task: Any, reason: str) -> Outcome:
@@ -66,9 +59,10 @@ def write_output(img: PreparedImage, rgb: Any, models: dict[str, Any] | None = N
     record: :mod:`invsr_cli.animation` writes them)."""
     from invsr_cli.imagewrite import resize_rgb, upscale_alpha, write_image
     from invsr_cli.provenance import provenance_record
+    from invsr_cli.sizing import scaled_size
 
     s = img.settings
-    size = img.size.output if img.size is not None else output_size(img.loaded.width, img.loaded.height, s.scale)
+    size = img.size.output if img.size is not None else scaled_size(img.loaded.width, img.loaded.height, s.scale)
     job = img.job
     if isinstance(rgb, list) or job.format == "gif":
         from invsr_cli.animation import write_animation
