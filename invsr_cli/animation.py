@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from invsr_cli.errors import describe_exception
+
 __all__ = ["ANIMATED_FORMATS", "ANIMATION_WRITE_FORMATS", "Animation", "read_animation", "write_animation",
            "resize_animation"]
 
@@ -87,11 +89,6 @@ def _fail(path: Path, reason: str) -> Exception:
     return ImageReadError(f"{display_path(path)}: {' '.join(str(reason).split())}")
 
 
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _disposal(im: Any, fmt: str) -> int:
     if fmt == "gif":
         return int(getattr(im, "disposal_method", 0) or 0)
@@ -111,18 +108,18 @@ def read_animation(path: str | os.PathLike[str], *, first_only: bool = False) ->
     try:
         fp = open(path, "rb")
     except OSError as exc:
-        raise _fail(path, f"cannot open: {exc.strerror or _describe(exc)}") from None
+        raise _fail(path, f"cannot open: {exc.strerror or describe_exception(exc)}") from None
     with fp:
         try:
             im = Image.open(fp, formats=("GIF", "PNG", "WEBP"))
         except Exception as exc:
-            raise _fail(path, f"unreadable header ({_describe(exc)})") from None
+            raise _fail(path, f"unreadable header ({describe_exception(exc)})") from None
         with im:
             fmt = canonical_format(im.format or "")
             try:
                 n = int(getattr(im, "n_frames", 1) or 1)
             except Exception as exc:
-                raise _fail(path, f"unreadable frames ({_describe(exc)})") from None
+                raise _fail(path, f"unreadable frames ({describe_exception(exc)})") from None
             loop = im.info.get("loop")
             rgbs: list[np.ndarray] = []
             alphas: list[np.ndarray] = []
@@ -133,7 +130,7 @@ def read_animation(path: str | os.PathLike[str], *, first_only: bool = False) ->
                     im.seek(i)
                     rgba = np.asarray(im.convert("RGBA"))  # composited; loads (and checks) the frame
                 except Exception as exc:
-                    raise _fail(path, f"frame {i + 1} of {n} cannot be decoded ({_describe(exc)})") from None
+                    raise _fail(path, f"frame {i + 1} of {n} cannot be decoded ({describe_exception(exc)})") from None
                 rgbs.append(rgba[..., :3].astype(np.float32) * np.float32(1 / 255))
                 alphas.append(rgba[..., 3])
                 durations.append(int(round(float(im.info.get("duration", 0) or 0))))
@@ -237,7 +234,7 @@ def write_animation(path: str | os.PathLike[str], frames: Sequence[np.ndarray], 
                 images[0].save(buf, "WEBP", append_images=images[1:], quality=int(quality), lossless=lossless,
                                **params)
     except Exception as exc:
-        raise OutputError(f"{display_path(path)}: cannot encode {format}: {_describe(exc)}") from exc
+        raise OutputError(f"{display_path(path)}: cannot encode {format}: {describe_exception(exc)}") from exc
     return atomic_write_bytes(path, buf.getvalue())
 
 
