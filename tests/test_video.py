@@ -187,3 +187,12 @@ def test_peak_memory_does_not_grow_with_length(tmp_path):
     # 600 upscaled frames (384x288 RGB) held at once would be ~200 MB; streaming keeps it flat (allow 20 MB of noise)
     assert long - short < 20 * 1024, (short, long)
     print(f"peak RSS: 60 frames {short} KiB, 600 frames {long} KiB")
+
+
+def test_missing_extra_names_the_pip_line(tmp_path):
+    code = ("import sys; sys.modules['av'] = None\n"
+            "from invsr_cli.imaging import video as V\n"
+            "try:\n    V.probe('x.mp4')\nexcept V.VideoReadError as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert "pip install 'invsr-cli[video]'" in done.stdout

@@ -38,7 +38,7 @@ from invsr_cli.base.errors import ConfigError, ImageReadError, OutputError, Vide
 from invsr_cli.base.paths import display_path
 
 __all__ = ["DEFAULT_ENCODER", "DEFAULT_SEGMENT_SECONDS", "SEGMENT_SUFFIX", "VIDEO_EXTENSIONS", "NotAVideoError", "Segment",
-           "VideoFrame", "VideoInfo", "choose_encoder", "encode_segment", "iter_frames", "plan_segments", "probe",
+           "VideoFrame", "VideoInfo", "VideoReadError", "choose_encoder", "encode_segment", "iter_frames", "plan_segments", "probe",
            "remux", "require_av", "segment_suffix"]
 
 DEFAULT_SEGMENT_SECONDS = 10.0
