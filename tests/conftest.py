@@ -14,6 +14,7 @@ def real_weights_missing() -> list[str]:
     """The files of the default weights (SD-Turbo and the noise predictor) that are not in the Hugging Face
     cache, as ``repo/file``. A cache lookup only (huggingface_hub.try_to_load_from_cache): nothing is downloaded."""
     from huggingface_hub import try_to_load_from_cache
+
     from invsr_cli.engine.weights import (
         DEFAULT_NP_FILE,
         DEFAULT_NP_REPO,
