@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from invsr_cli.base.errors import ConfigError
@@ -130,11 +130,23 @@ class Settings:
         return (self.timesteps, self.guidance, self.posterior)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON): the record of these settings in the manifest, a Ray row and provenance."""
         d = asdict(self)
         d["steps"] = self.steps
         d["timesteps"] = list(self.timesteps)
         d["fit"] = f"{self.fit[0]}x{self.fit[1]}" if self.fit else None
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Settings:
+        """The settings a :meth:`to_dict` record holds (``Settings.from_dict(s.to_dict()) == s``). Derived keys
+        (``steps``) and keys this version does not know are ignored, missing ones take their defaults: a record
+        is read back as written, not validated again (:func:`resolve_settings` validates what users give)."""
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        if "timesteps" in kw:
+            kw["timesteps"] = tuple(kw["timesteps"])
+        return cls(**kw)
 
 
 DEFAULTS = Settings()
