@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from invsr_cli.base.errors import ConfigError
+from invsr_cli.engine.devices import DEVICE_FORMS, canonical_dtype, parse_device
 from invsr_cli.engine.schedules import (
     COLOR_FIXES,
     DTYPES,
@@ -197,7 +198,7 @@ def _choice(key: str) -> Callable[[Any], str]:
         if key == "format" and s == "jpeg":
             s = "jpg"
         if key == "dtype":
-            s = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}.get(s, s)
+            s = canonical_dtype(s)
         if s not in allowed:
             raise ValueError(f"must be one of {', '.join(allowed)}, got {v!r}")
         return s
@@ -245,11 +246,10 @@ def _box(v: Any) -> tuple[int, int] | None:
 
 
 def _device(v: Any) -> str:
-    s = _str(v).lower()
-    base = s.split(":", 1)[0]
-    if base not in ("auto", "cpu", "cuda", "mps") or (":" in s and (base != "cuda" or not s[5:].isdigit())):
-        raise ValueError(f"must be one of auto, cpu, cuda, cuda:N, mps, got {v!r}")
-    return s
+    try:
+        return parse_device(_str(v))
+    except ValueError:
+        raise ValueError(f"must be one of {DEVICE_FORMS}, got {v!r}") from None
 
 
 def _timesteps(v: Any) -> tuple[int, ...]:

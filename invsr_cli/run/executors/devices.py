@@ -72,14 +72,18 @@ def parse_devices(text: str, count_cuda: Callable[[], int] = cuda_device_count) 
             raise ConfigError("`devices` all: no CUDA device is visible (check CUDA_VISIBLE_DEVICES and the driver); "
                               "name the devices, e.g. --devices cpu,cpu")
         return [f"cuda:{i}" for i in range(n)]
+    from invsr_cli.engine.devices import parse_device
+
     out = []
     for entry in (e.strip() for e in text.split(",")):
-        base, _, num = entry.partition(":")
-        if entry in ("cpu", "mps", "cuda") or (base == "cuda" and num.isdigit()):
-            out.append("cuda:0" if entry == "cuda" else entry)
-        else:
+        try:
+            device = parse_device(entry)
+        except ValueError:
+            device = "auto"  # refused just below, with this list's own message
+        if device == "auto":
             raise ConfigError(f"`devices` entries must be cpu, mps, cuda or cuda:N (or the whole list `all`), got "
                               f"{entry!r} in {text!r}")
+        out.append("cuda:0" if device == "cuda" else device)
     return out
 
 
