@@ -562,12 +562,13 @@ def bench(
     """Time the engine against the authors' pipeline (random weights, nothing downloaded)."""
     from invsr_cli.commands.bench import BenchOptions, render_table, run_bench, to_json
 
-    report = run_bench(BenchOptions(
-        lr_size=lr_size, steps=steps, tile=tile, overlap=overlap, batch_size=batch_size, images=images,
-        device=device, dtype=dtype, tiny=tiny, baseline=not no_baseline, baseline_tile=baseline_tile,
-        baseline_overlap=baseline_overlap, warmup=warmup, compile=compile_, quick=quick,
-        baseline_first=baseline_first, repeat=repeat,
-    ))
+    with _stdout_holds_only_json(json_output):
+        report = run_bench(BenchOptions(
+            lr_size=lr_size, steps=steps, tile=tile, overlap=overlap, batch_size=batch_size, images=images,
+            device=device, dtype=dtype, tiny=tiny, baseline=not no_baseline, baseline_tile=baseline_tile,
+            baseline_overlap=baseline_overlap, warmup=warmup, compile=compile_, quick=quick,
+            baseline_first=baseline_first, repeat=repeat,
+        ))
     if json_output:
         typer.echo(to_json(report))
     else:
