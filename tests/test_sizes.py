@@ -294,3 +294,17 @@ def test_presets_may_set_the_size(inputs, models, tmp_path):
     p = run(inputs, tmp_path / "out", *models, "--preset", preset)
     assert p.returncode == 0, p.stderr.decode()
     assert sizes(tmp_path / "out") == {"land.png": (60, 36), "port.png": (36, 60)}
+
+
+@given(sides, sides, st.integers(1, 5000), st.sampled_from(["width", "height", "long_side", "short_side", "fit"]),
+       st.integers(1, 8000))
+def test_absolute_targets_do_not_depend_on_max_input_side(w, h, n, key, side):
+    """The free side follows the original aspect ratio (issue 19, item 7): reducing the input first (and rounding
+    it) must not move it by a pixel."""
+    value = (side, side) if key == "fit" else side
+    assert target_size(w, h, _s(**{key: value}, max_input_side=n)).output == target_size(w, h, _s(**{key: value})).output
+
+
+def test_free_side_of_a_reduced_input_is_the_original_aspect_ratio():
+    # 1001x667 reduced to 512 long side is 512x341 (341.16); 2048 wide from that would be 1364, from 1001x667 1365
+    assert target_size(1001, 667, _s(width=2048, max_input_side=512)).output == (2048, 1365)
