@@ -136,8 +136,8 @@ def upscale(
     first_frame: Annotated[bool | None, typer.Option("--first-frame/--all-frames", help="Animations: upscale the "
                                                      "first frame only, to a still (default: every frame).",
                                                      rich_help_panel=OUTPUT, show_default=False)] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="auto (the input's), png, jpg, webp, tiff, avif or "
-                                            "jxl (jxl needs invsr-cli[jxl]).", rich_help_panel=OUTPUT)] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="auto (the input's), png, jpg, webp, tiff, avif, "
+                                            "jxl (needs invsr-cli[jxl]) or gif.", rich_help_panel=OUTPUT)] = None,
     quality: Annotated[int | None, typer.Option(help="Quality 1..100 for jpg/webp/avif/jxl (default 95).",
                                                 rich_help_panel=OUTPUT)] = None,
     lossless: Annotated[bool | None, typer.Option("--lossless", help="Lossless webp/jxl (png/tiff always are); "

@@ -322,7 +322,8 @@ def _refuse_unreachable_sizes(jobs: Sequence[Job], policy: SettingsPolicy) -> No
     if not any(c.width or c.height or c.fit or c.long_side or c.short_side for c in options):
         return  # `--scale` is at most 4: always reachable in one pass
     s = policy.settings
-    refused = []
+    refused: list[str] = []
+    beyond: list[str] = []  # above x16: no number of passes helps
     for job in jobs:
         try:
             info = probe_input(job.input, first_frame=s.first_frame)
@@ -333,12 +334,18 @@ def _refuse_unreachable_sizes(jobs: Sequence[Job], policy: SettingsPolicy) -> No
         for c in options:
             plan = target_size(info.width, info.height, replace(c, max_input_side=s.max_input_side))
             if plan.passes > c.passes:
-                refused.append(f"{job.input}: {plan.describe()}")
+                (refused if plan.allowed else beyond).append(f"{job.input}: {plan.describe()}")
                 break
+    if beyond:
+        raise ConfigError(f"{len(beyond)} image(s) need more than x16, which two passes give at most; ask for a "
+                          f"smaller size (or reduce less with --max-input-side): {_shown(beyond)}")
     if refused:
-        shown = "; ".join(refused[:5]) + (f"; and {len(refused) - 5} more" if len(refused) > 5 else "")
         raise ConfigError(f"{len(refused)} image(s) need more than x4, which one pass gives; add --passes 2 (up to "
-                          f"x16) or ask for a smaller size: {shown}")
+                          f"x16) or ask for a smaller size: {_shown(refused)}")
+
+
+def _shown(items: list[str]) -> str:
+    return "; ".join(items[:5]) + (f"; and {len(items) - 5} more" if len(items) > 5 else "")
 
 
 def _skip_larger(jobs: list[tuple[int, Job]], policy: SettingsPolicy, rec: Recorder) -> list[tuple[int, Job]]:

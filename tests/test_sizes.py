@@ -223,7 +223,10 @@ def test_above_x4_is_refused_before_any_work_naming_image_and_factor(inputs, mod
     assert "land.png: x5 (40x24 -> 200x120)" in err and "port.png: x5 (24x40 -> 120x200)" in err
     assert "--passes 2" in err and not (tmp_path / "out").exists()
     p = run(inputs, tmp_path / "out", *models, "--long-side", 700, "--passes", "2")  # x17.5: beyond two passes
-    assert p.returncode == 2 and "x17.5" in p.stderr.decode()
+    err = p.stderr.decode()
+    assert p.returncode == 2 and "x17.5" in err
+    # --passes 2 is given already: the refusal says x16 is the limit, and never "add --passes 2" (issue 19, item 6)
+    assert "more than x16" in err and "add --passes" not in err, err
 
 
 def test_passes_2_upscales_the_first_result_again(inputs, models, tmp_path):
