@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from invsr_cli.errors import ImageReadError
-from invsr_cli.imageio import pixel_count, probe_image
+from invsr_cli.base.errors import ImageReadError
+from invsr_cli.imaging.decode import pixel_count, probe_image
 
 INVSR = str(Path(sys.executable).parent / "invsr")
 

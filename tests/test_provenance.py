@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from invsr_cli.provenance import provenance_record, read_provenance
-from invsr_cli.settings import DEFAULTS
+from invsr_cli.imaging.provenance import provenance_record, read_provenance
+from invsr_cli.settings.settings import DEFAULTS
 
 INVSR = str(Path(sys.executable).parent / "invsr")
 
