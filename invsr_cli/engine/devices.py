@@ -9,7 +9,7 @@ from invsr_cli.base.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["resolve_device", "resolve_dtype"]
+__all__ = ["resolve_device", "resolve_dtype", "dtype_name"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -46,6 +46,12 @@ _DTYPES = {
     "bf16": "bfloat16",
     "bfloat16": "bfloat16",
 }
+
+
+def dtype_name(dtype: object) -> str:
+    """``torch.float32`` -> ``"fp32"`` (the names the settings and every message use); other values as text."""
+    text = str(dtype).removeprefix("torch.")
+    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(text, text)
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:

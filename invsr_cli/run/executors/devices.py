@@ -414,6 +414,9 @@ class _PipeReporter:
         self.done += n
         self._maybe_flush()
 
+    def stage(self, text: str) -> None:
+        """The parent shows its own stage for the workers' loads."""
+
     def take(self) -> tuple[int, int]:
         counts = (self.planned, self.done)
         self.planned = self.done = 0
