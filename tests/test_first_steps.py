@@ -97,6 +97,7 @@ def test_dry_run_plans_what_the_run_would_do(tmp_path, tiny_models):
     assert got["p0.png"]["status"] == "skipped" and got["p0.png"]["reason"] == "up to date", got
     assert got["p1.png"]["status"] == "planned", got
     assert sorted(out.iterdir()) == before  # a dry run writes nothing, not even to the manifest
-    p, _ = _invsr(env, "upscale", *args)
+    p, _ = _invsr(env, "upscale", *args, "--report", tmp_path / "r.html")
     real = {Path(o["input"]).name: o["status"] for o in map(json.loads, p.stdout.splitlines()) if "input" in o}
     assert real == {"p0.png": "skipped", "p1.png": "done"}
+    assert f"invsr: report: {tmp_path / 'r.html'}: " in p.stderr, p.stderr  # says where it wrote the page

@@ -115,7 +115,7 @@ def run_checks(
                            "report this with the output of `invsr doctor --json`")
         dt = round(time.perf_counter() - t0, 3)
         for c in result if isinstance(result, list) else [result]:
-            c = Check(c.name, c.status, c.detail, c.fix, dt)
+            c = Check(c.name, c.status, c.detail, c.fix, c.seconds or dt)  # a check that timed itself says so
             out.append(c)
             if on_check is not None:
                 on_check(c)
@@ -510,5 +510,6 @@ def _check_self_test() -> Check:
         if (result.width, result.height) != (4 * w, 4 * h) or not finite or float(result.rgb.std()) < 1e-3:
             return Check(name, FAIL, f"the output is {result.width}x{result.height} (expected {4 * w}x{4 * h}), "
                          f"finite={finite}, std={float(result.rgb.std()):.4f}", fix)
+    total = round(time.perf_counter() - started, 3)
     return Check(name, PASS, f"the whole pipeline on tiny random models on {device}: {w}x{h} -> {4 * w}x{4 * h}, "
-                 f"finite, {time.perf_counter() - started:.1f} s (the run itself {dt:.1f} s)")
+                 f"finite, {total:.1f} s (the run itself {dt:.1f} s)", seconds=total)
