@@ -1,0 +1,1 @@
+"""Image quality: the Real-ESRGAN degradations (``degrade``), PSNR/SSIM (``metrics``) and LPIPS-VGG (``lpips``)."""
