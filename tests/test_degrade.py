@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from invsr_cli.analyse import analyse_image
-from invsr_cli.errors import InputError
+from invsr_cli.settings.analyse import analyse_image
+from invsr_cli.base.errors import InputError
 from invsr_cli.quality.degrade import (
     PROFILE_SPECS,
     PROFILES,

@@ -1,1 +1,1 @@
-"""Image quality: the Real-ESRGAN degradations (``degrade``), PSNR/SSIM (``metrics``) and LPIPS-VGG (``lpips``)."""
+"""Image quality: the Real-ESRGAN degradations (pure numpy/OpenCV) and the metrics (PSNR, SSIM, LPIPS)."""

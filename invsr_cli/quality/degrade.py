@@ -61,7 +61,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from invsr_cli.errors import InputError
+from invsr_cli.base.errors import InputError
 
 __all__ = [
     "PROFILES",
