@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 
-from invsr_cli.settings.analyse import analyse_image
 from invsr_cli.base.errors import InputError
 from invsr_cli.quality.degrade import (
     PROFILE_SPECS,
@@ -22,6 +21,7 @@ from invsr_cli.quality.degrade import (
     prepare_hr,
     to_rgb8,
 )
+from invsr_cli.settings.analyse import analyse_image
 
 
 def _photo(h: int = 96, w: int = 128, seed: int = 0) -> np.ndarray:
