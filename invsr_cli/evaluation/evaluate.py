@@ -11,8 +11,8 @@
 * Metrics: PSNR and SSIM on BT.601 Y (:mod:`invsr_cli.quality.metrics`), LPIPS-VGG when its weights are in
   the cache (:mod:`invsr_cli.quality.lpips`; otherwise the result says which command fetches them).
 * :class:`EvalResult` holds the per-image rows, the per-configuration means and the auto agreement: for each
-  image an ``auto`` configuration ran on, whether the preset it picked is the preset whose plain configuration
-  (same predictor, no schedule override) scored best on that image, per metric.
+  image an ``auto`` configuration ran on, whether what ``auto`` made scored as well as the best of the plain
+  preset configurations (same predictor, no schedule override) on that image, per metric.
 * Ctrl-C (KeyboardInterrupt) ends the loop: the result so far comes back with ``interrupted`` set.
 """
 
@@ -86,7 +86,9 @@ class EvalResult:
     lpips: str = "ok"  # "ok", or why it is missing (naming the command that fetches the weights)
     interrupted: bool = False
     seconds: float = 0.0  # wall time of the whole evaluation
-    upscale_seconds: float = 0.0  # wall time inside process_images (the upscaling itself)
+    upscale_seconds: float = 0.0  # wall time inside process_images, scoring excluded (the upscaling itself)
+    score_seconds: float = 0.0  # wall time scoring (PSNR, SSIM, LPIPS)
+    load_seconds: float = 0.0  # wall time loading engines
 
     def summary(self) -> list[dict[str, Any]]:
         """Per configuration: its label, images scored, the mean of each metric (``inf`` stays ``inf``), seconds
@@ -133,7 +135,9 @@ class EvalResult:
                         continue
                     total += 1
                     best = max(v for v, _ in scored) if higher else min(v for v, _ in scored)
-                    agree += row["preset"] in {p for v, p in scored if v == best}
+                    # what auto made scores as well as the best plain preset (the same preset, or one with the
+                    # same settings: `noisy` and `default` share a schedule)
+                    agree += (row[name] >= best) if higher else (row[name] <= best)
                 if total:
                     result[f"{auto.label}:{name}"] = {"agree": agree, "images": total}
         return result
@@ -148,7 +152,8 @@ class EvalResult:
                 "failures": [{"input": f.input, "error": f.reason} for f in self.failures],
                 "images_evaluated": self.images, "model_loads": self.model_loads, "lpips": self.lpips,
                 "interrupted": self.interrupted, "seconds": round(self.seconds, 3),
-                "upscale_seconds": round(self.upscale_seconds, 3)}
+                "upscale_seconds": round(self.upscale_seconds, 3), "score_seconds": round(self.score_seconds, 3),
+                "load_seconds": round(self.load_seconds, 3)}
 
 
 class _TaskPolicy:
@@ -213,12 +218,14 @@ def run_eval(
     lpips_model: Any = None,
     lpips_note: str = "ok",
     on_row: Callable[[dict[str, Any]], None] = lambda r: None,
+    on_output: Callable[[Pair, Config, np.ndarray, dict[str, Any]], None] | None = None,
 ) -> EvalResult:
     """Evaluate ``configs`` on ``pairs`` (see the module docstring).
 
     ``flags``: settings every configuration shares (device, dtype, sd_model, tile, ...); a configuration's own
     flags and noise predictor go on top. ``load_engine(noise_predictor)`` loads one engine (called once per
-    predictor). ``lpips_model``: a loaded LPIPS-VGG, or None (then ``lpips_note`` says why).
+    predictor). ``lpips_model``: a loaded LPIPS-VGG, or None (then ``lpips_note`` says why). ``on_row`` hears
+    each scored row, ``on_output`` each output (uint8) with its pair, configuration and row (the HTML report).
     """
     from invsr_cli.settings.preset_files import load_policy
 
@@ -242,9 +249,12 @@ def run_eval(
         for np_spec, group in groups.items():
             if not good:
                 break
+            t0 = time.perf_counter()
             engine = load_engine(np_spec)
+            result.load_seconds += time.perf_counter() - t0
             result.model_loads += 1
-            _run_group(result, good, group, [policies[c.label] for c in group], engine, lpips_model, on_row)
+            _run_group(result, good, group, [policies[c.label] for c in group], engine, lpips_model, on_row,
+                       on_output)
     except KeyboardInterrupt:
         result.interrupted = True
     result.seconds = time.perf_counter() - started
@@ -252,7 +262,8 @@ def run_eval(
 
 
 def _run_group(result: EvalResult, good: Sequence[Pair], group: Sequence[Config], policies: Sequence[Any],
-               engine: Any, lpips_model: Any, on_row: Callable[[dict[str, Any]], None]) -> None:
+               engine: Any, lpips_model: Any, on_row: Callable[[dict[str, Any]], None],
+               on_output: Callable[..., None] | None) -> None:
     """Every (pair, configuration) of one noise predictor through one process_images call, scored as it ends."""
     from invsr_cli.work.job import Job
     from invsr_cli.work.process import ImageTask, process_images
@@ -275,7 +286,7 @@ def _run_group(result: EvalResult, good: Sequence[Pair], group: Sequence[Config]
         out8 = outputs[img.task.index] = _to8(rgb)
         return out8.shape[1], out8.shape[0]
 
-    t0 = time.perf_counter()
+    t0, scored_before = time.perf_counter(), result.score_seconds
     try:
         for outcome in process_images(tasks, policy, engine, write=keep):
             index = by_input[outcome.input]
@@ -283,11 +294,16 @@ def _run_group(result: EvalResult, good: Sequence[Pair], group: Sequence[Config]
             if outcome.status != "done" or index not in outputs:
                 result.failures.append(Failure(f"{pair.source} [{c.label}]", outcome.reason or outcome.status))
                 continue
-            row = _score(pair, c, outputs.pop(index), outcome, lpips_model)
+            t1 = time.perf_counter()
+            out8 = outputs.pop(index)
+            row = _score(pair, c, out8, outcome, lpips_model)
+            result.score_seconds += time.perf_counter() - t1
             result.rows.append(row)
             on_row(row)
+            if on_output is not None:
+                on_output(pair, c, out8, row)
     finally:
-        result.upscale_seconds += time.perf_counter() - t0
+        result.upscale_seconds += time.perf_counter() - t0 - (result.score_seconds - scored_before)
 
 
 def _score(pair: Pair, c: Config, out8: np.ndarray, outcome: Any, lpips_model: Any) -> dict[str, Any]:
