@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
@@ -291,3 +291,32 @@ def test_eval_report_renders_in_chromium(tiny_models, tmp_path: Path, chromium) 
         b.eval("window.scrollTo(0, 0)")
         shot = np.asarray(Image.open(io.BytesIO(b.screenshot())).convert("L"), dtype=np.float32)
         assert shot.std() > 20, shot.std()  # not a blank page
+
+
+def test_noise_predictor_short_names_resolve_to_the_published_files(tmp_path: Path, monkeypatch) -> None:
+    from invsr_cli.engine.weights import resolve
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    for name, file in (("v5", "noise_predictor_sd_turbo_v5.pth"), ("v5_diftune", "noise_predictor_sd_turbo_v5_diftune.pth")):
+        src = resolve(noise_predictor=name, offline=True).noise_predictor
+        assert src.repo_id == "OAOA/InvSR" and src.files[0][0] == file and src.path is None  # looked up, not fetched
+    (tmp_path / "v5").write_bytes(b"x")  # a local file of that name wins
+    assert resolve(noise_predictor="v5", offline=True).noise_predictor.repo_id is None
+
+
+def test_make_pair_sixteen_bit_and_alpha_files(tmp_path: Path) -> None:
+    from invsr_cli.evaluation.pairs import make_pair
+
+    v = np.full((64, 64, 3), 200 * 257, np.uint16)
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "deep.png"), v)  # 16-bit colour PNG
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., :3] = 10
+    rgba[:, 32:, 3] = 255  # left half transparent
+    Image.fromarray(rgba).save(tmp_path / "alpha.png")
+    deep = make_pair(tmp_path / "deep.png", PurePosixPath("deep.png"), profile="bicubic", size=64, seed=0)
+    assert deep.hr.dtype == np.uint8 and np.all(deep.hr == 200) and deep.lr.shape == (16, 16, 3)
+    alpha = make_pair(tmp_path / "alpha.png", PurePosixPath("alpha.png"), profile="bicubic", size=64, seed=0)
+    assert np.all(alpha.hr[:, :32] == 255) and np.all(alpha.hr[:, 32:] == 10)  # flattened over white
