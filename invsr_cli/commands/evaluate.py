@@ -187,12 +187,14 @@ def register(app: typer.Typer, read_stdin: Callable[[bool], list[str]]) -> None:
                                 [_split_ints([t], "--timesteps") for t in timesteps or []],
                                 _split(noise_predictor))
         flags = {"sd_model": sd_model, "device": device, "dtype": dtype, "tile": tile, "overlap": overlap}
-        if pairs:
-            source = read_pairs(pairs)
-        else:
-            stdin_paths = read_stdin(null) if "-" in paths else None
-            source = source_pairs(paths, profile=profile, size=size, seed=seed, recursive=recursive,
-                                  stdin_paths=stdin_paths)
+        stdin_paths = read_stdin(null) if "-" in paths else None
+
+        def source() -> Any:  # made again for each noise predictor (deterministic), never all held
+            if pairs:
+                return read_pairs(pairs)
+            return source_pairs(paths, profile=profile, size=size, seed=seed, recursive=recursive,
+                                stdin_paths=stdin_paths)
+
         lpips_model, note = (None, "--no-lpips") if no_lpips else lpips_or_reason()
 
         def load(np_spec: str | None) -> Any:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -210,7 +210,7 @@ def _lpips_score(model: Any, out8: np.ndarray, hr8: np.ndarray) -> float:
 
 
 def run_eval(
-    pairs: Iterable[Pair | Failure],
+    pairs: Iterable[Pair | Failure] | Callable[[], Iterable[Pair | Failure]],
     configs: Sequence[Config],
     *,
     flags: Mapping[str, Any] | None = None,
@@ -221,6 +221,10 @@ def run_eval(
     on_output: Callable[[Pair, Config, np.ndarray, dict[str, Any]], None] | None = None,
 ) -> EvalResult:
     """Evaluate ``configs`` on ``pairs`` (see the module docstring).
+
+    ``pairs``: a callable returning a fresh iterable of pairs (called once per noise predictor: pairs are made
+    again rather than held, so memory stays bounded; the degradation is deterministic), or the pairs themselves
+    (then held for every predictor).
 
     ``flags``: settings every configuration shares (device, dtype, sd_model, tile, ...); a configuration's own
     flags and noise predictor go on top. ``load_engine(noise_predictor)`` loads one engine (called once per
@@ -235,25 +239,20 @@ def run_eval(
     policies = {c.label: load_policy(c.preset, {**base, **c.flags,
                                                 **({"noise_predictor": c.noise_predictor} if c.noise_predictor
                                                    else {})}) for c in configs}
-    good: list[Pair] = []
+    source = pairs if callable(pairs) else _replay(pairs)
+    groups: dict[str | None, list[Config]] = {}
+    for c in configs:
+        groups.setdefault(c.noise_predictor, []).append(c)
     try:
-        for item in pairs:
-            if isinstance(item, Failure):
-                result.failures.append(item)
-            else:
-                good.append(item)
-        result.images = len(good)
-        groups: dict[str | None, list[Config]] = {}
-        for c in configs:
-            groups.setdefault(c.noise_predictor, []).append(c)
-        for np_spec, group in groups.items():
-            if not good:
+        for first, (np_spec, group) in enumerate(groups.items()):
+            stream = _Stream(source(), result if first == 0 else None)
+            if not stream.any():  # nothing to evaluate: no engine load
                 break
             t0 = time.perf_counter()
             engine = load_engine(np_spec)
             result.load_seconds += time.perf_counter() - t0
             result.model_loads += 1
-            _run_group(result, good, group, [policies[c.label] for c in group], engine, lpips_model, on_row,
+            _run_group(result, stream, group, [policies[c.label] for c in group], engine, lpips_model, on_row,
                        on_output)
     except KeyboardInterrupt:
         result.interrupted = True
@@ -261,25 +260,69 @@ def run_eval(
     return result
 
 
-def _run_group(result: EvalResult, good: Sequence[Pair], group: Sequence[Config], policies: Sequence[Any],
+def _replay(pairs: Iterable[Pair | Failure]) -> Callable[[], Iterable[Pair | Failure]]:
+    """A one-shot iterable, kept so every noise predictor sees the same pairs (a sequence is used as it is)."""
+    kept = pairs if isinstance(pairs, Sequence) else list(pairs)
+    return lambda: kept
+
+
+class _Stream:
+    """The pairs of one pass, one at a time; the first pass records the failures and the image count."""
+
+    def __init__(self, items: Iterable[Pair | Failure], result: EvalResult | None) -> None:
+        self.items = iter(items)
+        self.result = result
+        self.head: Pair | None = None
+
+    def _next_pair(self) -> Pair | None:
+        for item in self.items:
+            if isinstance(item, Failure):
+                if self.result is not None:
+                    self.result.failures.append(item)
+                continue
+            if self.result is not None:
+                self.result.images += 1
+            return item
+        return None
+
+    def any(self) -> bool:
+        self.head = self._next_pair()
+        return self.head is not None
+
+    def __iter__(self) -> Iterator[Pair]:
+        pair = self.head
+        while pair is not None:
+            yield pair
+            pair = self._next_pair()
+
+
+def _run_group(result: EvalResult, pairs: Iterable[Pair], group: Sequence[Config], policies: Sequence[Any],
                engine: Any, lpips_model: Any, on_row: Callable[[dict[str, Any]], None],
                on_output: Callable[..., None] | None) -> None:
-    """Every (pair, configuration) of one noise predictor through one process_images call, scored as it ends."""
+    """Every (pair, configuration) of one noise predictor through one process_images call, scored as each ends.
+    Tasks are made as the unit of work asks for them (it reads a bounded number ahead) and a pair is dropped once
+    all its outputs are scored, so memory stays bounded whatever the number of photos."""
     from invsr_cli.work.job import Job
     from invsr_cli.work.process import ImageTask, process_images
 
     policy = _TaskPolicy(policies)
-    tasks, meta = [], {}
-    for pi, pair in enumerate(good):
-        for ci, c in enumerate(group):
-            index = pi * len(group) + ci
-            loaded = _loaded(pair.lr)
-            policy.by_pixels[id(loaded.rgb)] = ci
-            name = f"{pair.rel} [{c.label}]"
-            job = Job(Path(name), Path(name), PurePosixPath(str(pair.rel)), "png")
-            tasks.append(ImageTask(job=job, index=index, image=loaded))
-            meta[index] = (pair, c)
-    by_input = {name: t.index for t in tasks for name in (str(t.job.input), display_path(t.job.input))}
+    meta: dict[int, tuple[Pair, Config]] = {}
+    by_input: dict[str, int] = {}
+
+    def tasks() -> Iterator[Any]:
+        for pi, pair in enumerate(pairs):
+            for ci, c in enumerate(group):
+                index = pi * len(group) + ci
+                loaded = _loaded(pair.lr)
+                policy.by_pixels[id(loaded.rgb)] = ci
+                name = f"{pair.rel} [{c.label}]"
+                if name in by_input:  # the same relative path from two inputs
+                    name = f"{name} #{pi}"
+                job = Job(Path(name), Path(name), PurePosixPath(str(pair.rel)), "png")
+                by_input[str(job.input)] = by_input[display_path(job.input)] = index
+                meta[index] = (pair, c)
+                yield ImageTask(job=job, index=index, image=loaded)
+
     outputs: dict[int, np.ndarray] = {}
 
     def keep(img: Any, rgb: Any, models: Any) -> tuple[int, int]:
@@ -288,15 +331,20 @@ def _run_group(result: EvalResult, good: Sequence[Pair], group: Sequence[Config]
 
     t0, scored_before = time.perf_counter(), result.score_seconds
     try:
-        for outcome in process_images(tasks, policy, engine, write=keep):
+        for outcome in process_images(tasks(), policy, engine, write=keep):
             index = by_input[outcome.input]
-            pair, c = meta[index]
+            pair, c = meta.pop(index)
             if outcome.status != "done" or index not in outputs:
+                outputs.pop(index, None)
                 result.failures.append(Failure(f"{pair.source} [{c.label}]", outcome.reason or outcome.status))
                 continue
             t1 = time.perf_counter()
             out8 = outputs.pop(index)
-            row = _score(pair, c, out8, outcome, lpips_model)
+            try:
+                row = _score(pair, c, out8, outcome, lpips_model)
+            except InvSRError as e:
+                result.failures.append(Failure(f"{pair.source} [{c.label}]", str(e)))
+                continue
             result.score_seconds += time.perf_counter() - t1
             result.rows.append(row)
             on_row(row)
