@@ -397,10 +397,10 @@ class EvalReport:
         resample = Image.Resampling.NEAREST if scale < 1 else Image.Resampling.LANCZOS
         f = EVAL_THUMB / max(im.size)
         size = (max(1, round(im.width * f)), max(1, round(im.height * f)))
-        im.resize(size, resample if scale < 1 else Image.Resampling.BICUBIC).save(self.files_dir / f"{name}.webp",
-                                                                                 quality=_QUALITY)
-        im.crop((x0, y0, x1, y1)).resize((ZOOM // 2, ZOOM // 2), Image.Resampling.NEAREST).save(
-            self.files_dir / f"{name}-crop.webp", quality=_QUALITY)
+        _save_webp(im.resize(size, resample if scale < 1 else Image.Resampling.BICUBIC),
+                   self.files_dir / f"{name}.webp")
+        _save_webp(im.crop((x0, y0, x1, y1)).resize((ZOOM // 2, ZOOM // 2), Image.Resampling.NEAREST),
+                   self.files_dir / f"{name}-crop.webp")
         return {"src": quote(f"{self.files_dir.name}/{name}.webp"),
                 "crop": quote(f"{self.files_dir.name}/{name}-crop.webp"), "w": size[0], "h": size[1]}
 
@@ -438,5 +438,5 @@ class EvalReport:
         html = _environment().get_template("eval_report.html.j2").render(
             title="invsr eval", generated=time.strftime("%Y-%m-%d %H:%M:%S"), summary=summary, notes=list(notes),
             charts=charts, chart_w=EVAL_CHART_W, bar_h=EVAL_CHART_H, images=list(self.images.values()))
-        _atomic_write(self.html_path, html.encode("utf-8"))
+        atomic_write_bytes(self.html_path, html.encode("utf-8"))
         return self.html_path
