@@ -412,13 +412,20 @@ def _is_builtin(source: str) -> bool:
 @models_app.command("download")
 def models_download(
     sd_model: Annotated[str | None, typer.Option("--sd-model", help="Hub id or local folder.")] = None,
-    noise_predictor: Annotated[str | None, typer.Option("--noise-predictor", help="Local file or REPO:FILE.")] = None,
+    noise_predictor: Annotated[str | None, typer.Option("--noise-predictor", help="Local file, REPO:FILE, or the "
+                                                        "short names v5 / v5_diftune.")] = None,
+    lpips: Annotated[bool, typer.Option("--lpips", help="Also fetch LPIPS-VGG (VGG16 + v0.1 heads) for invsr eval, "
+                                        "into torch's hub cache.")] = False,
 ) -> None:
     """Pre-fetch the weights into the Hugging Face cache (for offline and cron machines).\n
     Example:  invsr models download   (then run jobs with HF_HUB_OFFLINE=1)"""
     from invsr_cli.engine import DEFAULT_SD_MODEL, download_models
 
     result = download_models(sd_model=sd_model or DEFAULT_SD_MODEL, noise_predictor=noise_predictor)
+    if lpips:
+        from invsr_cli.quality.lpips import download_lpips
+
+        result["lpips"] = ", ".join(map(str, download_lpips()))
     for name, where in result.items():
         typer.echo(f"{name}: {where}")
 
@@ -651,6 +658,11 @@ def doctor(
         typer.echo(f"ready ({warned} warning(s), {seconds} s)" if ready
                    else f"not ready: {len(failed)} check(s) failed: {', '.join(failed)} ({seconds} s)")
     raise typer.Exit(EXIT_OK if ready else EXIT_FAILED)
+
+
+from invsr_cli.commands.evaluate import register as _register_eval  # noqa: E402 - `degrade` and `eval`
+
+_register_eval(app, _read_stdin)
 
 
 # -- errors -> exit codes, in one place ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from invsr_cli.base.errors import WeightsUnavailableError
 __all__ = [
     "DEFAULT_SD_MODEL",
     "DEFAULT_NP_REPO",
+    "NOISE_PREDICTOR_NAMES",
     "DEFAULT_NP_FILE",
     "DEFAULT_NOISE_PREDICTOR",
     "REQUIRED_HUB_FILES",
@@ -44,6 +45,11 @@ DEFAULT_SD_MODEL = "stabilityai/sd-turbo"
 DEFAULT_NP_REPO = "OAOA/InvSR"
 DEFAULT_NP_FILE = "noise_predictor_sd_turbo_v5.pth"
 DEFAULT_NOISE_PREDICTOR = f"{DEFAULT_NP_REPO}:{DEFAULT_NP_FILE}"
+#: The authors' two published noise predictors by short name (``--noise-predictor v5_diftune``).
+NOISE_PREDICTOR_NAMES = {
+    "v5": DEFAULT_NOISE_PREDICTOR,
+    "v5_diftune": f"{DEFAULT_NP_REPO}:noise_predictor_sd_turbo_v5_diftune.pth",
+}
 
 _CONFIGS = (
     "model_index.json",
@@ -294,6 +300,8 @@ def _np_repo_file(spec: str) -> tuple[str, str | None, str] | None:
 
 def _resolve_np(spec: str, fetch: bool, offline: bool, path_only: bool, unreachable: str | None = None) -> Source:
     local = Path(spec).expanduser()
+    if not path_only and spec in NOISE_PREDICTOR_NAMES and not local.is_file():  # a file of that name wins
+        spec = NOISE_PREDICTOR_NAMES[spec]
     parsed = None if local.is_file() or path_only else _np_repo_file(spec)
     if parsed is None:
         path = local.resolve() if local.is_file() else None
