@@ -205,3 +205,16 @@ def test_upscale_reader_names_a_video_as_not_yet_taken(tmp_path):
     clip = make_video(tmp_path / "clip.mp4", frames=6, audio=False)
     with pytest.raises(ImageReadError, match=r"clip\.mp4: a video: `invsr upscale` does not take videos yet"):
         read_image(clip)
+
+
+@pytest.mark.parametrize(("name", "codec", "family", "audio"),
+                         [("in.webm", "libvpx-vp9", "vp9", False), ("in.mkv", "libx265", "hevc", True)])
+def test_codec_family_and_timestamps_kept_in_other_containers(tmp_path, name, codec, family, audio):
+    src = make_video(tmp_path / name, frames=24, codec=codec, audio=audio, gop=12)
+    out = tmp_path / f"out{Path(name).suffix}"
+    info, files = _transcode(src, out)
+    got = V.probe(out)
+    assert (got.codec, got.frames, got.pts) == (family, 24, info.pts)
+    assert len(files) == 2
+    if audio:
+        assert _packets(out, "audio") == _packets(src, "audio")
