@@ -150,7 +150,22 @@ def _environment() -> Any:
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _num
     env.filters["shown"] = _shown
+    env.filters["value"] = _value
     return env
+
+
+def _value(v: Any) -> str:
+    """A setting or model field for a person, not a Python repr: not set as a dash, yes/no, lists joined, a
+    mapping (a model's identity) as ``key value`` pairs."""
+    if v is None or v == "":
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_value(x) for x in v) or "–"
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_value(x)}" for k, x in v.items()) or "–"
+    return _shown(v)
 
 
 def _num(v: Any, digits: int = 2) -> str:

@@ -47,6 +47,7 @@ from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError, fe
 
 from invsr_cli.base.errors import ImageReadError, describe_exception
 from invsr_cli.base.paths import display_path
+from invsr_cli.imaging.video import VIDEO_EXTENSIONS
 
 __all__ = [
     "ImageInfo",
@@ -55,6 +56,7 @@ __all__ = [
     "TIFF_EXIF_TAGS",
     "probe_image",
     "read_image",
+    "pixel_count",
     "canonical_format",
     "missing_plugin",
     "register_plugins",
@@ -279,6 +281,8 @@ def _open(path: Path, fp: Any, max_pixels: int | None = None) -> Image.Image:
     except UnidentifiedImageError:
         fp.seek(0)
         why = missing_plugin(_sniff(fp.read(64)) or "")
+        if not why and path.suffix.lower() in VIDEO_EXTENSIONS:
+            why = "a video: `invsr upscale` does not take videos yet (only invsr_cli.imaging.video reads them)"
         raise _fail(
             path, why or "not a supported image (PNG, JPEG, WebP, TIFF, BMP, GIF, AVIF, HEIC or JPEG XL) or "
             "corrupt header"
@@ -304,9 +308,15 @@ def _n_frames(im: Image.Image) -> int:
     return int(getattr(im, "n_frames", 1) or 1)
 
 
+def pixel_count(n: int) -> str:
+    """A pixel count for messages: exact (``--max-pixels`` is given in pixels), with megapixels beside it from one
+    million on, so two different counts never print alike (``0.0 MP exceeds 0.0 MP``)."""
+    return f"{n} px ({n / 1e6:.1f} MP)" if n >= 1_000_000 else f"{n} px"
+
+
 def _check_pixels(path: Path, w: int, h: int, max_pixels: int | None) -> None:
     if max_pixels is not None and w * h > max_pixels:
-        raise _fail(path, f"{w}x{h} = {w * h / 1e6:.1f} MP exceeds --max-pixels {max_pixels / 1e6:.1f} MP")
+        raise _fail(path, f"{w}x{h} = {pixel_count(w * h)} exceeds --max-pixels {pixel_count(max_pixels)}")
 
 
 def probe_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> ImageInfo:
