@@ -30,7 +30,7 @@ from invsr_cli.discover import Job
 from invsr_cli.errors import InvSRError
 from invsr_cli.report import Outcome, Reporter
 from invsr_cli.settings import ImageSettings, Settings, SettingsPolicy
-from invsr_cli.sink import ImageSink, Writer, failure, reason_of, write_output
+from invsr_cli.sink import ImageSink, Writer, check_output, failure, reason_of, write_output
 
 __all__ = ["Engine", "ImageTask", "PreparedImage", "Processing", "process_images", "batch_size_for",
            "MIN_OOM_TILE", "fit_batch"]
@@ -216,6 +216,7 @@ def _prepare(task: ImageTask, policy: SettingsPolicy, pin: bool) -> PreparedImag
         check_container(task.job, len(getattr(loaded, "frames", ())))
     img = PreparedImage(task, policy.for_image(loaded.rgb), loaded, started)
     img.size = plan_for(task.job.input, *source, img.frames, img.settings, policy.settings)
+    check_output(task.job, loaded, img.settings)  # metadata the format cannot hold fails now, not after compute
     img.replan(img.settings.tile, pin=pin)
     return img
 

@@ -187,3 +187,26 @@ def test_a_stop_abandons_or_finishes_the_image_in_flight(tmp_path, tiny_engine, 
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png"]
     else:
         assert outcomes == [] and len(stop) == 1 and not (tmp_path / "out").exists()
+
+
+class _CountingReporter(Reporter):
+    def __init__(self) -> None:
+        self.done = 0
+
+    def tiles_done(self, n: int) -> None:
+        self.done += n
+
+
+def test_an_output_the_format_cannot_write_fails_before_any_compute(tmp_path, tiny_engine):
+    """Issue 19, item 1: what the writer would refuse (here --lossless for a JPEG kept as JPEG by --format auto;
+    a TIFF with camera EXIF used to be one) fails the image when it is read, not after its tiles ran."""
+    imagegen.rgb(tmp_path / "a.jpg", 40, 24, seed=3)
+    imagegen.rgb(tmp_path / "b.png", 40, 24, seed=4)
+    policy = FixedPolicy(resolve_settings(None, {"tile": 32, "overlap": 8, "device": "cpu", "lossless": True}))
+    reporter = _CountingReporter()
+    outcomes = {Path(o.input).name: o for o in process_images(_tasks(tmp_path, ["a.jpg", "b.png"], tmp_path / "out"),
+                                                              policy, tiny_engine, reporter=reporter)}
+    assert outcomes["a.jpg"].status == "failed" and "jpg has no lossless mode" in outcomes["a.jpg"].reason
+    assert outcomes["b.png"].status == "done"
+    assert reporter.done == outcomes["b.png"].tiles  # only b's tiles ran: a failed before its compute
+    assert not (tmp_path / "out" / "a.jpg").exists()
