@@ -19,7 +19,8 @@ from typing import Any
 
 from invsr_cli.sizing import SizePlan, input_size, target_size
 
-__all__ = ["InputInfo", "probe_input", "read_input", "skip_reason", "check_pixels", "plan_for", "check_container"]
+__all__ = ["InputInfo", "probe_input", "read_input", "skip_reason", "check_pixels", "plan_for", "check_container",
+           "count_tiles", "check_tiles"]
 
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 
@@ -93,7 +94,31 @@ def plan_for(path: Path, w: int, h: int, frames: int, settings: Any, read_settin
         raise InputError(f"{display_path(path)}: the target {plan.describe()} {more}")
     if plan.second_input is not None:
         check_pixels(path, plan.second_input, frames, read_settings.max_pixels, "the second pass's input: ")
+    check_tiles(path, count_tiles(plan, frames, settings), read_settings.max_tiles)
     return plan
+
+
+def count_tiles(plan: SizePlan, frames: int, settings: Any) -> list[int]:
+    """The tiles one frame costs in each pass of ``plan`` (the tiling the unit of work will use, small animation
+    frames included: :func:`invsr_cli.tiling.plan_image`), times ``frames``: one number per pass."""
+    from invsr_cli.tiling import plan_image
+
+    sizes = [plan.input] + ([plan.second_input] if plan.second_input is not None else [])
+    return [frames * plan_image(h, w, settings.tile, settings.overlap, animated=frames > 1).n_tiles
+            for w, h in sizes]
+
+
+def check_tiles(path: Path, per_pass: list[int], max_tiles: int | None) -> None:
+    """``max_tiles`` bounds the work one file costs, counted before any compute: every frame, every pass."""
+    from invsr_cli.discover import display_path
+    from invsr_cli.errors import ImageReadError
+
+    total = sum(per_pass)
+    if max_tiles is None or total <= max_tiles:
+        return
+    how = " + ".join(f"{n}" for n in per_pass) + f" = {total}" if len(per_pass) > 1 else f"{total}"
+    raise ImageReadError(f"{display_path(path)}: {how} tiles of work exceeds --max-tiles {max_tiles} (raise "
+                         "--max-tiles to run it anyway)")
 
 
 def check_container(job: Any, frames: int) -> None:

@@ -121,11 +121,11 @@ class PreparedImage:
         """Plan (or re-plan, smaller) this image's tiles and pad its pixels to the plan."""
         import torch
 
-        from invsr_cli.tiling import max_overlap, pad_image, plan_tiles
+        from invsr_cli.tiling import pad_image, plan_image
 
-        self.plan = plan_tiles(self.loaded.height, self.loaded.width, tile, min(self.settings.overlap,
-                                                                                max_overlap(tile)))
         frames = getattr(self.loaded, "frames", None)
+        self.plan = plan_image(self.loaded.height, self.loaded.width, tile, self.settings.overlap,
+                               animated=frames is not None)
         if frames is None:
             lr = torch.from_numpy(pad_image(self.loaded.rgb, self.plan)).permute(2, 0, 1).contiguous()
         else:
@@ -400,6 +400,8 @@ class Processing:
                     del self.inflight[ref.image]
                     yield failure(img, problem if img.frames == 1 else f"frame {f + 1}: {problem}")
                     continue
+                if img.frames > 1:
+                    self.reporter.frame_done(str(img.job.input), img.done_tiles // n, img.frames)
             if img.done_tiles == img.n_tiles:
                 yield from self._image_done(img)
 

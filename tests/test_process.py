@@ -210,3 +210,45 @@ def test_an_output_the_format_cannot_write_fails_before_any_compute(tmp_path, ti
     assert outcomes["b.png"].status == "done"
     assert reporter.done == outcomes["b.png"].tiles  # only b's tiles ran: a failed before its compute
     assert not (tmp_path / "out" / "a.jpg").exists()
+
+
+class _FrameReporter(Reporter):
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, int, int]] = []
+
+    def frame_done(self, path: str, done: int, frames: int) -> None:
+        self.frames.append((Path(path).name, done, frames))
+
+
+def test_tiny_animation_frames_cost_their_own_pixels_and_depend_on_nothing_else(tmp_path, tiny_engine):
+    """Issue 19, item 2: frames of 8x8 px were each padded to a whole 128 tile. Now each is one 16 px tile, and
+    its result is bit for bit that frame upscaled alone as a still with --tile 16 (the same plan, the same seed):
+    it depends on its own pixels only. Each frame's end is reported as it comes."""
+    from invsr_cli.animation import read_animation
+    from invsr_cli.imageio import read_image
+
+    rng = np.random.default_rng(4)
+    frames = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(5)]
+    frames[0].save(tmp_path / "tiny.png", save_all=True, append_images=frames[1:], duration=40, loop=0)
+    for k, f in enumerate(frames):
+        f.save(tmp_path / f"still{k}.png")
+    kept = {}
+
+    def keep(img, rgb, models):
+        kept[img.job.input.name] = rgb
+        return 32, 32
+
+    anim = process_images(_tasks(tmp_path, ["tiny.png"], tmp_path / "out"),
+                          FixedPolicy(resolve_settings(None, {"posterior": "sample", "seed": 3})), tiny_engine,
+                          write=keep, reporter=(frames_seen := _FrameReporter()))
+    (o,) = list(anim)
+    assert o.status == "done" and o.frames == 5 and o.tile == 16 and o.tiles == 5  # not five 128 px tiles
+    assert frames_seen.frames == [("tiny.png", k, 5) for k in range(1, 6)]
+    assert read_animation(tmp_path / "tiny.png").n_frames == 5
+    still_settings = FixedPolicy(resolve_settings(None, {"tile": 16, "overlap": 0, "posterior": "sample", "seed": 3}))
+    for k in range(5):
+        loaded = read_image(tmp_path / f"still{k}.png")
+        (job,) = discover([str(tmp_path / f"still{k}.png")], tmp_path / "out").jobs
+        (s,) = process_images([ImageTask(job, 0, loaded)], still_settings, tiny_engine, write=keep)
+        assert s.status == "done" and s.tile == 16
+        np.testing.assert_array_equal(kept["tiny.png"][k], kept[f"still{k}.png"], err_msg=f"frame {k}")
