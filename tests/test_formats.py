@@ -20,13 +20,13 @@ import pillow_jxl  # noqa: F401  (registers JXL with Pillow; the tests need the 
 import pytest
 from PIL import Image, ImageCms
 
-from invsr_cli import imageio
-from invsr_cli.discover import IMAGE_EXTENSIONS, output_name
-from invsr_cli.errors import ConfigError, ImageReadError
-from invsr_cli.imageio import LoadedImage, read_image
-from invsr_cli.imagewrite import write_image
-from invsr_cli.provenance import NAMESPACE, from_xmp, provenance_record, read_provenance, to_xmp
-from invsr_cli.settings import resolve_settings
+from invsr_cli.base.errors import ConfigError, ImageReadError
+from invsr_cli.imaging import decode as imageio
+from invsr_cli.imaging.decode import LoadedImage, read_image
+from invsr_cli.imaging.encode import write_image
+from invsr_cli.imaging.provenance import NAMESPACE, from_xmp, provenance_record, read_provenance, to_xmp
+from invsr_cli.run.discover import IMAGE_EXTENSIONS, output_name
+from invsr_cli.settings.settings import resolve_settings
 
 pillow_heif.register_heif_opener()  # the fixtures below save HEIF; pillow_jxl registers itself on import
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -161,7 +161,7 @@ _CAMERA_CASES = [(f, "rgb8") for f in FORMATS] + [(f, k) for f in ("png", "tiff"
 def test_camera_metadata_is_kept_where_the_format_holds_it_and_never_fails(tmp_path, fmt, kind):
     """Issue 19, item 1: an 8-bit TIFF of a camera photo failed after the whole compute ("Error setting from
     dictionary"). Every writable format, 8 and 16-bit: EXIF with Exif and GPS sub-IFDs, ICC and XMP."""
-    from invsr_cli.imagewrite import check_writable
+    from invsr_cli.imaging.encode import check_writable
 
     if kind == "rgb8":
         src = _source(tmp_path, _smooth(16, 16, 3))
@@ -410,8 +410,8 @@ def test_missing_extra_is_reported_with_the_pip_command(tmp_path, extra):
     path = _write_plugin_files(tmp_path)[extra]
     module = {"heif": "pillow_heif", "jxl": "pillow_jxl"}[extra]
     script = (f"import sys; sys.modules[{module!r}] = None\n"
-              "from invsr_cli.imageio import read_image\n"
-              "from invsr_cli.errors import ImageReadError\n"
+              "from invsr_cli.imaging.decode import read_image\n"
+              "from invsr_cli.base.errors import ImageReadError\n"
               f"try:\n    read_image({str(path)!r})\nexcept ImageReadError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

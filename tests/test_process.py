@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from invsr_cli.discover import discover
-from invsr_cli.errors import DiskFullError
-from invsr_cli.preset_files import load_policy
-from invsr_cli.process import ImageTask, PreparedImage, process_images
-from invsr_cli.report import Reporter
-from invsr_cli.settings import FixedPolicy, resolve_settings
-from invsr_cli.sink import ImageSink
+from invsr_cli.base.errors import DiskFullError
+from invsr_cli.run.discover import discover
+from invsr_cli.settings.preset_files import load_policy
+from invsr_cli.settings.settings import FixedPolicy, resolve_settings
+from invsr_cli.work.process import ImageTask, PreparedImage, process_images
+from invsr_cli.work.report import Reporter
+from invsr_cli.work.sink import ImageSink
 from tests import imagegen
 
 
@@ -50,7 +50,7 @@ def test_each_outcome_carries_the_settings_its_image_was_made_with(tmp_path, tin
 
 def test_tasks_with_pixels_in_memory_and_a_custom_write_touch_no_file(tmp_path, tiny_engine):
     """What `invsr bench` does: decoded pixels in, results kept, nothing read or written on disk."""
-    from invsr_cli.imageio import read_image
+    from invsr_cli.imaging.decode import read_image
 
     imagegen.rgb(tmp_path / "a.png", 40, 24, seed=3)
     loaded = read_image(tmp_path / "a.png")
@@ -105,8 +105,8 @@ def test_disk_full_marks_every_task_never_attempted(tmp_path, tiny_engine):
 
 
 def _finished_image(tmp_path, hr, color_fix="none") -> PreparedImage:
-    from invsr_cli.imageio import read_image
-    from invsr_cli.settings import ImageSettings
+    from invsr_cli.imaging.decode import read_image
+    from invsr_cli.settings.settings import ImageSettings
 
     imagegen.rgb(tmp_path / "a.png", 16, 16, seed=1)
     (job,) = discover([str(tmp_path / "a.png")], tmp_path / "out").jobs
@@ -224,8 +224,8 @@ def test_tiny_animation_frames_cost_their_own_pixels_and_depend_on_nothing_else(
     """Issue 19, item 2: frames of 8x8 px were each padded to a whole 128 tile. Now each is one 16 px tile, and
     its result is bit for bit that frame upscaled alone as a still with --tile 16 (the same plan, the same seed):
     it depends on its own pixels only. Each frame's end is reported as it comes."""
-    from invsr_cli.animation import read_animation
-    from invsr_cli.imageio import read_image
+    from invsr_cli.imaging.animation import read_animation
+    from invsr_cli.imaging.decode import read_image
 
     rng = np.random.default_rng(4)
     frames = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(5)]
