@@ -20,7 +20,7 @@ from typing import Any
 from invsr_cli.geometry.sizing import SizePlan, input_size, target_size
 
 __all__ = ["InputInfo", "probe_input", "read_input", "skip_reason", "check_pixels", "plan_for", "check_container",
-           "count_tiles", "check_tiles"]
+           "count_tiles", "check_tiles", "is_animation"]
 
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 
@@ -37,7 +37,8 @@ class InputInfo:
     animated: bool
 
 
-def _is_animation(info: Any) -> bool:
+def is_animation(info: Any) -> bool:
+    """The header (:func:`invsr_cli.imaging.decode.probe_image`) is an animation invsr reads frame by frame."""
     from invsr_cli.imaging.animation import ANIMATED_FORMATS
 
     return info.n_frames > 1 and info.format in ANIMATED_FORMATS
@@ -62,7 +63,7 @@ def probe_input(path: str | os.PathLike[str], *, first_frame: bool = False) -> I
     path = Path(path)
     info = probe_image(path)
     w, h = info.width, info.height
-    animated = _is_animation(info)
+    animated = is_animation(info)
     if not animated and _orientation(path) in _SWAPPING_ORIENTATIONS:
         w, h = h, w
     return InputInfo(w, h, info.format, info.n_frames if animated and not first_frame else 1, animated)
@@ -148,7 +149,7 @@ def read_input(path: str | os.PathLike[str], settings: Any) -> tuple[Any, tuple[
     from invsr_cli.imaging.decode import probe_image, read_image
 
     path = Path(path)
-    if settings.max_input_side is None and not _is_animation(probe_image(path)):
+    if settings.max_input_side is None and not is_animation(probe_image(path)):
         loaded = read_image(path, max_pixels=settings.max_pixels)  # the still path, as it always was
         return loaded, (loaded.width, loaded.height)
     info = probe_input(path, first_frame=settings.first_frame)
