@@ -84,6 +84,10 @@ class PreparedImage:
     tiles_run: int = 0  # tiles of the earlier passes
     batch_sizes: list[int] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    # This image's own time: reading and planning it, its share of each batch it had tiles in (by its tiles in
+    # the batch, as the stage seconds), blending its tiles, preparing a second pass. Not the wall time since it was
+    # read: images whose tiles share batches would each count the shared batches as their own.
+    own_seconds: float = 0.0
 
     @property
     def job(self) -> Job:
@@ -158,7 +162,7 @@ class PreparedImage:
         if stages:
             stages["write"] = round(write_seconds, 4)
         return Outcome(
-            str(self.job.input), str(self.job.output), "done", seconds=round(time.perf_counter() - self.started, 3),
+            str(self.job.input), str(self.job.output), "done", seconds=round(self.own_seconds + write_seconds, 3),
             width=width, height=height, tiles=self.tiles_run + self.n_tiles, preset=s.preset, timesteps=s.timesteps,
             degradation=dict(self.chosen.degradation) if self.chosen.degradation is not None else None,
             rule=self.chosen.reason, tile=self.plan.tile, overlap=self.plan.overlap,
@@ -218,6 +222,7 @@ def _prepare(task: ImageTask, policy: SettingsPolicy, pin: bool) -> PreparedImag
     img.size = plan_for(task.job.input, *source, img.frames, img.settings, policy.settings)
     check_output(task.job, loaded, img.settings)  # metadata the format cannot hold fails now, not after compute
     img.replan(img.settings.tile, pin=pin)
+    img.own_seconds = time.perf_counter() - started
     return img
 
 
@@ -328,6 +333,7 @@ class Processing:
 
     def _upscale(self, refs: list[TileRef]) -> Any:
         torch = self.torch
+        start = time.perf_counter()
         imgs = [self.inflight[r.image] for r in refs]
         s = imgs[0].settings
         lr = torch.stack([img.tile_lr(r.tile) for img, r in zip(imgs, refs, strict=True)])
@@ -341,6 +347,9 @@ class Processing:
                 share = sum(1 for i in imgs if i is img) / len(imgs)
                 for stage in STAGES:
                     img.stage_seconds[stage] += share * (self.timer.seconds.get(stage, 0.0) - before.get(stage, 0.0))
+        took = time.perf_counter() - start
+        for img in imgs:  # each tile's image gets its part of the batch's time
+            img.own_seconds += took / len(imgs)
         return out
 
     def _run_batch(self, refs: list[TileRef]) -> Iterator[Outcome]:
@@ -388,14 +397,18 @@ class Processing:
                 continue
             n = len(img.plan.tiles)
             f = ref.tile // n
+            start = time.perf_counter()
             with self._stage("blend"):
                 if img.accs[f] is None:
                     img.accs[f] = self._accumulator(img)
                 img.accs[f].add(ref.tile % n, tile_out)
             img.done_tiles += 1
             img.frame_tiles[f] += 1
+            problem = None
             if img.frame_tiles[f] == n:  # a frame is done: colour-fix, check and keep it, free its buffers
                 problem = self.sink.frame_result(img, f)
+            img.own_seconds += time.perf_counter() - start
+            if img.frame_tiles[f] == n:
                 if problem:
                     del self.inflight[ref.image]
                     yield failure(img, problem if img.frames == 1 else f"frame {f + 1}: {problem}")
@@ -409,7 +422,9 @@ class Processing:
         """Every tile of the pass is done: start the next pass (its input: this pass's result), or write it."""
         if img.pass_no < img.size.passes:
             img.tiles_run += img.n_tiles
+            start = time.perf_counter()
             img.next_pass(pin=self.pin)
+            img.own_seconds += time.perf_counter() - start
             self._enqueue(img)
             return
         del self.inflight[img.task.index]
