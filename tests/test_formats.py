@@ -522,3 +522,21 @@ def test_read_xmp_of_an_unreadable_file_names_it(tmp_path):
     (tmp_path / "bad.avif").write_bytes(b"\x00\x00\x00\x1cftypavif" + b"\x00" * 40)
     with pytest.raises(ImageReadError, match="bad.avif"):
         read_provenance(tmp_path / "bad.avif")
+
+
+@pytest.mark.slow
+def test_camera_photos_upscale_to_tiff_end_to_end(tmp_path, tiny_models):
+    """Issue 19, item 1, as it was met: a camera JPEG (Exif sub-IFD) with --format tiff, and an 8-bit TIFF with
+    GPS with --format auto, both failed after the whole compute with libtiff's warnings on stderr."""
+    (tmp_path / "in").mkdir()
+    Image.fromarray(_smooth(16, 16, 3)).save(tmp_path / "in" / "cam.jpg", exif=_camera_exif(), icc_profile=SRGB)
+    Image.fromarray(_smooth(16, 16, 3)).save(tmp_path / "in" / "gps.tif", exif=_camera_exif())
+    models = ["--sd-model", tiny_models.sd_dir, "--noise-predictor", tiny_models.noise_predictor_path,
+              "--device", "cpu", "--tile", "16", "--overlap", "0", "--json"]
+    for src, fmt, out in (("cam.jpg", "tiff", "cam.tiff"), ("gps.tif", "auto", "gps.tif")):
+        p = _run("upscale", tmp_path / "in" / src, tmp_path / "out", "--format", fmt, *models,
+                 env={"HF_HUB_OFFLINE": "1"})
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "TIFF" not in p.stderr and "Error setting" not in p.stdout, p.stderr  # no libtiff warnings
+        with Image.open(tmp_path / "out" / out) as im:
+            assert im.size == (64, 64) and im.getexif().get(0x0110) == "Model X"
