@@ -217,3 +217,20 @@ def test_an_animated_entry_renders_in_chromium(tmp_path, chromium):
                                  height: r.height}; })()""")
         pixels = np.asarray(Image.open(io.BytesIO(b.screenshot(clip=box))).convert("RGB"), dtype=np.float32)
         assert pixels.std() > 10, pixels.std()  # the first frame drew, not an empty box
+
+
+def test_the_report_is_written_atomically_and_leaves_no_temporary_file(tmp_path):
+    """Pages, thumbnails and their metadata go through base/atomic.py: a page that cannot be written (its path
+    is a folder) is an error naming it, and no temporary file is left anywhere (the old writer left
+    ``.NAME.tmpPID`` beside the page)."""
+    from invsr_cli.base.errors import OutputError
+
+    out = _fabricate(tmp_path, ["a.png", "b.png"])
+    site = tmp_path / "site"
+    write_report(out, site / "r.html")
+    (site / "bad.html").mkdir()
+    with pytest.raises(OutputError, match="bad.html"):
+        write_report(out, site / "bad.html")
+    left = [p.name for p in site.rglob("*") if ".tmp" in p.name or p.name.endswith(".invsr-tmp")]
+    assert left == []
+    assert len(list((site / "r_files").glob("*.webp"))) == 8
