@@ -220,7 +220,7 @@ def _prepare(task: ImageTask, policy: SettingsPolicy, pin: bool) -> PreparedImag
         check_container(task.job, len(getattr(loaded, "frames", ())))
     img = PreparedImage(task, policy.for_image(loaded.rgb), loaded, started)
     img.size = plan_for(task.job.input, *source, img.frames, img.settings, policy.settings)
-    check_output(task.job, loaded, img.settings)  # metadata the format cannot hold fails now, not after compute
+    check_output(task.job, loaded, img.settings, img.size.passes)  # metadata the format cannot hold fails now, not after compute
     img.replan(img.settings.tile, pin=pin)
     img.own_seconds = time.perf_counter() - started
     return img

@@ -64,26 +64,27 @@ def write_output(img: PreparedImage, rgb: Any, models: dict[str, Any] | None = N
     if size != (w, h):
         rgb = resize_rgb(rgb, size)
     alpha = upscale_alpha(img.loaded.alpha, size) if img.loaded.alpha is not None else None
-    write_image(job.output, rgb, alpha=alpha, source=img.loaded, **_write_options(job, s, models))
+    passes = img.size.passes if img.size is not None else None
+    write_image(job.output, rgb, alpha=alpha, source=img.loaded, **_write_options(job, s, models, passes))
     return size
 
 
-def _write_options(job: Any, s: Any, models: dict[str, Any] | None) -> dict[str, Any]:
+def _write_options(job: Any, s: Any, models: dict[str, Any] | None, passes: int | None) -> dict[str, Any]:
     from invsr_cli.imaging.provenance import provenance_record
 
-    record = provenance_record(s.to_dict(), models=models) if s.provenance else None
+    record = provenance_record(s.to_dict(), models=models, passes=passes) if s.provenance else None
     return {"format": job.format, "quality": s.quality, "provenance": record, "strip_metadata": s.strip_metadata,
             "lossless": s.lossless}
 
 
-def check_output(job: Any, loaded: Any, settings: Any) -> None:
+def check_output(job: Any, loaded: Any, settings: Any, passes: int | None = None) -> None:
     """Before any compute: raise what :func:`write_output` would for this still, its format, settings and
     metadata (an OutputError naming the output). Animations and GIFs carry no metadata, so have nothing to check."""
     if hasattr(loaded, "frames") or job.format == "gif":
         return
     from invsr_cli.imaging.encode import check_writable
 
-    check_writable(job.output, source=loaded, **_write_options(job, settings, None))
+    check_writable(job.output, source=loaded, **_write_options(job, settings, None, passes))
 
 
 class ImageSink:
