@@ -253,3 +253,22 @@ def test_read_input_reduces_every_frame_and_counts_them_against_max_pixels(tmp_p
     assert read_input(path, replace(DEFAULTS, max_input_side=24, max_pixels=1200))[0].n_frames == 3
     still, _ = read_input(path, replace(DEFAULTS, first_frame=True))
     assert not hasattr(still, "frames") and still.rgb.shape == (32, 48, 3)
+
+
+@pytest.mark.slow
+def test_max_tiles_bounds_the_work_before_compute_and_dry_run_counts_the_same(tmp_path, tiny_models):
+    """Issue 19, item 2: --max-pixels counts pixels, not work. The tiles a file costs (every frame) are counted
+    before compute against --max-tiles; the dry run counts them the same way (tiny frames: one 16 px tile each)."""
+    rng = np.random.default_rng(1)
+    frames = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(60)]
+    frames[0].save(tmp_path / "many.gif", save_all=True, append_images=frames[1:], duration=20, loop=0)
+    models = ["--sd-model", str(tiny_models.sd_dir), "--noise-predictor", str(tiny_models.noise_predictor_path),
+              "--device", "cpu"]
+    planned = images(run(tmp_path / "many.gif", tmp_path / "plan", *models, "--dry-run"))["many.gif"]
+    assert (planned["status"], planned["tiles"], planned["tile"], planned["frames"]) == ("planned", 60, 16, 60)
+    p = run(tmp_path / "many.gif", tmp_path / "out", *models, "--max-tiles", "50")
+    o = images(p)["many.gif"]
+    assert p.returncode != 0 and o["status"] == "failed"
+    assert o["reason"] == "60 tiles of work exceeds --max-tiles 50 (raise --max-tiles to run it anyway)", o
+    assert not (tmp_path / "out" / "many.gif").exists()
+    assert json.loads(p.stdout.decode().splitlines()[-1])["tiles"] == 0  # refused before any tile ran

@@ -142,6 +142,73 @@ def test_icc_and_exif_survive_each_format(tmp_path, fmt):
         assert meta["icc"] == SRGB
 
 
+def _camera_exif() -> bytes:
+    """What every camera JPEG carries: main-IFD text tags, an Exif sub-IFD and a GPS sub-IFD."""
+    ex = Image.Exif()
+    ex[0x010F], ex[0x0110], ex[0x0132] = "InvCam", "Model X", "2024:01:01 10:00:00"
+    ex[0x8769] = {0x9003: "2024:01:01 10:00:00", 0x829A: 0.01}  # DateTimeOriginal, ExposureTime
+    ex[0x8825] = {1: "N", 2: (48.0, 51.0, 30.0), 3: "E", 4: (2.0, 21.0, 3.0)}  # GPS latitude/longitude
+    return ex.tobytes()
+
+
+# What each writer can really hold of _camera_exif(): TIFF keeps EXIF's main-IFD tags only (no writer here can
+# write the Exif and GPS sub-IFDs into a TIFF); JPEG XL no ICC (the pixels are converted to sRGB instead).
+_HOLDS_SUB_IFDS = {"png", "jpg", "webp", "avif", "jxl"}
+_CAMERA_CASES = [(f, "rgb8") for f in FORMATS] + [(f, k) for f in ("png", "tiff") for k in ("rgb16", "gray16")]
+
+
+@pytest.mark.parametrize(("fmt", "kind"), _CAMERA_CASES)
+def test_camera_metadata_is_kept_where_the_format_holds_it_and_never_fails(tmp_path, fmt, kind):
+    """Issue 19, item 1: an 8-bit TIFF of a camera photo failed after the whole compute ("Error setting from
+    dictionary"). Every writable format, 8 and 16-bit: EXIF with Exif and GPS sub-IFDs, ICC and XMP."""
+    from invsr_cli.imaging.encode import check_writable
+
+    if kind == "rgb8":
+        src = _source(tmp_path, _smooth(16, 16, 3))
+    else:
+        arr = RNG.integers(0, 65536, (16, 16, 3 if kind == "rgb16" else 1), dtype=np.uint16)
+        path = tmp_path / "src16.png"
+        assert cv2.imwrite(str(path), arr[..., ::-1] if kind == "rgb16" else arr[..., 0])
+        src = read_image(path)
+        assert src.bit_depth == 16
+    src = LoadedImage(**{**src.__dict__, "icc": SRGB, "exif": _camera_exif()})
+    out = tmp_path / f"o.{fmt}"
+    check_writable(out, source=src, format=fmt, provenance=REC)  # the check before compute passes ...
+    write_image(out, src.rgb, source=src, format=fmt, provenance=REC)  # ... and so does the write after it
+    assert read_image(out).bit_depth == (16 if kind != "rgb8" else 8)
+    with Image.open(out) as im:
+        exif = im.getexif()
+        main = {t: exif.get(t) for t in (0x010F, 0x0110, 0x0132)}
+        sub, gps = dict(exif.get_ifd(0x8769)), dict(exif.get_ifd(0x8825))
+    assert main == {0x010F: "InvCam", 0x0110: "Model X", 0x0132: "2024:01:01 10:00:00"}
+    if fmt in _HOLDS_SUB_IFDS:
+        assert sub.get(0x9003) == "2024:01:01 10:00:00" and gps.get(1) == "N" and gps.get(2) == (48.0, 51.0, 30.0)
+    else:
+        assert sub == {} and gps == {}
+    assert _meta(out)["icc"] == ("libjxl:sRGB" if fmt == "jxl" else SRGB)
+    assert read_provenance(out) == REC
+
+
+def test_a_tifffile_shape_note_is_not_carried_over_as_a_description(tmp_path):
+    """Issue 19, item 7: tifffile's ImageDescription ({"shape": [h, w, 3]}) describes the source's array; it
+    must not reappear in the upscaled output stating the old shape. A real description is kept."""
+    import tifffile
+
+    arr = RNG.integers(0, 65536, (6, 7, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "shaped.tif", arr, photometric="rgb")  # tifffile's own shape note
+    tifffile.imwrite(tmp_path / "described.tif", arr, photometric="rgb", description="harbour at dawn",
+                     metadata=None)
+    for name, want in (("shaped.tif", None), ("described.tif", "harbour at dawn")):
+        src = read_image(tmp_path / name)
+        out = tmp_path / f"o_{name}"
+        up = np.repeat(np.repeat(src.rgb, 2, axis=0), 2, axis=1)
+        write_image(out, up, source=src, format="tiff")
+        with tifffile.TiffFile(out) as tif:
+            tags = tif.pages[0].tags
+            assert (tags["ImageDescription"].value if "ImageDescription" in tags else None) == want, name
+            assert tif.pages[0].shape == (12, 14, 3)
+
+
 def _swapped_primaries_profile() -> bytes:
     """sRGB with its red and green primaries exchanged: a valid RGB profile under which (255, 0, 0) is green."""
     icc = bytearray(SRGB)
@@ -457,3 +524,21 @@ def test_read_xmp_of_an_unreadable_file_names_it(tmp_path):
     (tmp_path / "bad.avif").write_bytes(b"\x00\x00\x00\x1cftypavif" + b"\x00" * 40)
     with pytest.raises(ImageReadError, match="bad.avif"):
         read_provenance(tmp_path / "bad.avif")
+
+
+@pytest.mark.slow
+def test_camera_photos_upscale_to_tiff_end_to_end(tmp_path, tiny_models):
+    """Issue 19, item 1, as it was met: a camera JPEG (Exif sub-IFD) with --format tiff, and an 8-bit TIFF with
+    GPS with --format auto, both failed after the whole compute with libtiff's warnings on stderr."""
+    (tmp_path / "in").mkdir()
+    Image.fromarray(_smooth(16, 16, 3)).save(tmp_path / "in" / "cam.jpg", exif=_camera_exif(), icc_profile=SRGB)
+    Image.fromarray(_smooth(16, 16, 3)).save(tmp_path / "in" / "gps.tif", exif=_camera_exif())
+    models = ["--sd-model", tiny_models.sd_dir, "--noise-predictor", tiny_models.noise_predictor_path,
+              "--device", "cpu", "--tile", "16", "--overlap", "0", "--json"]
+    for src, fmt, out in (("cam.jpg", "tiff", "cam.tiff"), ("gps.tif", "auto", "gps.tif")):
+        p = _run("upscale", tmp_path / "in" / src, tmp_path / "out", "--format", fmt, *models,
+                 env={"HF_HUB_OFFLINE": "1"})
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "TIFF" not in p.stderr and "Error setting" not in p.stdout, p.stderr  # no libtiff warnings
+        with Image.open(tmp_path / "out" / out) as im:
+            assert im.size == (64, 64) and im.getexif().get(0x0110) == "Model X"

@@ -187,3 +187,89 @@ def test_a_stop_abandons_or_finishes_the_image_in_flight(tmp_path, tiny_engine, 
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png"]
     else:
         assert outcomes == [] and len(stop) == 1 and not (tmp_path / "out").exists()
+
+
+class _CountingReporter(Reporter):
+    def __init__(self) -> None:
+        self.done = 0
+
+    def tiles_done(self, n: int) -> None:
+        self.done += n
+
+
+def test_an_output_the_format_cannot_write_fails_before_any_compute(tmp_path, tiny_engine):
+    """Issue 19, item 1: what the writer would refuse (here --lossless for a JPEG kept as JPEG by --format auto;
+    a TIFF with camera EXIF used to be one) fails the image when it is read, not after its tiles ran."""
+    imagegen.rgb(tmp_path / "a.jpg", 40, 24, seed=3)
+    imagegen.rgb(tmp_path / "b.png", 40, 24, seed=4)
+    policy = FixedPolicy(resolve_settings(None, {"tile": 32, "overlap": 8, "device": "cpu", "lossless": True}))
+    reporter = _CountingReporter()
+    outcomes = {Path(o.input).name: o for o in process_images(_tasks(tmp_path, ["a.jpg", "b.png"], tmp_path / "out"),
+                                                              policy, tiny_engine, reporter=reporter)}
+    assert outcomes["a.jpg"].status == "failed" and "jpg has no lossless mode" in outcomes["a.jpg"].reason
+    assert outcomes["b.png"].status == "done"
+    assert reporter.done == outcomes["b.png"].tiles  # only b's tiles ran: a failed before its compute
+    assert not (tmp_path / "out" / "a.jpg").exists()
+
+
+class _FrameReporter(Reporter):
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, int, int]] = []
+
+    def frame_done(self, path: str, done: int, frames: int) -> None:
+        self.frames.append((Path(path).name, done, frames))
+
+
+def test_tiny_animation_frames_cost_their_own_pixels_and_depend_on_nothing_else(tmp_path, tiny_engine):
+    """Issue 19, item 2: frames of 8x8 px were each padded to a whole 128 tile. Now each is one 16 px tile, and
+    its result is bit for bit that frame upscaled alone as a still with --tile 16 (the same plan, the same seed):
+    it depends on its own pixels only. Each frame's end is reported as it comes."""
+    from invsr_cli.imaging.animation import read_animation
+    from invsr_cli.imaging.decode import read_image
+
+    rng = np.random.default_rng(4)
+    frames = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(5)]
+    frames[0].save(tmp_path / "tiny.png", save_all=True, append_images=frames[1:], duration=40, loop=0)
+    for k, f in enumerate(frames):
+        f.save(tmp_path / f"still{k}.png")
+    kept = {}
+
+    def keep(img, rgb, models):
+        kept[img.job.input.name] = rgb
+        return 32, 32
+
+    anim = process_images(_tasks(tmp_path, ["tiny.png"], tmp_path / "out"),
+                          FixedPolicy(resolve_settings(None, {"posterior": "sample", "seed": 3})), tiny_engine,
+                          write=keep, reporter=(frames_seen := _FrameReporter()))
+    (o,) = list(anim)
+    assert o.status == "done" and o.frames == 5 and o.tile == 16 and o.tiles == 5  # not five 128 px tiles
+    assert frames_seen.frames == [("tiny.png", k, 5) for k in range(1, 6)]
+    assert read_animation(tmp_path / "tiny.png").n_frames == 5
+    still_settings = FixedPolicy(resolve_settings(None, {"tile": 16, "overlap": 0, "posterior": "sample", "seed": 3}))
+    for k in range(5):
+        loaded = read_image(tmp_path / f"still{k}.png")
+        (job,) = discover([str(tmp_path / f"still{k}.png")], tmp_path / "out").jobs
+        (s,) = process_images([ImageTask(job, 0, loaded)], still_settings, tiny_engine, write=keep)
+        assert s.status == "done" and s.tile == 16
+        np.testing.assert_array_equal(kept["tiny.png"][k], kept[f"still{k}.png"], err_msg=f"frame {k}")
+
+
+def test_images_sharing_batches_each_report_their_share_of_the_time(tmp_path, tiny_engine):
+    """Issue 19, item 7: when tiles of several images share batches, each image reported the shared batches'
+    time as its own, so the images' seconds added up to about three times the run. Now each gets its share (by
+    its tiles in each batch): the sum stays within the wall time of the whole call."""
+    import time
+
+    names = [f"{i}.png" for i in range(3)]
+    for i, n in enumerate(names):
+        imagegen.rgb(tmp_path / n, 48, 48, seed=i)  # 4 tiles of 32 each: 12 tiles, in batches of 6
+    settings = resolve_settings(None, {"tile": 32, "overlap": 8, "batch_size": 6})
+    start = time.perf_counter()
+    outcomes = list(process_images(_tasks(tmp_path, names, tmp_path / "out"), FixedPolicy(settings), tiny_engine))
+    wall = time.perf_counter() - start
+    assert [o.status for o in outcomes] == ["done"] * 3
+    assert any(len(o.batch_sizes) and max(o.batch_sizes) == 6 for o in outcomes)  # the batches were shared
+    total = sum(o.seconds for o in outcomes)
+    assert all(o.seconds > 0 for o in outcomes)
+    # reads and writes of different images overlap in their threads, so allow a little more than the wall
+    assert total <= 1.2 * wall, (total, wall, [o.seconds for o in outcomes])

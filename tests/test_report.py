@@ -171,6 +171,54 @@ def test_report_renders_in_chromium_and_the_slider_moves(tiny_models, tmp_path, 
     assert time.perf_counter() - t0 < 20
 
 
+def _animated_run(root: Path) -> Path:
+    """An animated GIF in, its frames enlarged x4 by Pillow out (no model needed), and the record a run writes."""
+    inp, out = root / "in", root / "out"
+    inp.mkdir(parents=True)
+    out.mkdir()
+    frames = [Image.fromarray(imagegen._pattern(24, 16, seed=10 + k)) for k in range(3)]
+    frames[0].save(inp / "anim.gif", save_all=True, append_images=frames[1:], duration=[100, 200, 300], loop=0)
+    big = [f.resize((96, 64), Image.Resampling.BICUBIC) for f in frames]
+    big[0].save(out / "anim.gif", save_all=True, append_images=big[1:], duration=[100, 200, 300], loop=0)
+    rec = {"time": "2026-01-01T00:00:00+0000", "input": str(inp / "anim.gif"), "output": str(out / "anim.gif"),
+           "status": "done", "reason": "", "seconds": 1.5, "width": 96, "height": 64, "tiles": 3, "frames": 3,
+           "preset": "default", "timesteps": [200], "settings": {"preset": "default", "tile": 128}, "fingerprint": "f"}
+    (out / ".invsr-manifest.jsonl").write_text(json.dumps(rec) + "\n", encoding="utf-8")
+    return out
+
+
+def test_an_animated_output_shows_its_first_frame_with_frame_count_and_timing(tmp_path):
+    """Issue 19, item 5: animated entries said "cannot make thumbnails: ... animated image with 3 frames"."""
+    out = _animated_run(tmp_path)
+    result = write_report(out, tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "cannot make thumbnails" not in page
+    assert "3 frames, 0.6 s (100–300 ms per frame)" in page and "first frame shown" in page
+    files = sorted(p.name.split("-", 1)[1] for p in result.files_dir.glob("*.webp"))
+    assert files == ["after.webp", "before.webp", "crop_in.webp", "crop_out.webp"]
+    after = next(result.files_dir.glob("*-after.webp"))
+    with Image.open(after) as im:  # the output's first frame, not another one
+        want = Image.open(out / "anim.gif").convert("RGB").resize(im.size, Image.Resampling.LANCZOS)
+        assert np.abs(np.asarray(im.convert("RGB"), np.float32) - np.asarray(want, np.float32)).mean() < 6
+
+
+def test_an_animated_entry_renders_in_chromium(tmp_path, chromium):
+    out = _animated_run(tmp_path)
+    write_report(out, tmp_path / "r.html")
+    with Browser(chromium, width=1200, height=1200) as b:
+        b.goto((tmp_path / "r.html").as_uri())
+        widths = _all_images_loaded(b)
+        assert len(widths) == 4 and all(w > 0 for w in widths), widths  # before, after, two crops
+        text = b.eval("document.querySelector('dd.animation').textContent")
+        assert text.startswith("3 frames, 0.6 s (100–300 ms per frame)"), text
+        box = b.eval("""(() => { const c = document.querySelector('.compare'); c.scrollIntoView();
+                         const r = c.getBoundingClientRect();
+                         return {x: r.x + window.scrollX, y: r.y + window.scrollY, width: r.width,
+                                 height: r.height}; })()""")
+        pixels = np.asarray(Image.open(io.BytesIO(b.screenshot(clip=box))).convert("RGB"), dtype=np.float32)
+        assert pixels.std() > 10, pixels.std()  # the first frame drew, not an empty box
+
+
 def test_the_report_is_written_atomically_and_leaves_no_temporary_file(tmp_path):
     """Pages, thumbnails and their metadata go through base/atomic.py: a page that cannot be written (its path
     is a folder) is an error naming it, and no temporary file is left anywhere (the old writer left

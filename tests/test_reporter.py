@@ -91,3 +91,28 @@ def test_a_closed_reader_ends_the_run_and_silences_the_stream(make):
         # the descriptor now points at /dev/null: the closing summary and the flush at exit write nowhere
         rep.finish(Summary())
         assert os.path.samestat(os.fstat(stream.fileno()), os.stat(os.devnull))
+
+
+def test_a_long_animation_shows_progress_frame_by_frame():
+    """Issue 19, item 2: a bar per animation in progress (its frames), gone when its last frame is done; a plain
+    log (stderr) says every tenth of a long animation, never on stdout, nothing for a short one."""
+    import io
+
+    rep = _recording_reporter()
+    rep.start(1, 1, 0)
+    rep.frame_done("in/long.gif", 1, 200)
+    rep.frame_done("in/long.gif", 37, 200)
+    (bar,) = [t for t in rep.progress.tasks if t.description == "frames of long.gif"]
+    assert (bar.completed, bar.total) == (37, 200)
+    rep.frame_done("in/long.gif", 200, 200)
+    assert not [t for t in rep.progress.tasks if t.description.startswith("frames of")]
+    rep.close()
+
+    out, err = io.StringIO(), io.StringIO()
+    plain = PlainReporter(out=out, err=err)
+    for k in range(1, 201):
+        plain.frame_done("in/long.gif", k, 200)
+    for k in range(1, 11):
+        plain.frame_done("in/short.gif", k, 10)
+    assert out.getvalue() == ""
+    assert err.getvalue().splitlines() == [f"frames {k}/200 of in/long.gif" for k in range(20, 201, 20)]

@@ -18,6 +18,7 @@ from invsr_cli.geometry.tiling import (
     blend_weights,
     crop_hr,
     gaussian_kernel_1d,
+    max_overlap,
     pad_image,
     plan_tiles,
 )
@@ -409,3 +410,23 @@ def test_accumulator_can_make_its_own_weights():
     assert converted == [(64, 64)] and acc.weights.dtype == np.float64
     np.testing.assert_array_equal(acc.weights, blend_weights(plan, "linear"))
     np.testing.assert_array_equal(BlendAccumulator(plan).weights, blend_weights(plan, "gaussian"))
+
+
+# ----------------------------------------------------------------------------------------- small animation frames
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 600), st.integers(1, 600), st.sampled_from([16, 32, 48, 64, 128, 256]))
+def test_frame_tile_shrinks_only_frames_padded_to_mostly_padding(h, w, tile):
+    """Issue 19, item 2: a frame whose long side is at most half the tile gets the smallest multiple of 16 that
+    holds it (one tile, less padding); any larger frame keeps the tile, so its output is what it always was."""
+    t = tiling.frame_tile(h, w, tile)
+    side = max(h, w)
+    if 2 * side > tile:
+        assert t == tile
+        assert tiling.plan_image(h, w, tile, 8, animated=True) == plan_tiles(h, w, tile, min(8, max_overlap(tile)))
+    else:
+        assert t % 16 == 0 and side <= t < side + 16 and t <= tile and t >= 16
+        plan = tiling.plan_image(h, w, tile, tile // 2, animated=True)
+        assert plan.tile == t and plan.n_tiles == 1  # one tile per frame, the overlap capped to fit it
+    assert tiling.plan_image(h, w, tile, 8) == plan_tiles(h, w, tile, min(8, max_overlap(tile)))  # stills: as ever

@@ -157,6 +157,9 @@ def upscale(
     max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="Refuse inputs larger than this many "
                                                    "pixels (default 8000000), checked before decoding.",
                                                    rich_help_panel=RUN)] = None,
+    max_tiles: Annotated[int | None, typer.Option("--max-tiles", help="Refuse inputs that would cost more than "
+                                                  "this many tiles (every frame, every pass; default 5000), "
+                                                  "counted before compute.", rich_help_panel=RUN)] = None,
     device: Annotated[str | None, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps.",
                                                rich_help_panel=MODELS)] = None,
     dtype: Annotated[str | None, typer.Option(help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.",
@@ -211,8 +214,8 @@ def upscale(
     flags = dict(
         steps=steps, timesteps=timesteps, seed=seed, posterior=posterior, guidance=guidance, color_fix=color_fix,
         tile=tile, overlap=overlap, blend=blend, batch_size=batch_size, scale=scale, format=fmt, quality=quality,
-        suffix=suffix, skip_existing=skip_existing, max_pixels=max_pixels, device=device, dtype=dtype,
-        vae_fp32=vae_fp32, compile=compile_, sd_model=sd_model, noise_predictor=noise_predictor,
+        suffix=suffix, skip_existing=skip_existing, max_pixels=max_pixels, max_tiles=max_tiles, device=device,
+        dtype=dtype, vae_fp32=vae_fp32, compile=compile_, sd_model=sd_model, noise_predictor=noise_predictor,
         lossless=lossless, strip_metadata=strip_metadata, provenance=False if no_provenance else None,
         width=width, height=height, fit=fit, long_side=long_side, short_side=short_side, passes=passes,
         max_input_side=max_input_side, skip_if_larger=skip_if_larger, first_frame=first_frame,

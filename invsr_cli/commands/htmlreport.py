@@ -7,7 +7,8 @@ and any shards; the latest record per output wins) and writes ``html_path`` plus
   run's :class:`~invsr_cli.work.report.Summary`, the compute time, the settings (one table per distinct set) and models;
 * per image: the input beside the output at the same display size with a before/after slider, a zoomed crop of the
   region with the most detail (input pixels enlarged without smoothing, and the output), the preset and, for
-  ``auto``, the measured noise/blur/blockiness and the rule that chose it, and the time taken.
+  ``auto``, the measured noise/blur/blockiness and the rule that chose it, and the time taken. An animation is
+  shown by its first frame (composited, as a viewer shows it), with its frame count and timing.
 
 The page needs no server and no network (it works from ``file://``): CSS and a few lines of JavaScript are inline;
 thumbnails and crops are WebP files in ``<stem>_files/``, never inlined, so a page stays small (about 1.5 kB of
@@ -310,10 +311,8 @@ def _thumbnails(inp: Path, out: Path, files_dir: Path) -> dict[str, Any]:
             pass
     from PIL import Image
 
-    from invsr_cli.imaging.decode import read_image
-
-    src = read_image(inp, max_pixels=None)
-    res = read_image(out, max_pixels=None)
+    src, src_anim = _first_frame(inp)
+    res, res_anim = _first_frame(out)
     a = _to_uint8(src)
     b = _to_uint8(res)
     ow, oh = res.width, res.height
@@ -334,8 +333,31 @@ def _thumbnails(inp: Path, out: Path, files_dir: Path) -> dict[str, Any]:
     _save_webp(crop_out.resize((zw, zh), resample), files_dir / names["crop_out"])
     meta = {"dw": dw, "dh": dh, "zw": zw, "zh": zh, "crop": [x0, y0, c], "zoom": round(zw / max(c, 1), 1),
             "in_size": [src.width, src.height], "out_size": [ow, oh]}
+    if res_anim or src_anim:  # an animation: its first frame is what is shown
+        meta["animation"] = res_anim or src_anim
     atomic_write_bytes(meta_path, json.dumps(meta).encode())
     return {**meta, **names}
+
+
+def _first_frame(path: Path) -> tuple[Any, dict[str, Any] | None]:
+    """The picture to show for ``path``: a still as read, or an animation's first frame (composited) with its
+    frame count and timing (``frames``, ``seconds`` in all, ``min_ms``/``max_ms`` per frame)."""
+    from PIL import Image
+
+    from invsr_cli.imaging.animation import read_animation
+    from invsr_cli.imaging.decode import probe_image, read_image
+    from invsr_cli.work.inputs import is_animation
+
+    if not is_animation(probe_image(path)):
+        return read_image(path, max_pixels=None), None
+    durations = []
+    with Image.open(path) as im:
+        for i in range(im.n_frames):
+            im.seek(i)  # a frame's duration is known once it is reached (WebP: decoded)
+            durations.append(int(round(float(im.info.get("duration", 0) or 0))))
+    timing = {"frames": len(durations), "seconds": round(sum(durations) / 1000, 3), "min_ms": min(durations),
+              "max_ms": max(durations)}
+    return read_animation(path, first_only=True), timing
 
 
 def _save_webp(im: Any, path: Path) -> None:

@@ -43,6 +43,8 @@ __all__ = [
     "BLEND_MODES",
     "max_overlap",
     "BlendMode",
+    "frame_tile",
+    "plan_image",
 ]
 
 BlendMode = Literal["gaussian", "linear"]
@@ -166,6 +168,27 @@ def plan_tiles(height: int, width: int, tile: int = 128, overlap: int = 32, mult
         scale=SCALE,
         tiles=tuple((y, x) for y in ys for x in xs),
     )
+
+
+def frame_tile(height: int, width: int, tile: int, multiple: int = 16) -> int:
+    """The tile for the frames of an animation: ``tile``, except for frames whose long side is at most half of it
+    (padding them to a whole tile would spend three quarters of the work or more on padding), which get the
+    smallest multiple of ``multiple`` that holds them. Such a frame is then one small tile of its own: its result
+    depends on its own pixels only, and a static area stays static (the same seed at the same place), as before.
+    A frame longer than half the tile keeps ``tile``, so its output is what it always was."""
+    side = max(height, width)
+    if 2 * side > tile:
+        return tile
+    return max(multiple, -(-side // multiple) * multiple)
+
+
+def plan_image(height: int, width: int, tile: int, overlap: int, *, animated: bool = False) -> TilePlan:
+    """The plan one image (or each frame of an animation, ``animated``) is cut by: ``tile`` (for an animation,
+    :func:`frame_tile`), ``overlap`` capped at :func:`max_overlap` of it. One rule for the unit of work that
+    tiles and for the tile count checked before compute."""
+    if animated:
+        tile = frame_tile(height, width, tile)
+    return plan_tiles(height, width, tile, min(overlap, max_overlap(tile)))
 
 
 def pad_image(arr: np.ndarray, plan: TilePlan) -> np.ndarray:

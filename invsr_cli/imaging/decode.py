@@ -89,6 +89,7 @@ _ORIENTATION = 0x0112
 # because imagewrite writes the same tags into a 16-bit TIFF's own IFD.
 TIFF_EXIF_TAGS = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298)
 _EXIF_SUB_IFDS = (0x8769, 0x8825)  # Exif, GPS
+_DESCRIPTION = 0x010E
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # the default; a truncated file must be an error, never padded
 
@@ -383,6 +384,20 @@ def _exif_transpose(im: Image.Image) -> Image.Image:
         return im
 
 
+def _is_layout_note(text: Any) -> bool:
+    """tifffile's ``ImageDescription`` (``{"shape": [h, w, 3]}``): the source array's layout, not a description;
+    carried over, it would state the old shape in the upscaled output."""
+    import json
+
+    if not isinstance(text, str) or not text.lstrip().startswith("{"):
+        return False
+    try:
+        note = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(note, dict) and "shape" in note
+
+
 def _exif_bytes(im: Image.Image) -> bytes | None:
     """The EXIF block to write back (orientation reset to 1); None when absent or unreadable (never fatal)."""
     try:
@@ -398,7 +413,7 @@ def _exif_bytes_or_raise(im: Image.Image) -> bytes | None:
     if im.format == "TIFF":  # IFD0 of a TIFF is the file's own layout: keep the descriptive tags only
         clean = Image.Exif()
         for tag in TIFF_EXIF_TAGS:
-            if tag in exif:
+            if tag in exif and not (tag == _DESCRIPTION and _is_layout_note(exif[tag])):
                 clean[tag] = exif[tag]
         for tag in _EXIF_SUB_IFDS:
             sub = exif.get_ifd(tag) if tag in exif else {}

@@ -13,13 +13,16 @@ Policies
 * **16-bit** outputs are written as PNG or TIFF; every other format is 8-bit (Pillow's AVIF and WebP encoders
   are 8-bit, and pillow-jxl-plugin marks 16-bit grayscale as linear light, which viewers would show with the
   wrong tone curve). 16-bit grayscale goes through Pillow (``I;16``); 16-bit colour or alpha PNG through OpenCV
-  (``imencodeWithMetadata``: ICC, EXIF and XMP kept); 16-bit colour or alpha TIFF through ``tifffile`` (ICC, XMP
-  and EXIF's main-IFD tags such as Make, Model, DateTime, Artist and Copyright kept; the Exif and GPS sub-IFDs
-  are lost, tifffile cannot write them). 16-bit gray+alpha is written as RGBA with R = G = B (OpenCV's
+  (``imencodeWithMetadata``: ICC, EXIF and XMP kept); 16-bit colour or alpha TIFF through ``tifffile``. 16-bit gray+alpha is written as RGBA with R = G = B (OpenCV's
   PNG encoder has no two-channel mode, and few readers understand two-channel 16-bit TIFF).
-* **Metadata**: ICC and EXIF are kept in every output format that holds them (PNG, JPEG, WebP, TIFF, AVIF; JPEG
-  XL keeps EXIF, but ``pillow-jxl-plugin`` cannot embed an ICC profile, so an RGB source with a profile is
-  converted to sRGB, which JPEG XL assumes without one). The provenance record (:mod:`invsr_cli.imaging.provenance`)
+* **Metadata**: what each format's writer can really hold is one rule, :meth:`_Meta.held_by`, for the 8-bit
+  and 16-bit paths alike: ICC and EXIF are kept in PNG, JPEG (EXIF up to one 64 KB APP1 segment), WebP and AVIF;
+  JPEG XL keeps EXIF, but ``pillow-jxl-plugin`` cannot embed an ICC profile, so an RGB source with a profile is
+  converted to sRGB, which JPEG XL assumes without one; a TIFF keeps the ICC profile and EXIF's descriptive
+  main-IFD tags (Make, Model, DateTime, Artist, Copyright, ...): neither libtiff through Pillow nor tifffile can
+  write the Exif and GPS sub-IFDs into a TIFF, so those are left out. :func:`check_writable` encodes a tiny
+  picture with an input's metadata through the same code, so whatever a writer would still refuse fails when
+  the input is read, before any compute. The provenance record (:mod:`invsr_cli.imaging.provenance`)
   is an XMP packet: PNG iTXt ``XML:com.adobe.xmp``, JPEG APP1, WebP/AVIF/JPEG XL XMP boxes, TIFF tag 700 (XMP).
   The source's own XMP is not carried over. ``strip_metadata`` writes none of ICC, EXIF and XMP.
 * **Lossless**: PNG and TIFF are always lossless; ``lossless`` switches WebP (``exact``: colour under transparent
@@ -41,7 +44,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,7 @@ from invsr_cli.imaging.formats import LOSSY_ONLY_FORMATS, WRITE_FORMATS
 __all__ = [
     "DEFAULT_QUALITY",
     "write_image",
+    "check_writable",
     "upscale_alpha",
     "resize_rgb",
 ]
@@ -84,6 +88,18 @@ class _Meta:
     exif: bytes | None = None
     xmp: bytes | None = None
 
+    def held_by(self, fmt: str) -> _Meta:
+        """What ``fmt``'s writer can really hold, 8-bit and 16-bit alike (the one rule; see the module docstring):
+        JPEG's EXIF only up to one APP1 segment, JPEG XL no ICC profile (its pixels are converted to sRGB), TIFF
+        EXIF's descriptive main-IFD tags only (no writer here can write the Exif and GPS sub-IFDs into a TIFF)."""
+        if fmt == "jpg" and self.exif and len(self.exif) > _JPEG_MAX_EXIF:
+            return replace(self, exif=None)
+        if fmt == "jxl":
+            return replace(self, icc=None)
+        if fmt == "tiff":
+            return replace(self, exif=_exif_main_ifd(self.exif))
+        return self
+
 
 def _raw_exif(exif: bytes) -> bytes:
     return exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
@@ -99,6 +115,17 @@ def _exif_main_tags(exif: bytes | None) -> dict[int, str]:
         return {t: parsed[t] for t in TIFF_EXIF_TAGS if isinstance(parsed.get(t), str) and parsed[t]}
     except Exception:
         return {}
+
+
+def _exif_main_ifd(exif: bytes | None) -> bytes | None:
+    """``exif`` reduced to :func:`_exif_main_tags`, as an EXIF block (None when nothing is left)."""
+    tags = _exif_main_tags(exif)
+    if not tags:
+        return None
+    out = Image.Exif()
+    for t, v in tags.items():
+        out[t] = v
+    return out.tobytes()
 
 
 def _encode_png16_colour(arr: np.ndarray, meta: _Meta) -> bytes:
@@ -150,12 +177,13 @@ def _to_srgb(im: Image.Image, icc: bytes) -> Image.Image:
         return im
 
 
-def _save_pillow(im: Image.Image, fmt: str, meta: _Meta, quality: int, lossless: bool) -> bytes:
+def _save_pillow(im: Image.Image, fmt: str, meta: _Meta, quality: int, lossless: bool,
+                 icc_in_pixels: bytes | None = None) -> bytes:
     buf = io.BytesIO()
     params: dict[str, Any] = {}
-    if meta.icc and fmt != "jxl":
+    if meta.icc:
         params["icc_profile"] = meta.icc
-    if meta.exif and fmt != "tiff" and not (fmt == "jpg" and len(meta.exif) > _JPEG_MAX_EXIF):
+    if meta.exif and fmt != "tiff":
         params["exif"] = meta.exif
     if meta.xmp and fmt in ("jpg", "webp", "avif", "jxl"):
         params["xmp"] = meta.xmp
@@ -178,8 +206,8 @@ def _save_pillow(im: Image.Image, fmt: str, meta: _Meta, quality: int, lossless:
             params["subsampling"] = "4:4:4" if quality >= 90 else "4:2:0"
         im.save(buf, "AVIF", quality=quality, **params)
     elif fmt == "jxl":
-        if meta.icc and im.mode in ("RGB", "RGBA"):
-            im = _to_srgb(im, meta.icc)
+        if icc_in_pixels and im.mode in ("RGB", "RGBA"):
+            im = _to_srgb(im, icc_in_pixels)
         if lossless:
             im.save(buf, "JXL", lossless=True, **params)
         else:
@@ -188,10 +216,7 @@ def _save_pillow(im: Image.Image, fmt: str, meta: _Meta, quality: int, lossless:
         if meta.exif or meta.xmp:
             exif = Image.Exif()
             if meta.exif:
-                try:
-                    exif.load(meta.exif)
-                except Exception:
-                    pass
+                exif.load(meta.exif)  # main-IFD text tags only (_Meta.held_by)
             if meta.xmp:
                 exif[_TIFF_XMP] = meta.xmp
             params["exif"] = exif
@@ -222,7 +247,8 @@ def _encode(
         planes.append(alpha[..., None])
     bits = 16 if source.bit_depth == 16 and fmt in ("png", "tiff") else 8
     arr = _quantise(np.concatenate(planes, axis=2), bits)
-    meta = _Meta() if strip_metadata else _Meta(source.icc, source.exif, xmp)
+    given = _Meta() if strip_metadata else _Meta(source.icc, source.exif, xmp)
+    meta = given.held_by(fmt)
     q = DEFAULT_QUALITY if quality is None else int(quality)
 
     if bits == 16 and arr.shape[2] != 1:  # Pillow has no 16-bit colour modes
@@ -230,7 +256,7 @@ def _encode(
             arr = arr[..., [0, 0, 0, 1]]
         return _encode_png16_colour(arr, meta) if fmt == "png" else _encode_tiff16_colour(arr, meta)
     im = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)  # 16-bit gray: I;16
-    return _save_pillow(im, fmt, meta, q, lossless)
+    return _save_pillow(im, fmt, meta, q, lossless, icc_in_pixels=given.icc if fmt == "jxl" else None)
 
 
 def write_image(
@@ -255,7 +281,36 @@ def write_image(
     XMP at all (``provenance`` is ignored). ``lossless``: WebP and JPEG XL lossless (PNG and TIFF always are);
     a :class:`~invsr_cli.base.errors.ConfigError` for jpg and avif, which have no lossless mode.
     """
-    path = Path(path)
+    if rgb_hr.ndim != 3 or rgb_hr.shape[2] != 3:
+        raise ValueError(f"rgb_hr must be (H, W, 3), got {rgb_hr.shape}")
+    if alpha is not None and alpha.shape != rgb_hr.shape[:2]:
+        raise ValueError(f"alpha must be {rgb_hr.shape[:2]}, got {alpha.shape}")
+    data = _checked_encode(Path(path), rgb_hr, alpha, source, format, quality, provenance, strip_metadata,
+                           lossless)
+    return atomic_write_bytes(path, data)
+
+
+def check_writable(
+    path: str | os.PathLike[str],
+    *,
+    source: LoadedImage,
+    format: str,
+    quality: int | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    strip_metadata: bool = False,
+    lossless: bool = False,
+) -> None:
+    """Raise what :func:`write_image` would for ``source`` written as ``format`` with these settings, before any
+    compute: the settings, the codec, and the source's metadata, by encoding an 8x8 picture of the same kind
+    (grayscale, bit depth, alpha) with the same metadata through the same code. Nothing is written."""
+    rgb = np.full((8, 8, 3), 0.5, np.float32)
+    alpha = None if source.alpha is None else np.ones((8, 8), np.float32)
+    _checked_encode(Path(path), rgb, alpha, source, format, quality, provenance, strip_metadata, lossless)
+
+
+def _checked_encode(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, source: LoadedImage, format: str,
+                    quality: int | None, provenance: Mapping[str, Any] | None, strip_metadata: bool,
+                    lossless: bool) -> bytes:
     fmt = canonical_format(format)
     if fmt not in WRITE_FORMATS:
         raise ConfigError(f"`format` must be one of {', '.join(WRITE_FORMATS)}; got {format!r}")
@@ -269,21 +324,15 @@ def write_image(
     if fmt == "avif" and not features.check("avif"):
         raise OutputError(f"{display_path(path)}: cannot encode avif: this Pillow has no AVIF codec "
                           "(needs Pillow >= 11.3 built with libavif)")
-    if rgb_hr.ndim != 3 or rgb_hr.shape[2] != 3:
-        raise ValueError(f"rgb_hr must be (H, W, 3), got {rgb_hr.shape}")
-    if alpha is not None and alpha.shape != rgb_hr.shape[:2]:
-        raise ValueError(f"alpha must be {rgb_hr.shape[:2]}, got {alpha.shape}")
     xmp = None
     if provenance is not None and not strip_metadata:
         from invsr_cli.imaging.provenance import to_xmp
 
         xmp = to_xmp(provenance)
     try:
-        data = _encode(rgb_hr, alpha, source, fmt, quality, lossless=lossless, xmp=xmp,
-                       strip_metadata=strip_metadata)
+        return _encode(rgb, alpha, source, fmt, quality, lossless=lossless, xmp=xmp, strip_metadata=strip_metadata)
     except Exception as exc:
         raise OutputError(f"{display_path(path)}: cannot encode {fmt}: {describe_exception(exc)}") from exc
-    return atomic_write_bytes(path, data)
 
 
 def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:

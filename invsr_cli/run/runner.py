@@ -325,8 +325,15 @@ def _plan_only(jobs: Sequence[Job], policy: SettingsPolicy, rec: Recorder) -> No
     """--dry-run: read headers only, print files, their final sizes, passes and tiles; compute nothing, write
     nothing."""
     from invsr_cli.base.errors import reason_of
-    from invsr_cli.geometry.tiling import plan_tiles
-    from invsr_cli.work.inputs import check_container, check_pixels, plan_for, probe_input, skip_reason
+    from invsr_cli.geometry.tiling import plan_image
+    from invsr_cli.work.inputs import (
+        check_container,
+        check_pixels,
+        count_tiles,
+        plan_for,
+        probe_input,
+        skip_reason,
+    )
 
     s = policy.settings
     for job in jobs:
@@ -338,17 +345,17 @@ def _plan_only(jobs: Sequence[Job], policy: SettingsPolicy, rec: Recorder) -> No
             size = plan_for(job.input, info.width, info.height, info.frames, s, s)
             check_pixels(job.input, size.input, info.frames, s.max_pixels)
             check_container(job, info.frames)
-            inputs = [size.input] + ([size.second_input] if size.second_input else [])
-            plans = [plan_tiles(h, w, s.tile, s.overlap) for w, h in inputs]
+            tiles = sum(count_tiles(size, info.frames, s))
+            first = plan_image(size.input[1], size.input[0], s.tile, s.overlap, animated=info.frames > 1)
         except InvSRError as e:
             rec.record(Outcome(str(job.input), str(job.output), "failed", reason=reason_of(e, job)))
             continue
         w, h = size.output
         rec.record(Outcome(
             str(job.input), str(job.output), "planned", width=w, height=h,
-            tiles=sum(len(p.tiles) for p in plans) * info.frames,
+            tiles=tiles,
             preset="auto" if policy.measures else s.preset, timesteps=() if policy.measures else s.timesteps,
-            reason="output exists" if job.output.is_file() else "", tile=plans[0].tile, overlap=plans[0].overlap,
+            reason="output exists" if job.output.is_file() else "", tile=first.tile, overlap=first.overlap,
             passes=size.passes, frames=info.frames,
         ))
 

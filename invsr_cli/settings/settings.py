@@ -60,6 +60,10 @@ __all__ = [
 # 128 MP x4 output whose float32 blend buffers (RGB + weight) take 2 GiB; with SD-Turbo in fp16 (~2.6 GiB) and a
 # batch of tiles this fits an 8 GB GPU.
 DEFAULT_MAX_PIXELS = 8_000_000
+# Default work limit per input file, in tiles (every frame, every pass). An 8 MP still at the default tile 128 and
+# overlap 32 is 884 tiles (about 1,800 with a second pass at the same size), well inside; what it stops is a file
+# whose pixel count is small but whose work is not (a GIF of tens of thousands of tiny frames).
+DEFAULT_MAX_TILES = 5000
 
 # Allowed values: each list is imported from the module that owns the rule (one owner per rule).
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -96,6 +100,7 @@ class Settings:
     suffix: str = ""
     skip_existing: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_tiles: int = DEFAULT_MAX_TILES
     lossless: bool = False
     strip_metadata: bool = False
     provenance: bool = True
@@ -295,6 +300,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "suffix": _suffix,
     "skip_existing": _bool,
     "max_pixels": _int(1, None),
+    "max_tiles": _int(1, None),
     "lossless": _bool,
     "strip_metadata": _bool,
     "provenance": _bool,

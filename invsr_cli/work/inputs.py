@@ -19,7 +19,8 @@ from typing import Any
 
 from invsr_cli.geometry.sizing import SizePlan, input_size, target_size
 
-__all__ = ["InputInfo", "probe_input", "read_input", "skip_reason", "check_pixels", "plan_for", "check_container"]
+__all__ = ["InputInfo", "probe_input", "read_input", "skip_reason", "check_pixels", "plan_for", "check_container",
+           "count_tiles", "check_tiles", "is_animation"]
 
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 
@@ -36,7 +37,8 @@ class InputInfo:
     animated: bool
 
 
-def _is_animation(info: Any) -> bool:
+def is_animation(info: Any) -> bool:
+    """The header (:func:`invsr_cli.imaging.decode.probe_image`) is an animation invsr reads frame by frame."""
     from invsr_cli.imaging.animation import ANIMATED_FORMATS
 
     return info.n_frames > 1 and info.format in ANIMATED_FORMATS
@@ -61,7 +63,7 @@ def probe_input(path: str | os.PathLike[str], *, first_frame: bool = False) -> I
     path = Path(path)
     info = probe_image(path)
     w, h = info.width, info.height
-    animated = _is_animation(info)
+    animated = is_animation(info)
     if not animated and _orientation(path) in _SWAPPING_ORIENTATIONS:
         w, h = h, w
     return InputInfo(w, h, info.format, info.n_frames if animated and not first_frame else 1, animated)
@@ -94,7 +96,31 @@ def plan_for(path: Path, w: int, h: int, frames: int, settings: Any, read_settin
         raise InputError(f"{display_path(path)}: the target {plan.describe()} {more}")
     if plan.second_input is not None:
         check_pixels(path, plan.second_input, frames, read_settings.max_pixels, "the second pass's input: ")
+    check_tiles(path, count_tiles(plan, frames, settings), read_settings.max_tiles)
     return plan
+
+
+def count_tiles(plan: SizePlan, frames: int, settings: Any) -> list[int]:
+    """The tiles one frame costs in each pass of ``plan`` (the tiling the unit of work will use, small animation
+    frames included: :func:`invsr_cli.geometry.tiling.plan_image`), times ``frames``: one number per pass."""
+    from invsr_cli.geometry.tiling import plan_image
+
+    sizes = [plan.input] + ([plan.second_input] if plan.second_input is not None else [])
+    return [frames * plan_image(h, w, settings.tile, settings.overlap, animated=frames > 1).n_tiles
+            for w, h in sizes]
+
+
+def check_tiles(path: Path, per_pass: list[int], max_tiles: int | None) -> None:
+    """``max_tiles`` bounds the work one file costs, counted before any compute: every frame, every pass."""
+    from invsr_cli.base.errors import ImageReadError
+    from invsr_cli.base.paths import display_path
+
+    total = sum(per_pass)
+    if max_tiles is None or total <= max_tiles:
+        return
+    how = " + ".join(f"{n}" for n in per_pass) + f" = {total}" if len(per_pass) > 1 else f"{total}"
+    raise ImageReadError(f"{display_path(path)}: {how} tiles of work exceeds --max-tiles {max_tiles} (raise "
+                         "--max-tiles to run it anyway)")
 
 
 def check_container(job: Any, frames: int) -> None:
@@ -124,7 +150,7 @@ def read_input(path: str | os.PathLike[str], settings: Any) -> tuple[Any, tuple[
     from invsr_cli.imaging.decode import probe_image, read_image
 
     path = Path(path)
-    if settings.max_input_side is None and not _is_animation(probe_image(path)):
+    if settings.max_input_side is None and not is_animation(probe_image(path)):
         loaded = read_image(path, max_pixels=settings.max_pixels)  # the still path, as it always was
         return loaded, (loaded.width, loaded.height)
     info = probe_input(path, first_frame=settings.first_frame)

@@ -30,7 +30,7 @@ from invsr_cli.settings.settings import ImageSettings, Settings, SettingsPolicy
 from invsr_cli.work.batching import Ran, Split, TileRef, TileScheduler, TooLarge, run_tiles
 from invsr_cli.work.job import Job
 from invsr_cli.work.report import Outcome, Reporter, failed, not_attempted
-from invsr_cli.work.sink import ImageSink, Writer, write_output
+from invsr_cli.work.sink import ImageSink, Writer, check_output, write_output
 
 __all__ = ["Engine", "ImageTask", "PreparedImage", "Processing", "process_images", "batch_size_for",
            "MIN_OOM_TILE", "fit_batch"]
@@ -84,6 +84,10 @@ class PreparedImage:
     tiles_run: int = 0  # tiles of the earlier passes
     batch_sizes: list[int] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    # This image's own time: reading and planning it, its share of each batch it had tiles in (by its tiles in
+    # the batch, as the stage seconds), blending its tiles, preparing a second pass. Not the wall time since it was
+    # read: images whose tiles share batches would each count the shared batches as their own.
+    own_seconds: float = 0.0
 
     @property
     def job(self) -> Job:
@@ -121,11 +125,11 @@ class PreparedImage:
         """Plan (or re-plan, smaller) this image's tiles and pad its pixels to the plan."""
         import torch
 
-        from invsr_cli.geometry.tiling import max_overlap, pad_image, plan_tiles
+        from invsr_cli.geometry.tiling import pad_image, plan_image
 
-        self.plan = plan_tiles(self.loaded.height, self.loaded.width, tile, min(self.settings.overlap,
-                                                                                max_overlap(tile)))
         frames = getattr(self.loaded, "frames", None)
+        self.plan = plan_image(self.loaded.height, self.loaded.width, tile, self.settings.overlap,
+                               animated=frames is not None)
         if frames is None:
             lr = torch.from_numpy(pad_image(self.loaded.rgb, self.plan)).permute(2, 0, 1).contiguous()
         else:
@@ -158,7 +162,7 @@ class PreparedImage:
         if stages:
             stages["write"] = round(write_seconds, 4)
         return Outcome(
-            str(self.job.input), str(self.job.output), "done", seconds=round(time.perf_counter() - self.started, 3),
+            str(self.job.input), str(self.job.output), "done", seconds=round(self.own_seconds + write_seconds, 3),
             width=width, height=height, tiles=self.tiles_run + self.n_tiles, preset=s.preset, timesteps=s.timesteps,
             degradation=dict(self.chosen.degradation) if self.chosen.degradation is not None else None,
             rule=self.chosen.reason, tile=self.plan.tile, overlap=self.plan.overlap,
@@ -216,7 +220,9 @@ def _prepare(task: ImageTask, policy: SettingsPolicy, pin: bool) -> PreparedImag
         check_container(task.job, len(getattr(loaded, "frames", ())))
     img = PreparedImage(task, policy.for_image(loaded.rgb), loaded, started)
     img.size = plan_for(task.job.input, *source, img.frames, img.settings, policy.settings)
+    check_output(task.job, loaded, img.settings, img.size.passes)  # metadata the format cannot hold fails now, not after compute
     img.replan(img.settings.tile, pin=pin)
+    img.own_seconds = time.perf_counter() - started
     return img
 
 
@@ -327,6 +333,7 @@ class Processing:
 
     def _upscale(self, refs: list[TileRef]) -> Any:
         torch = self.torch
+        start = time.perf_counter()
         imgs = [self.inflight[r.image] for r in refs]
         s = imgs[0].settings
         lr = torch.stack([img.tile_lr(r.tile) for img, r in zip(imgs, refs, strict=True)])
@@ -340,6 +347,9 @@ class Processing:
                 share = sum(1 for i in imgs if i is img) / len(imgs)
                 for stage in STAGES:
                     img.stage_seconds[stage] += share * (self.timer.seconds.get(stage, 0.0) - before.get(stage, 0.0))
+        took = time.perf_counter() - start
+        for img in imgs:  # each tile's image gets its part of the batch's time
+            img.own_seconds += took / len(imgs)
         return out
 
     def _run_batch(self, refs: list[TileRef]) -> Iterator[Outcome]:
@@ -428,18 +438,24 @@ class Processing:
     def _blend_tile(self, img: PreparedImage, ref: TileRef, tile_out: Any) -> Iterator[Outcome]:
         n = len(img.plan.tiles)
         f = ref.tile // n
+        start = time.perf_counter()
         with self._stage("blend"):
             if img.accs[f] is None:
                 img.accs[f] = self._accumulator(img)
             img.accs[f].add(ref.tile % n, tile_out)
         img.done_tiles += 1
         img.frame_tiles[f] += 1
+        problem = None
         if img.frame_tiles[f] == n:  # a frame is done: colour-fix, check and keep it, free its buffers
             problem = self.sink.frame_result(img, f)
+        img.own_seconds += time.perf_counter() - start
+        if img.frame_tiles[f] == n:
             if problem:
                 del self.inflight[ref.image]
                 yield failed(img, problem if img.frames == 1 else f"frame {f + 1}: {problem}")
                 return
+            if img.frames > 1:
+                self.reporter.frame_done(str(img.job.input), img.done_tiles // n, img.frames)
         if img.done_tiles == img.n_tiles:
             yield from self._image_done(img)
 
@@ -447,7 +463,9 @@ class Processing:
         """Every tile of the pass is done: start the next pass (its input: this pass's result), or write it."""
         if img.pass_no < img.size.passes:
             img.tiles_run += img.n_tiles
+            start = time.perf_counter()
             img.next_pass(pin=self.pin)
+            img.own_seconds += time.perf_counter() - start
             self._enqueue(img)
             return
         del self.inflight[img.task.index]

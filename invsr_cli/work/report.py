@@ -186,6 +186,10 @@ class Reporter:
 
     def tiles_done(self, n: int) -> None: ...
 
+    def frame_done(self, path: str, done: int, frames: int) -> None:
+        """An animation's frame is finished: ``done`` of its ``frames`` (in this pass), so a long animation shows
+        progress frame by frame. Not called for stills."""
+
     def stage(self, text: str) -> None:
         """What the run is doing before its first tile (e.g. ``"loading the models"``); ``""`` when it is done.
         The progress display shows it; logs need no line for it."""
@@ -235,6 +239,9 @@ def _clean(text: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
+LONG_ANIMATION = 50  # frames: from here a plain log says how far an animation is, every tenth
+
+
 class PlainReporter(Reporter):
     """One line per image on ``out``; failures also when quiet (on ``err``)."""
 
@@ -257,6 +264,11 @@ class PlainReporter(Reporter):
     def info(self, text: str) -> None:
         if self.verbose:
             _write_line(self.err, _clean(text))
+
+    def frame_done(self, path: str, done: int, frames: int) -> None:
+        """A long animation (:data:`LONG_ANIMATION` frames or more) says on ``err`` when each tenth is done."""
+        if not self.quiet and frames >= LONG_ANIMATION and done * 10 // frames != (done - 1) * 10 // frames:
+            _write_line(self.err, _clean(f"frames {done}/{frames} of {path}"))
 
     def warning(self, text: str) -> None:
         _write_line(self.err, _clean(f"warning: {text}"))
@@ -318,6 +330,7 @@ class RichReporter(PlainReporter):
         )
         self._images = self._tiles = None
         self._tiles_n = 0
+        self._frames: dict[str, Any] = {}  # an animation in progress -> its frames bar
         self._to_do = 0
         self._tiles_known = 0  # tiles of the images tiled so far
         self._images_known = 0  # images tiled (or failed before tiling): the tiles' total is known once all are
@@ -350,6 +363,20 @@ class RichReporter(PlainReporter):
             task = self.progress.tasks[self._tiles]
             rate = f"{self._tiles_n / task.elapsed:.2f} tiles/s" if task.elapsed else ""
             self.progress.update(self._tiles, advance=n, rate=rate)
+
+    def frame_done(self, path: str, done: int, frames: int) -> None:
+        """A bar per animation in progress (its frames), removed when its last frame is done."""
+        from pathlib import Path
+
+        if self._images is None:
+            return
+        bar = self._frames.get(path)
+        if bar is None:
+            bar = self._frames[path] = self.progress.add_task(f"frames of {_clean(Path(path).name)}", total=frames,
+                                                               rate="", note="")
+        self.progress.update(bar, completed=done)
+        if done >= frames:
+            self.progress.remove_task(self._frames.pop(path))
 
     def outcome(self, o: Outcome) -> None:
         from rich.markup import escape

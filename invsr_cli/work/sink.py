@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 # write(image, rgb, models) -> (width, height): writes one finished image (models: the engine's weights' identity)
 Writer = Callable[["PreparedImage", Any, "dict[str, Any] | None"], tuple[int, int]]
 
-__all__ = ["ImageSink", "WRITERS", "Writer", "output_problem", "write_output"]
+__all__ = ["ImageSink", "WRITERS", "Writer", "output_problem", "write_output", "check_output"]
 
 WRITERS = 2  # background writer threads; at most 2 * WRITERS finished images wait in memory
 
@@ -44,7 +44,6 @@ def write_output(img: PreparedImage, rgb: Any, models: dict[str, Any] | None = N
     record: :mod:`invsr_cli.imaging.animation` writes them)."""
     from invsr_cli.geometry.sizing import scaled_size
     from invsr_cli.imaging.encode import resize_rgb, upscale_alpha, write_image
-    from invsr_cli.imaging.provenance import provenance_record
 
     s = img.settings
     size = img.size.output if img.size is not None else scaled_size(img.loaded.width, img.loaded.height, s.scale)
@@ -66,10 +65,26 @@ def write_output(img: PreparedImage, rgb: Any, models: dict[str, Any] | None = N
         rgb = resize_rgb(rgb, size)
     alpha = upscale_alpha(img.loaded.alpha, size) if img.loaded.alpha is not None else None
     passes = img.size.passes if img.size is not None else None
-    record = provenance_record(s.to_dict(), models=models, passes=passes) if s.provenance else None
-    write_image(job.output, rgb, alpha=alpha, source=img.loaded, format=job.format, quality=s.quality,
-                provenance=record, strip_metadata=s.strip_metadata, lossless=s.lossless)
+    write_image(job.output, rgb, alpha=alpha, source=img.loaded, **_write_options(job, s, models, passes))
     return size
+
+
+def _write_options(job: Any, s: Any, models: dict[str, Any] | None, passes: int | None) -> dict[str, Any]:
+    from invsr_cli.imaging.provenance import provenance_record
+
+    record = provenance_record(s.to_dict(), models=models, passes=passes) if s.provenance else None
+    return {"format": job.format, "quality": s.quality, "provenance": record, "strip_metadata": s.strip_metadata,
+            "lossless": s.lossless}
+
+
+def check_output(job: Any, loaded: Any, settings: Any, passes: int | None = None) -> None:
+    """Before any compute: raise what :func:`write_output` would for this still, its format, settings and
+    metadata (an OutputError naming the output). Animations and GIFs carry no metadata, so have nothing to check."""
+    if hasattr(loaded, "frames") or job.format == "gif":
+        return
+    from invsr_cli.imaging.encode import check_writable
+
+    check_writable(job.output, source=loaded, **_write_options(job, settings, None, passes))
 
 
 class ImageSink:
