@@ -215,7 +215,7 @@ def upscale(
     )
     policy = load_policy(preset, {k: v for k, v in flags.items() if v is not None})
     stdin_paths = _read_stdin(null) if "-" in inputs else None
-    s = policy.settings
+    s = policy.run
     found = discover(inputs, out_dir, recursive=recursive, stdin_paths=stdin_paths, suffix=s.suffix, fmt=s.format,
                      lossless=s.lossless)
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
@@ -487,15 +487,15 @@ def analyse(
 ) -> None:
     """Measure noise, blur and JPEG blockiness, and show the preset `--preset auto` would choose."""
     from invsr_cli.analyse import analyse_inputs
+    from invsr_cli.auto_rules import AutoPolicy
     from invsr_cli.preset_files import load_policy
-    from invsr_cli.settings import AutoPolicy
 
     policy = load_policy(preset, {})
     if not isinstance(policy, AutoPolicy):
         raise ConfigError(f"preset `{preset}` has no `auto` rules; analyse needs an auto preset")
     stdin_paths = _read_stdin(null) if "-" in paths else None
     rows = analyse_inputs(paths, policy.rules, recursive=recursive, stdin_paths=stdin_paths,
-                          max_pixels=policy.settings.max_pixels)
+                          max_pixels=policy.run.max_pixels)
     failed = sum(1 for r in rows if r.get("error"))
     if json_output:
         import json

@@ -29,7 +29,7 @@ from invsr_cli.batching import Ran, Split, TileRef, TileScheduler, TooLarge, run
 from invsr_cli.discover import Job
 from invsr_cli.errors import InvSRError
 from invsr_cli.report import Outcome, Reporter
-from invsr_cli.settings import ImageSettings, Settings, SettingsPolicy
+from invsr_cli.settings import ImageChoice, ImageSettings, RunSettings, Settings, SettingsPolicy
 from invsr_cli.sink import ImageSink, Writer, failure, reason_of, write_output
 
 __all__ = ["Engine", "ImageTask", "PreparedImage", "Processing", "process_images", "batch_size_for",
@@ -56,20 +56,23 @@ class Engine(Protocol):
 @dataclass(frozen=True)
 class ImageTask:
     """One image to process: where it comes from and goes (``job``), its order in the run (``index``: batching
-    finishes older images first), and optionally its pixels already decoded (``image``, an
-    :class:`invsr_cli.imageio.LoadedImage`-like object; ``None`` reads ``job.input``)."""
+    finishes older images first), optionally its pixels already decoded (``image``, an
+    :class:`invsr_cli.imageio.LoadedImage`-like object; ``None`` reads ``job.input``), and its header as the
+    driver probed it (``info``, an :class:`invsr_cli.inputs.InputInfo`; ``None``: read it with the pixels)."""
 
     job: Job
     index: int = 0
     image: Any = None
+    info: Any = None
 
 
 @dataclass(eq=False)
 class PreparedImage:
-    """One image in flight: read, its settings chosen, tiled, its tiles partly computed."""
+    """One image in flight: read, its settings chosen, tiled, its tiles partly computed. ``settings``: the run's
+    and its own (``chosen.image``), the pair its outcome carries."""
 
     task: ImageTask
-    chosen: ImageSettings
+    chosen: ImageChoice
     loaded: Any  # imageio.LoadedImage, or animation.Animation (its frames are tiled together)
     started: float
     size: Any = None  # sizing.SizePlan: the output size and the passes it takes
@@ -84,18 +87,23 @@ class PreparedImage:
     tiles_run: int = 0  # tiles of the earlier passes
     batch_sizes: list[int] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    run: RunSettings | None = None  # None: the defaults
+    settings: Settings = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settings = Settings(self.run, self.chosen.image)
 
     @property
     def job(self) -> Job:
         return self.task.job
 
     @property
-    def settings(self) -> Settings:
-        return self.chosen.settings
+    def image(self) -> ImageSettings:
+        return self.chosen.image
 
     @property
     def key(self) -> tuple:
-        return (self.settings.engine_key(), self.plan.tile)
+        return (self.image.engine_key(), self.plan.tile)
 
     @property
     def frames(self) -> int:
@@ -115,16 +123,16 @@ class PreparedImage:
 
     def tile_seed(self, i: int) -> int:
         """Every frame's tile at one place gets the same seed, so a static area stays static."""
-        return self.settings.seed + i % len(self.plan.tiles)
+        return self.image.seed + i % len(self.plan.tiles)
 
     def replan(self, tile: int, *, pin: bool = False) -> None:
         """Plan (or re-plan, smaller) this image's tiles and pad its pixels to the plan."""
         import torch
 
-        from invsr_cli.tiling import max_overlap, pad_image, plan_tiles
+        from invsr_cli.inputs import tile_plan
+        from invsr_cli.tiling import pad_image
 
-        self.plan = plan_tiles(self.loaded.height, self.loaded.width, tile, min(self.settings.overlap,
-                                                                                max_overlap(tile)))
+        self.plan = tile_plan(self.loaded.width, self.loaded.height, self.image, tile)
         frames = getattr(self.loaded, "frames", None)
         if frames is None:
             lr = torch.from_numpy(pad_image(self.loaded.rgb, self.plan)).permute(2, 0, 1).contiguous()
@@ -150,7 +158,7 @@ class PreparedImage:
             self.loaded = replace(self.loaded, rgb=rgb, width=size[0], height=size[1])
         self.pass_no += 1
         self.generation += 1
-        self.replan(self.settings.tile, pin=pin)
+        self.replan(self.image.tile, pin=pin)
 
     def outcome(self, width: int, height: int, write_seconds: float, models: dict[str, Any] | None = None) -> Outcome:
         s = self.settings
@@ -176,9 +184,9 @@ def fit_batch(free_bytes: int, per_tile_bytes: int, *, margin: float = AUTO_MARG
 def batch_size_for(policy: SettingsPolicy, engine: Engine) -> int:
     """``--batch-size``: the number given, or ``auto``: 1 on a CPU, 4 on MPS, and on CUDA what fits in memory,
     measured with one tile of the largest tile size the policy can choose."""
-    settings = policy.settings
-    if settings.batch_size != "auto":
-        return int(settings.batch_size)
+    run = policy.run
+    if run.batch_size != "auto":
+        return int(run.batch_size)
     kind = str(getattr(engine, "device", "cpu")).split(":")[0]
     if kind == "cuda":
         largest = max(policy.choices.values(), key=lambda s: (s.tile, s.steps))
@@ -186,7 +194,7 @@ def batch_size_for(policy: SettingsPolicy, engine: Engine) -> int:
     return MPS_BATCH if kind == "mps" else CPU_BATCH
 
 
-def _measure_cuda_tile(settings: Settings, engine: Engine) -> tuple[int, int]:
+def _measure_cuda_tile(settings: ImageSettings, engine: Engine) -> tuple[int, int]:
     """Run one tile of the real schedule and measure its peak memory above what is already allocated (measure,
     don't guess); returns (free bytes, bytes per tile). The run also warms up the kernels."""
     import torch
@@ -206,17 +214,18 @@ def _measure_cuda_tile(settings: Settings, engine: Engine) -> tuple[int, int]:
 
 def _prepare(task: ImageTask, policy: SettingsPolicy, pin: bool) -> PreparedImage:
     """Read, choose settings, plan and pad one image. Runs in a reader thread."""
-    from invsr_cli.inputs import check_container, plan_for, read_input
+    from invsr_cli.inputs import check_container, plan_image, read_input
 
     started = time.perf_counter()
+    run = policy.run
     if task.image is not None:
         loaded, source = task.image, (task.image.width, task.image.height)
     else:
-        loaded, source = read_input(task.job.input, policy.settings)
+        loaded, source = read_input(task.job.input, run, task.info)
         check_container(task.job, len(getattr(loaded, "frames", ())))
-    img = PreparedImage(task, policy.for_image(loaded.rgb), loaded, started)
-    img.size = plan_for(task.job.input, *source, img.frames, img.settings, policy.settings)
-    img.replan(img.settings.tile, pin=pin)
+    img = PreparedImage(task, policy.for_image(loaded.rgb), loaded, started, run=run)
+    img.size = plan_image(task.job.input, *source, img.frames, img.image, run).size
+    img.replan(img.image.tile, pin=pin)
     return img
 
 
@@ -328,7 +337,7 @@ class Processing:
     def _upscale(self, refs: list[TileRef]) -> Any:
         torch = self.torch
         imgs = [self.inflight[r.image] for r in refs]
-        s = imgs[0].settings
+        s = imgs[0].image
         lr = torch.stack([img.tile_lr(r.tile) for img, r in zip(imgs, refs, strict=True)])
         lr = lr.to(self.device, non_blocking=self.pin)
         seeds = [img.tile_seed(r.tile) for img, r in zip(imgs, refs, strict=True)]
@@ -420,7 +429,7 @@ class Processing:
 
         torch = self.torch
         return BlendAccumulator(
-            img.plan, mode=img.settings.blend,
+            img.plan, mode=img.image.blend,
             zeros=lambda shape: torch.zeros(shape, dtype=torch.float32, device=self.device),
             asarray=lambda a: torch.as_tensor(a, device=self.device),
         )

@@ -49,7 +49,7 @@ from invsr_cli.errors import ConfigError
 from invsr_cli.executors import RunContext, load_engine
 from invsr_cli.process import ImageTask
 from invsr_cli.report import Outcome
-from invsr_cli.settings import Settings, SettingsPolicy
+from invsr_cli.settings import RunSettings, SettingsPolicy
 
 __all__ = ["DevicesExecutor", "parse_devices", "cuda_device_count"]
 
@@ -118,7 +118,7 @@ class DevicesExecutor:
     module-level function). ``threads``: torch threads per CPU worker (default: the cores split between them).
     """
 
-    def __init__(self, devices: Sequence[str], *, loader: Callable[[Settings], Any] = load_engine,
+    def __init__(self, devices: Sequence[str], *, loader: Callable[[RunSettings], Any] = load_engine,
                  threads: int | None = None) -> None:
         if not devices:
             raise ConfigError("`devices` needs at least one device")
@@ -154,7 +154,7 @@ class _Run:
         self.policy = policy
         self.ctx = ctx
         self.reporter = ctx.reporter
-        self.queue: deque[_Item] = deque(_largest_first(tasks, policy.settings.max_pixels))
+        self.queue: deque[_Item] = deque(_largest_first(tasks, policy.run.max_pixels))
         self.retries: deque[_Item] = deque()
         self.unresolved = len(self.queue)
         self.workers: list[_Worker] = []
@@ -171,8 +171,8 @@ class _Run:
         verbose = bool(getattr(self.reporter, "verbose", False))
         names = ", ".join(self.ex.devices)
         self.reporter.info(f"starting {len(self.ex.devices)} worker(s): {names}; loading the models in each: "
-                           f"{self.policy.settings.sd_model}, noise predictor "
-                           f"{self.policy.settings.noise_predictor or 'default'}")
+                           f"{self.policy.run.sd_model}, noise predictor "
+                           f"{self.policy.run.noise_predictor or 'default'}")
         try:
             self.spawn, self.verbose = spawn, verbose
             for wid, device in enumerate(self.ex.devices):
@@ -378,16 +378,13 @@ def _failed(item: _Item, reason: str) -> Outcome:
 
 
 def _largest_first(tasks: Sequence[ImageTask], max_pixels: int | None) -> list[_Item]:
-    from invsr_cli.imageio import probe_image
-
+    """The tasks, largest image first, by the header the driver probed (``task.info``); an image it could not
+    read, or above ``max_pixels``, counts as 0 (its worker reports why it cannot read it)."""
     items = []
     for task in tasks:
-        try:
-            info = probe_image(task.job.input, max_pixels=max_pixels)
-            size = info.width * info.height
-        except Exception:  # the worker reads it again and reports why it cannot
-            size = 0
-        items.append(_Item(task, size))
+        info = task.info
+        size = 0 if info is None else info.width * info.height
+        items.append(_Item(task, 0 if max_pixels is not None and size > max_pixels else size))
     items.sort(key=lambda i: (-i.size, i.task.index))
     return items
 
@@ -435,7 +432,7 @@ class _PipeReporter:
         return lambda *a, **k: None
 
 
-def _worker_main(wid: int, device: str, threads: int, policy: SettingsPolicy, loader: Callable[[Settings], Any],
+def _worker_main(wid: int, device: str, threads: int, policy: SettingsPolicy, loader: Callable[[RunSettings], Any],
                  conn: Any, flag: Any, verbose: bool) -> None:
     import multiprocessing as mp
     import signal
@@ -452,7 +449,7 @@ def _worker_main(wid: int, device: str, threads: int, policy: SettingsPolicy, lo
 
         torch.set_num_threads(threads)
         try:
-            engine = loader(replace(policy.settings, device=device))
+            engine = loader(replace(policy.run, device=device))
         except BaseException as e:  # noqa: BLE001 - sent to the parent, which raises it
             conn.send(("load_failed", _picklable(e)))
             return
