@@ -133,8 +133,10 @@ class ImageSettings:
     passes: int = 1
     preset: str = "default"
 
-    def __post_init__(self) -> None:
-        if self.fit is not None and not isinstance(self.fit, tuple):  # "WxH" or [w, h], as to_dict writes it
+    def __post_init__(self) -> None:  # the forms to_dict writes: timesteps a list, fit "WxH"
+        if not isinstance(self.timesteps, tuple):
+            object.__setattr__(self, "timesteps", tuple(self.timesteps))
+        if self.fit is not None and not isinstance(self.fit, tuple):
             object.__setattr__(self, "fit", parse_box(self.fit))
 
     @property
