@@ -442,7 +442,8 @@ def resolve_settings(
     *,
     flag_source: str = "command line",
 ) -> Settings:
-    """Resolve defaults < ``preset`` < ``flags`` into a frozen :class:`Settings`. Pure: no I/O.
+    """Resolve defaults < ``preset`` < ``flags`` into a frozen :class:`Settings`: the pair of the run's
+    :class:`RunSettings` (``.run``) and the image's :class:`ImageSettings` (``.image``). Pure: no I/O.
 
     ``flags`` maps setting names to values; ``None`` means "not given". An ``auto`` preset chooses per image:
     resolve it with :func:`resolve_policy`.
