@@ -22,8 +22,9 @@ test-fast:  # the inner loop: everything except the end-to-end trials marked slo
 test-all:
 	INVSR_REAL_WEIGHTS=1 $(BIN)/python -m pytest -q
 
-lint:
+lint:  # style, then the layers: nothing imports upward (the contracts in pyproject.toml)
 	$(BIN)/ruff check invsr_cli tests
+	$(BIN)/lint-imports
 
 bench:
 	$(BIN)/invsr bench

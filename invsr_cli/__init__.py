@@ -13,25 +13,25 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from invsr_cli.base.version import __version__
 
 # name -> module that defines it (imported lazily on first attribute access)
 _LAZY = {
     "InvSREngine": "invsr_cli.engine.sampler",
     "default_timesteps": "invsr_cli.engine.sampler",
-    "Settings": "invsr_cli.settings",
-    "resolve_settings": "invsr_cli.settings",
-    "load_preset": "invsr_cli.preset_files",
-    "plan_tiles": "invsr_cli.tiling",
-    "run_batch": "invsr_cli.runner",
-    "analyse_image": "invsr_cli.analyse",
-    "load_policy": "invsr_cli.preset_files",
-    "resolve_policy": "invsr_cli.settings",
-    "ImageTask": "invsr_cli.process",
-    "process_images": "invsr_cli.process",
-    "run_checks": "invsr_cli.doctor",
-    "write_report": "invsr_cli.htmlreport",
-    "watch_folder": "invsr_cli.watch",
+    "Settings": "invsr_cli.settings.settings",
+    "resolve_settings": "invsr_cli.settings.settings",
+    "load_preset": "invsr_cli.settings.preset_files",
+    "plan_tiles": "invsr_cli.geometry.tiling",
+    "run_batch": "invsr_cli.run.runner",
+    "analyse_image": "invsr_cli.settings.analyse",
+    "load_policy": "invsr_cli.settings.preset_files",
+    "resolve_policy": "invsr_cli.settings.settings",
+    "ImageTask": "invsr_cli.work.process",
+    "process_images": "invsr_cli.work.process",
+    "run_checks": "invsr_cli.commands.doctor",
+    "write_report": "invsr_cli.commands.htmlreport",
+    "watch_folder": "invsr_cli.run.watch",
 }
 
 __all__ = [
@@ -55,16 +55,16 @@ __all__ = [
 assert set(__all__) == {"__version__", *_LAZY}
 
 if TYPE_CHECKING:  # pragma: no cover
-    from invsr_cli.analyse import analyse_image
-    from invsr_cli.doctor import run_checks
+    from invsr_cli.commands.doctor import run_checks
+    from invsr_cli.commands.htmlreport import write_report
     from invsr_cli.engine.sampler import InvSREngine, default_timesteps
-    from invsr_cli.htmlreport import write_report
-    from invsr_cli.preset_files import load_policy, load_preset
-    from invsr_cli.process import ImageTask, process_images
-    from invsr_cli.runner import run_batch
-    from invsr_cli.settings import Settings, resolve_policy, resolve_settings
-    from invsr_cli.tiling import plan_tiles
-    from invsr_cli.watch import watch_folder
+    from invsr_cli.geometry.tiling import plan_tiles
+    from invsr_cli.run.runner import run_batch
+    from invsr_cli.run.watch import watch_folder
+    from invsr_cli.settings.analyse import analyse_image
+    from invsr_cli.settings.preset_files import load_policy, load_preset
+    from invsr_cli.settings.settings import Settings, resolve_policy, resolve_settings
+    from invsr_cli.work.process import ImageTask, process_images
 
 
 def __getattr__(name: str) -> Any:

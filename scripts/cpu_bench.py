@@ -33,7 +33,7 @@ def main() -> None:
 
     import torch
 
-    from invsr_cli.bench import build_engine, machine_info, run_bench
+    from invsr_cli.commands.bench import build_engine, machine_info, run_bench
     from invsr_cli.engine.sampler import InvSREngine
 
     t0 = time.perf_counter()

@@ -10,7 +10,7 @@ with the same torch threads per engine (``--devices cpu``: one worker); ``cpu,cp
 split) is reported as a throughput ratio. Shards (tiny only): two ``--shard`` runs one after the other into one
 folder, against one plain run: per-run cost and per-image interval.
 
-Full-size uses random SD-Turbo-architecture weights built in memory in each process (``invsr_cli.bench``), seeded
+Full-size uses random SD-Turbo-architecture weights built in memory in each process (``invsr_cli.commands.bench``), seeded
 so both are the same; ~6 GB per engine in fp32, so the worker run comes first, while the parent holds no engine.
 """
 
@@ -34,14 +34,14 @@ MODELS: dict[str, str] = {}
 def full_size_loader(settings):  # picklable: the workers import this script as __mp_main__
     import torch
 
-    from invsr_cli.bench import build_engine
+    from invsr_cli.commands.bench import build_engine
 
     torch.manual_seed(0)
     return build_engine("cpu", "fp32")
 
 
 def tiny_loader(settings):
-    from invsr_cli.executors import load_engine
+    from invsr_cli.run.executors import load_engine
 
     return load_engine(settings)
 
@@ -50,7 +50,7 @@ class Stamps:
     """A Reporter that timestamps outcomes."""
 
     def __init__(self):
-        from invsr_cli.report import Reporter
+        from invsr_cli.work.report import Reporter
 
         self.base = Reporter()
         self.t: list[float] = []
@@ -67,7 +67,7 @@ class Stamps:
 
 def run(jobs_of, settings, out, executor=None, engine=None, shard=None):
     """One run; with a DevicesExecutor also its own measured messaging cost per image (worker side)."""
-    from invsr_cli.runner import run_batch
+    from invsr_cli.run.runner import run_batch
 
     rep = Stamps()
     t0 = time.perf_counter()
@@ -110,11 +110,11 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from invsr_cli.discover import discover
-    from invsr_cli.executors.devices import DevicesExecutor
-    from invsr_cli.settings import resolve_settings
-    from invsr_cli.shard import Shard
-    from invsr_cli.testing import build_tiny_models
+    from invsr_cli.engine.testing import build_tiny_models
+    from invsr_cli.run.discover import discover
+    from invsr_cli.run.executors.devices import DevicesExecutor
+    from invsr_cli.run.shard import Shard
+    from invsr_cli.settings.settings import resolve_settings
     from tests import imagegen
 
     torch.set_num_threads(args.threads)

@@ -2,7 +2,7 @@
 
 The image stands in for an x4 result: scikit-image's 512x512 astronaut photo enlarged x4 (bicubic) and cropped to
 2048x1536, so it is smooth at the pixel level like a real upscale. Each case is written through
-``invsr_cli.imagewrite.write_image`` (encode + atomic write with fsync, the provenance record included), ``--repeat``
+``invsr_cli.imaging.encode.write_image`` (encode + atomic write with fsync, the provenance record included), ``--repeat``
 times; the table shows the fastest run (the least disturbed by other load) and the file size.
 
     PYTHONPATH=$PWD .venv/bin/python scripts/format_bench.py [--repeat 3] [--markdown]
@@ -19,9 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from invsr_cli.imageio import LoadedImage
-from invsr_cli.imagewrite import write_image
-from invsr_cli.provenance import provenance_record
+from invsr_cli.imaging.decode import LoadedImage
+from invsr_cli.imaging.encode import write_image
+from invsr_cli.imaging.provenance import provenance_record
 
 CASES = [  # label, format, quality, lossless, 16-bit source
     ("png", "png", None, False, False),

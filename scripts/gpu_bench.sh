@@ -31,7 +31,7 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_dev
 import diffusers, transformers  # noqa: E401  (fail early with a clear message if a wheel is missing)
 print("diffusers", diffusers.__version__, "transformers", transformers.__version__, flush=True)
 
-from invsr_cli.bench import build_engine, run_bench
+from invsr_cli.commands.bench import build_engine, run_bench
 
 t0 = time.perf_counter()
 engine = build_engine("cuda", "fp16")

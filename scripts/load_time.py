@@ -43,7 +43,7 @@ def main() -> None:
     sd_dir, np_path = args.models / "sd", args.models / "noise_predictor.pth"
 
     if args.what == "build":
-        from invsr_cli.testing import save_full_size_models
+        from invsr_cli.engine.testing import save_full_size_models
 
         t0 = time.perf_counter()
         save_full_size_models(args.models)

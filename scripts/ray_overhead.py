@@ -44,7 +44,7 @@ def build(work: Path, models: str, images: int, size: str) -> tuple[Path, Path, 
         noise = rng.integers(0, 24, size=(h, w, 3))
         Image.fromarray(((base + noise) % 256).astype("uint8")).save(inp / f"img{i:03d}.png")
     if models == "tiny":
-        from invsr_cli.testing import build_tiny_models
+        from invsr_cli.engine.testing import build_tiny_models
 
         m = build_tiny_models(work / "models", seed=0)
         return inp, m.sd_dir, m.noise_predictor_path
@@ -58,7 +58,7 @@ def save_full_size(sd_dir: Path, np_path: Path) -> None:
     """The full-size random components as a diffusers folder and a .pth, in fp16 (the loader casts)."""
     import torch
 
-    from invsr_cli.testing import _write_tokenizer, build_full_size_components
+    from invsr_cli.engine.testing import _write_tokenizer, build_full_size_components
 
     c = build_full_size_components(dtype=torch.float16)
     sd_dir.mkdir(parents=True, exist_ok=True)
@@ -79,11 +79,11 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from invsr_cli.discover import discover
-    from invsr_cli.executors import LocalExecutor, load_engine
-    from invsr_cli.report import Reporter
-    from invsr_cli.runner import run_batch
-    from invsr_cli.settings import resolve_settings
+    from invsr_cli.run.discover import discover
+    from invsr_cli.run.executors import LocalExecutor, load_engine
+    from invsr_cli.run.runner import run_batch
+    from invsr_cli.settings.settings import resolve_settings
+    from invsr_cli.work.report import Reporter
 
     settings = resolve_settings(None, {"sd_model": args.sd, "noise_predictor": args.np, "device": "cpu",
                                        "dtype": "fp32", "tile": args.tile, "overlap": args.overlap,
@@ -106,7 +106,7 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
         info["load_seconds"] = round(time.perf_counter() - start, 2)
         executor = LocalExecutor(engine)
     else:
-        from invsr_cli.executors.ray_data import RayExecutor
+        from invsr_cli.run.executors.ray_data import RayExecutor
 
         executor = RayExecutor("local", workers=1, batch_size=args.batch)
     t0 = time.perf_counter()

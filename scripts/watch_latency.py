@@ -35,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     w, h = map(int, args.size.split("x"))
 
-    from invsr_cli.testing import build_tiny_models
+    from invsr_cli.engine.testing import build_tiny_models
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -63,9 +63,9 @@ def hash_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    """A :class:`invsr_cli.testing.TinyModels`: ``sd_dir`` (tiny SD-Turbo-like diffusers folder) and
+    """A :class:`invsr_cli.engine.testing.TinyModels`: ``sd_dir`` (tiny SD-Turbo-like diffusers folder) and
     ``noise_predictor_path`` (tiny noise predictor .pth, official key layout). Treat the files as read-only."""
-    from invsr_cli.testing import build_tiny_models
+    from invsr_cli.engine.testing import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny_models"), seed=0)
 

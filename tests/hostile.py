@@ -201,7 +201,7 @@ def build_corpus(root: Path, seed: int = 0, n_good: int = 20, n_truncated: int =
     for name, data in texts.items():
         (d / name).write_bytes(data)
         c.add(d / name, "not-an-image", "bad")
-    # an animated GIF: every frame upscaled (invsr_cli.animation); the same cut short in its last frame: refused
+    # an animated GIF: every frame upscaled (invsr_cli.imaging.animation); the same cut short in its last frame: refused
     frames = [Image.fromarray(imagegen._pattern(16, 16, seed=k)).convert("P") for k in range(3)]
     frames[0].save(d / "animated.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
     c.add(d / "animated.gif", "animated", "good", (16, 16))

@@ -52,7 +52,7 @@ def main(record_dir: Path) -> None:
     import os
     import tempfile
 
-    from invsr_cli.testing import build_tiny_models
+    from invsr_cli.engine.testing import build_tiny_models
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)

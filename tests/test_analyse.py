@@ -1,4 +1,4 @@
-"""The degradation analyser and the `auto` preset's decision rule (invsr_cli.analyse).
+"""The degradation analyser and the `auto` preset's decision rule (invsr_cli.settings.analyse).
 
 The labelled set is built from real photographs bundled with scikit-image (no download): each photo and four
 3/4 crops of it are reduced 4x with pixel-area averaging and then (a) left clean, (b) blurred with a Gaussian
@@ -23,8 +23,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from invsr_cli.analyse import METRICS, Degradation, analyse_image
-from invsr_cli.auto_rules import (
+from invsr_cli.base.errors import ConfigError, InputError
+from invsr_cli.settings.analyse import METRICS, Degradation, analyse_image
+from invsr_cli.settings.auto_rules import (
     AutoRules,
     Bound,
     Choice,
@@ -34,7 +35,6 @@ from invsr_cli.auto_rules import (
     load_default_auto_rules,
     parse_auto_rules,
 )
-from invsr_cli.errors import ConfigError, InputError
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -213,7 +213,7 @@ def _large(height: int, width: int) -> np.ndarray:
 
 
 def test_large_images_use_a_bounded_view_that_keeps_noise_and_the_jpeg_grid():
-    from invsr_cli import analyse as A
+    from invsr_cli.settings import analyse as A
 
     crops = A._view(3000, 4000)
     assert sum(h * w for _, _, h, w in crops) <= 512 * 512

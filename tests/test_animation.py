@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from invsr_cli.animation import read_animation, write_animation
-from invsr_cli.errors import ImageReadError
+from invsr_cli.base.errors import ImageReadError
+from invsr_cli.imaging.animation import read_animation, write_animation
 from tests import imagegen
 
 INVSR = str(Path(sys.executable).parent / "invsr")
@@ -240,8 +240,8 @@ def test_webp_round_trip_in_memory(tmp_path):
 def test_read_input_reduces_every_frame_and_counts_them_against_max_pixels(tmp_path):
     from dataclasses import replace
 
-    from invsr_cli.inputs import read_input
-    from invsr_cli.settings import DEFAULTS
+    from invsr_cli.settings.settings import DEFAULTS
+    from invsr_cli.work.inputs import read_input
 
     path = save_animation(tmp_path / "a.png", "PNG", _frames(48, 32))
     anim, source = read_input(path, replace(DEFAULTS, max_input_side=24))

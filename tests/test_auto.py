@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from invsr_cli.discover import discover
-from invsr_cli.preset_files import load_policy
-from invsr_cli.report import Reporter
-from invsr_cli.runner import run_batch
+from invsr_cli.run.discover import discover
+from invsr_cli.run.runner import run_batch
+from invsr_cli.settings.preset_files import load_policy
+from invsr_cli.work.report import Reporter
 from tests.test_cli import run, text
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from invsr_cli.batching import Ran, Split, TileRef, TileScheduler, TooLarge, run_tiles
+from invsr_cli.work.batching import Ran, Split, TileRef, TileScheduler, TooLarge, run_tiles
 
 
 class FakeOOM(Exception):

@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from invsr_cli.bench import STAGES, parse_size, run_bench
+from invsr_cli.commands.bench import STAGES, parse_size, run_bench
 
 
 @pytest.mark.slow
 def test_cli_bench_tiny_quick_json():
     from typer.testing import CliRunner
 
-    from invsr_cli.cli import app
+    from invsr_cli.commands.cli import app
 
     result = CliRunner().invoke(app, ["bench", "--tiny", "--quick", "--json", "--warmup", "0"])
     assert result.exit_code == 0, result.output
@@ -59,7 +59,7 @@ def test_no_baseline(tiny_engine):
 
 
 def test_parse_size():
-    from invsr_cli.errors import ConfigError
+    from invsr_cli.base.errors import ConfigError
 
     assert parse_size("192x128") == (192, 128)
     with pytest.raises(ConfigError):
@@ -78,7 +78,7 @@ def test_baseline_first_measures_the_same_thing(tiny_engine):
 _RSS_PROBE = """
 import json
 import numpy as np
-from invsr_cli.bench import _peak_rss_mb, _reset_peak_rss
+from invsr_cli.commands.bench import _peak_rss_mb, _reset_peak_rss
 ok = _reset_peak_rss()
 big = np.ones(400 * 2**20 // 8)  # 400 MB, touched
 with_big = _peak_rss_mb(True)
@@ -103,7 +103,7 @@ def test_peak_rss_is_per_path_on_linux():
 
 @pytest.mark.slow
 def test_repeat_alternates_and_reports_the_median(tiny_engine, monkeypatch):
-    import invsr_cli.bench as bench
+    import invsr_cli.commands.bench as bench
 
     order, real = [], bench._measure
 

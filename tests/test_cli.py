@@ -229,7 +229,7 @@ def test_version_and_help_have_examples():
 
 
 def test_help_is_fast_and_imports_nothing_heavy():
-    code = ("import sys, invsr_cli.cli; heavy = [m for m in ('torch', 'diffusers', 'transformers', 'cv2', 'PIL',"
+    code = ("import sys, invsr_cli.commands.cli; heavy = [m for m in ('torch', 'diffusers', 'transformers', 'cv2', 'PIL',"
             " 'numpy') if m in sys.modules]; print(heavy)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.stdout.strip() == "[]", p.stdout + p.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from invsr_cli.base.errors import ConfigError, InputError
 from invsr_cli.engine.colorfix import (
     adain_color_fix,
     apply_color_fix,
@@ -14,7 +15,6 @@ from invsr_cli.engine.colorfix import (
     ycbcr_color_fix,
     ycbcr_to_rgb,
 )
-from invsr_cli.errors import ConfigError, InputError
 
 H = W = 96
 

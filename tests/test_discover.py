@@ -7,8 +7,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from invsr_cli.discover import IMAGE_EXTENSIONS, discover, display_path, output_name
-from invsr_cli.errors import ConfigError
+from invsr_cli.base.errors import ConfigError
+from invsr_cli.run.discover import IMAGE_EXTENSIONS, discover, display_path, output_name
 
 
 def _touch(root: Path, *names: str) -> None:
@@ -152,7 +152,7 @@ def test_collisions_raise_before_any_work(tree):
 
 
 def test_outputs_differing_only_in_case_collide_where_the_file_system_ignores_case(tmp_path, monkeypatch):
-    from invsr_cli.discover import case_insensitive
+    from invsr_cli.run.discover import case_insensitive
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in").mkdir()
@@ -274,7 +274,7 @@ def test_display_path_is_one_printable_line():
 
 
 def test_unreadable_subfolder_is_reported_and_the_rest_continues(tree, monkeypatch):
-    import invsr_cli.discover as discover_mod
+    import invsr_cli.run.discover as discover_mod
 
     real_scandir = os.scandir
 

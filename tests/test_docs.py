@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from invsr_cli.cli import app
+from invsr_cli.commands.cli import app
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from invsr_cli.doctor import FAIL, PASS, SUPPORTED, format_line, is_ready, run_checks
+from invsr_cli.commands.doctor import FAIL, PASS, SUPPORTED, format_line, is_ready, run_checks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _invsr(args, env=None, timeout=120):
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                 "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "invsr_cli.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "invsr_cli.commands.cli", *map(str, args)], capture_output=True,
                           text=True, env=full_env, timeout=timeout)
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from invsr_cli.base.errors import ConfigError, InputError, InvalidOutputError
 from invsr_cli.engine import model_identity
 from invsr_cli.engine.colorfix import apply_color_fix
 from invsr_cli.engine.sampler import (
@@ -18,8 +19,7 @@ from invsr_cli.engine.sampler import (
     sigmas_for,
     validate_timesteps,
 )
-from invsr_cli.errors import ConfigError, InputError, InvalidOutputError
-from invsr_cli.testing import SD_TURBO_SCHEDULER_CONFIG
+from invsr_cli.engine.testing import SD_TURBO_SCHEDULER_CONFIG
 
 # Written out here from METHOD.md, not imported, so a typo in the engine's copy fails a test.
 POSITIVE = (

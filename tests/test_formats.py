@@ -20,13 +20,13 @@ import pillow_jxl  # noqa: F401  (registers JXL with Pillow; the tests need the 
 import pytest
 from PIL import Image, ImageCms
 
-from invsr_cli import imageio
-from invsr_cli.discover import IMAGE_EXTENSIONS, output_name
-from invsr_cli.errors import ConfigError, ImageReadError
-from invsr_cli.imageio import LoadedImage, read_image
-from invsr_cli.imagewrite import write_image
-from invsr_cli.provenance import NAMESPACE, from_xmp, provenance_record, read_provenance, to_xmp
-from invsr_cli.settings import resolve_settings
+from invsr_cli.base.errors import ConfigError, ImageReadError
+from invsr_cli.imaging import decode as imageio
+from invsr_cli.imaging.decode import LoadedImage, read_image
+from invsr_cli.imaging.encode import write_image
+from invsr_cli.imaging.provenance import NAMESPACE, from_xmp, provenance_record, read_provenance, to_xmp
+from invsr_cli.run.discover import IMAGE_EXTENSIONS, output_name
+from invsr_cli.settings.settings import resolve_settings
 
 pillow_heif.register_heif_opener()  # the fixtures below save HEIF; pillow_jxl registers itself on import
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -343,8 +343,8 @@ def test_missing_extra_is_reported_with_the_pip_command(tmp_path, extra):
     path = _write_plugin_files(tmp_path)[extra]
     module = {"heif": "pillow_heif", "jxl": "pillow_jxl"}[extra]
     script = (f"import sys; sys.modules[{module!r}] = None\n"
-              "from invsr_cli.imageio import read_image\n"
-              "from invsr_cli.errors import ImageReadError\n"
+              "from invsr_cli.imaging.decode import read_image\n"
+              "from invsr_cli.base.errors import ImageReadError\n"
               f"try:\n    read_image({str(path)!r})\nexcept ImageReadError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

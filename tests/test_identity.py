@@ -148,7 +148,7 @@ def _records(out: Path) -> list[dict]:
 
 
 def test_swapped_weights_make_outputs_stale_under_skip_existing(tmp_path, tiny_models):
-    from invsr_cli.testing import build_tiny_models
+    from invsr_cli.engine.testing import build_tiny_models
 
     other = build_tiny_models(tmp_path / "other", seed=1)
     sd = tmp_path / "sd"
@@ -199,10 +199,10 @@ def test_swapped_weights_make_outputs_stale_under_skip_existing(tmp_path, tiny_m
 def test_records_carry_the_identity_of_the_weights_actually_loaded(tmp_path, tiny_engine):
     """Before loading, the runner knows the identity from the settings (here the default Hub ids, not cached:
     revision None); the records name what the loaded engine holds (e.g. the commit a first run fetched)."""
-    from invsr_cli.discover import discover
-    from invsr_cli.report import Reporter
-    from invsr_cli.runner import run_batch, run_fingerprint
-    from invsr_cli.settings import FixedPolicy, resolve_settings
+    from invsr_cli.run.discover import discover
+    from invsr_cli.run.runner import run_batch, run_fingerprint
+    from invsr_cli.settings.settings import FixedPolicy, resolve_settings
+    from invsr_cli.work.report import Reporter
 
     src = tmp_path / "in"
     src.mkdir()
@@ -221,7 +221,7 @@ def test_records_carry_the_identity_of_the_weights_actually_loaded(tmp_path, tin
 
 def test_unreadable_weights_are_a_load_error_naming_the_file(cache_dir):
     """A file whose reads fail (EIO, even for root: /proc/self/mem at offset 0) -> exit 3 naming it, no traceback."""
-    from invsr_cli.errors import ModelLoadError
+    from invsr_cli.base.errors import ModelLoadError
 
     mem = Path("/proc/self/mem")
     if not mem.is_file():

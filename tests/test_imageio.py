@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from invsr_cli import atomic, imageio
-from invsr_cli.atomic import cleanup_stale_temps
-from invsr_cli.errors import DiskFullError, ImageReadError, OutputError
-from invsr_cli.imageio import probe_image, read_image
-from invsr_cli.imagewrite import resize_rgb, upscale_alpha, write_image
+from invsr_cli.base import atomic
+from invsr_cli.base.atomic import cleanup_stale_temps
+from invsr_cli.base.errors import DiskFullError, ImageReadError, OutputError
+from invsr_cli.imaging import decode as imageio
+from invsr_cli.imaging.decode import probe_image, read_image
+from invsr_cli.imaging.encode import resize_rgb, upscale_alpha, write_image
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 RNG = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""invsr_cli.malloc: freed large blocks are reused instead of being unmapped and faulted in again."""
+"""invsr_cli.engine.malloc: freed large blocks are reused instead of being unmapped and faulted in again."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 _PROBE = """
 import json, resource, sys
 import torch
-from invsr_cli import malloc
+from invsr_cli.engine import malloc
 applied = malloc.keep_freed_memory() if sys.argv[1] == "keep" else False
 faults = []
 for _ in range(20):

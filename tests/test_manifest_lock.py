@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from invsr_cli.errors import LockedError
-from invsr_cli.lock import output_lock
-from invsr_cli.manifest import Manifest, input_stamp
+from invsr_cli.base.errors import LockedError
+from invsr_cli.run.lock import output_lock
+from invsr_cli.run.manifest import Manifest, input_stamp
 
 
 def test_manifest_round_trip_and_staleness(tmp_path):
@@ -47,7 +47,7 @@ def test_manifest_survives_a_line_cut_short_by_a_crash(tmp_path):
 
 def test_second_lock_holder_is_refused_then_admitted(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from invsr_cli.lock import output_lock\n"
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from invsr_cli.run.lock import output_lock\n"
          "with output_lock(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(30)", str(tmp_path)],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from invsr_cli.base.errors import ConfigError, ModelLoadError, WeightsUnavailableError
 from invsr_cli.engine import devices as D
 from invsr_cli.engine import weights as W
 from invsr_cli.engine.loading import check_loaded, load_components
-from invsr_cli.errors import ConfigError, ModelLoadError, WeightsUnavailableError
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from invsr_cli.base.errors import ModelLoadError, UnsafeCheckpointError
 from invsr_cli.engine.noise_predictor import (
     NoisePredictor,
     NoisePredictorConfig,
@@ -19,8 +20,7 @@ from invsr_cli.engine.noise_predictor import (
     load_noise_predictor,
     load_noise_predictor_state,
 )
-from invsr_cli.errors import ModelLoadError, UnsafeCheckpointError
-from invsr_cli.testing import tiny_noise_predictor_config
+from invsr_cli.engine.testing import tiny_noise_predictor_config
 
 # ../shared/invsr/noise_predictor_keys.json beside the repository (the official checkpoint's keys and shapes).
 KEYS_JSON = Path(

@@ -14,10 +14,10 @@ import PIL.Image
 import pytest
 from PIL import Image
 
-from invsr_cli.discover import discover
-from invsr_cli.preset_files import load_policy
-from invsr_cli.report import Reporter
-from invsr_cli.runner import run_batch
+from invsr_cli.run.discover import discover
+from invsr_cli.run.runner import run_batch
+from invsr_cli.settings.preset_files import load_policy
+from invsr_cli.work.report import Reporter
 from tests import imagegen
 from tests.test_run_image_settings import NearestEngine
 
@@ -35,8 +35,8 @@ class _Opens:
     """Counts Pillow header opens per file name, and notes how many had happened when each file's decode began."""
 
     def __init__(self, monkeypatch) -> None:
-        import invsr_cli.animation
-        import invsr_cli.imageio
+        import invsr_cli.imaging.animation
+        import invsr_cli.imaging.decode
 
         self.opens: Counter[str] = Counter()
         self.at_decode: dict[str, int] = {}
@@ -47,7 +47,7 @@ class _Opens:
             return real_open(fp, *args, **kw)
 
         monkeypatch.setattr(PIL.Image, "open", counting_open)
-        for module, name in ((invsr_cli.imageio, "read_image"), (invsr_cli.animation, "read_animation")):
+        for module, name in ((invsr_cli.imaging.decode, "read_image"), (invsr_cli.imaging.animation, "read_animation")):
             monkeypatch.setattr(module, name, self._noting(getattr(module, name)))
 
     def _noting(self, decode):
@@ -117,8 +117,8 @@ def _png_with_exif_after_pixels(path: Path, w: int, h: int, orientation: int) ->
 
 
 def test_the_header_probe_finds_a_png_orientation_after_the_pixels_without_decoding(tmp_path, monkeypatch):
-    from invsr_cli.imageio import read_image
-    from invsr_cli.inputs import probe_input
+    from invsr_cli.imaging.decode import read_image
+    from invsr_cli.work.inputs import probe_input
 
     path = _png_with_exif_after_pixels(tmp_path / "late.png", 40, 24, 6)
     shown = read_image(path)
@@ -136,10 +136,10 @@ def test_the_header_probe_finds_a_png_orientation_after_the_pixels_without_decod
 
 def test_devices_order_largest_first_from_the_probed_headers(tmp_path, monkeypatch):
     """--devices hands the largest images out first, by the InputInfo in each task: it opens no header itself."""
-    import invsr_cli.imageio
-    from invsr_cli.executors.devices import _largest_first
-    from invsr_cli.inputs import probe_inputs
-    from invsr_cli.process import ImageTask
+    import invsr_cli.imaging.decode
+    from invsr_cli.run.executors.devices import _largest_first
+    from invsr_cli.work.inputs import probe_inputs
+    from invsr_cli.work.process import ImageTask
 
     (tmp_path / "in").mkdir()
     for name, w in (("a.png", 20), ("b.png", 60), ("c.png", 40)):
@@ -153,7 +153,7 @@ def test_devices_order_largest_first_from_the_probed_headers(tmp_path, monkeypat
     def no_probe(*a, **k):
         raise AssertionError("probed again")
 
-    monkeypatch.setattr(invsr_cli.imageio, "probe_image", no_probe)
+    monkeypatch.setattr(invsr_cli.imaging.decode, "probe_image", no_probe)
     order = [Path(i.task.job.input).name for i in _largest_first(tasks, max_pixels=None)]
     assert order == ["b.png", "c.png", "a.png", "d.png"]
     assert [Path(i.task.job.input).name for i in _largest_first(tasks, max_pixels=1000)][:2] == ["c.png", "a.png"]

@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from invsr_cli.discover import discover
-from invsr_cli.errors import DiskFullError
-from invsr_cli.preset_files import load_policy
-from invsr_cli.process import ImageTask, PreparedImage, process_images
-from invsr_cli.report import Reporter
-from invsr_cli.settings import FixedPolicy, resolve_settings
-from invsr_cli.sink import ImageSink
+from invsr_cli.base.errors import DiskFullError
+from invsr_cli.run.discover import discover
+from invsr_cli.settings.preset_files import load_policy
+from invsr_cli.settings.settings import FixedPolicy, resolve_settings
+from invsr_cli.work.process import ImageTask, PreparedImage, process_images
+from invsr_cli.work.report import Reporter
+from invsr_cli.work.sink import ImageSink
 from tests import imagegen
 
 
@@ -50,7 +50,7 @@ def test_each_outcome_carries_the_settings_its_image_was_made_with(tmp_path, tin
 
 def test_tasks_with_pixels_in_memory_and_a_custom_write_touch_no_file(tmp_path, tiny_engine):
     """What `invsr bench` does: decoded pixels in, results kept, nothing read or written on disk."""
-    from invsr_cli.imageio import read_image
+    from invsr_cli.imaging.decode import read_image
 
     imagegen.rgb(tmp_path / "a.png", 40, 24, seed=3)
     loaded = read_image(tmp_path / "a.png")
@@ -105,8 +105,8 @@ def test_disk_full_marks_every_task_never_attempted(tmp_path, tiny_engine):
 
 
 def _finished_image(tmp_path, hr, color_fix="none") -> PreparedImage:
-    from invsr_cli.imageio import read_image
-    from invsr_cli.settings import ImageChoice
+    from invsr_cli.imaging.decode import read_image
+    from invsr_cli.settings.settings import ImageChoice
 
     imagegen.rgb(tmp_path / "a.png", 16, 16, seed=1)
     (job,) = discover([str(tmp_path / "a.png")], tmp_path / "out").jobs

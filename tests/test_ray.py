@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from invsr_cli.discover import discover
-from invsr_cli.executors import RunContext
-from invsr_cli.manifest import MANIFEST_NAME
-from invsr_cli.process import ImageTask
-from invsr_cli.report import Reporter
-from invsr_cli.runner import run_batch
-from invsr_cli.settings import FixedPolicy, resolve_settings
+from invsr_cli.run.discover import discover
+from invsr_cli.run.executors import RunContext
+from invsr_cli.run.manifest import MANIFEST_NAME
+from invsr_cli.run.runner import run_batch
+from invsr_cli.settings.settings import FixedPolicy, resolve_settings
+from invsr_cli.work.process import ImageTask
+from invsr_cli.work.report import Reporter
 from tests import imagegen
 from tests.threads import torch_threads
 
@@ -89,7 +89,7 @@ def fake_gpu_cluster():
         pytest.skip("the ray extra is not installed")
     import ray
 
-    from invsr_cli.executors.ray_data import LOCAL_OBJECT_STORE
+    from invsr_cli.run.executors.ray_data import LOCAL_OBJECT_STORE
 
     os.environ["OMP_NUM_THREADS"] = "1"  # the workers inherit it (2 shared cores)
     start = time.perf_counter()
@@ -125,7 +125,7 @@ def test_ray_writes_the_same_bytes_and_every_input_ends_in_exactly_one_record(fa
     byte for byte, with exactly one manifest record per input."""
     import torch
 
-    from invsr_cli.executors.ray_data import RayExecutor
+    from invsr_cli.run.executors.ray_data import RayExecutor
 
     ray = fake_gpu_cluster
     inp, ref = single_process
@@ -169,7 +169,7 @@ def test_an_error_outside_the_per_file_handling_fails_only_its_image(fake_gpu_cl
                                                                      single_process, tmp_path):
     """An exception process_images does not turn into a failed outcome (here: the engine raising a plain
     RuntimeError on one image's tiles) fails that image only; its block's other images are done."""
-    from invsr_cli.executors.ray_data import RayExecutor
+    from invsr_cli.run.executors.ray_data import RayExecutor
 
     inp, ref = single_process
     out = tmp_path / "out"
@@ -195,8 +195,8 @@ def test_an_error_outside_the_per_file_handling_fails_only_its_image(fake_gpu_cl
 def test_weights_a_worker_cannot_load_raise_as_themselves(fake_gpu_cluster, tiny_models, tmp_path):
     """An engine that cannot load in the workers ends the run with the loader's own error (exit 3 in the CLI), not
     Ray's ActorDiedError wrapping it."""
-    from invsr_cli.errors import WeightsUnavailableError
-    from invsr_cli.executors.ray_data import RayExecutor
+    from invsr_cli.base.errors import WeightsUnavailableError
+    from invsr_cli.run.executors.ray_data import RayExecutor
 
     imagegen.rgb(tmp_path / "a.png")
     found = discover([str(tmp_path / "a.png")], tmp_path / "out")
@@ -224,7 +224,7 @@ class _FlatTileBomb:
 
 
 def _flat_tile_bomb_loader(settings):
-    from invsr_cli.executors import load_engine
+    from invsr_cli.run.executors import load_engine
 
     return _FlatTileBomb(load_engine(settings))
 
@@ -240,7 +240,7 @@ def test_a_node_removed_mid_run_still_yields_every_image_exactly_once(fake_gpu_c
     ray.shutdown()  # this test needs its own multi-node cluster; the module's is not used after it
     from ray.cluster_utils import Cluster
 
-    from invsr_cli.executors.ray_data import RayExecutor
+    from invsr_cli.run.executors.ray_data import RayExecutor
 
     inp, ref = single_process
     store = 80 * 2**20
@@ -278,9 +278,9 @@ def test_the_driver_records_the_first_row_per_output_and_stops_after_a_full_disk
     (as in a local run), so each input still ends in exactly one record."""
     from pathlib import PurePosixPath
 
-    from invsr_cli.discover import Job
-    from invsr_cli.executors.ray_data import RayExecutor
-    from invsr_cli.report import Outcome
+    from invsr_cli.run.executors.ray_data import RayExecutor
+    from invsr_cli.work.job import Job
+    from invsr_cli.work.report import Outcome
 
     s = resolve_settings(None, {"tile": 64, "overlap": 16})
     jobs = [Job(tmp_path / f"{n}.png", tmp_path / "out" / f"{n}.png", PurePosixPath(f"{n}.png"), "png")
@@ -318,7 +318,7 @@ def test_every_policy_pickles_for_the_workers():
     """The policy reaches the workers through `fn_constructor_kwargs` (pickled): the auto preset's too."""
     import pickle
 
-    from invsr_cli.preset_files import load_policy
+    from invsr_cli.settings.preset_files import load_policy
 
     for name in ("default", "auto"):
         policy = load_policy(name, {"tile": 64})
@@ -335,8 +335,8 @@ def test_an_address_where_nothing_listens_fails_fast_and_names_it(tmp_path):
 
     ray.shutdown()  # the module's cluster (if a test above started it) would be used whatever the address
 
-    from invsr_cli.errors import ConfigError
-    from invsr_cli.executors.ray_data import RayExecutor, RayRunError
+    from invsr_cli.base.errors import ConfigError
+    from invsr_cli.run.executors.ray_data import RayExecutor, RayRunError
 
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))

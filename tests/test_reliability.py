@@ -28,13 +28,13 @@ import pytest
 import torch
 from PIL import Image
 
-from invsr_cli.atomic import TEMP_SUFFIX
-from invsr_cli.discover import discover
-from invsr_cli.imageio import read_image
-from invsr_cli.lock import output_lock
-from invsr_cli.report import Reporter
-from invsr_cli.runner import run_batch
-from invsr_cli.settings import resolve_settings
+from invsr_cli.base.atomic import TEMP_SUFFIX
+from invsr_cli.imaging.decode import read_image
+from invsr_cli.run.discover import discover
+from invsr_cli.run.lock import output_lock
+from invsr_cli.run.runner import run_batch
+from invsr_cli.settings.settings import resolve_settings
+from invsr_cli.work.report import Reporter
 from tests import imagegen
 from tests.hostile import build_corpus
 
@@ -172,7 +172,7 @@ def test_hostile_corpus(tmp_path, models):
 
 def test_permission_denied_is_a_reason(tmp_path, monkeypatch, tiny_engine):
     """EACCES (emulated: the tests run as root, which reads mode-000 files) is a one-line reason; the batch goes on."""
-    import invsr_cli.imageio as imageio
+    import invsr_cli.imaging.decode as imageio
 
     imagegen.rgb(tmp_path / "locked.png", 20, 12)
     imagegen.rgb(tmp_path / "ok.png", 20, 12, seed=1)
@@ -487,7 +487,7 @@ def _oom(message="CUDA out of memory. Tried to allocate 2.00 GiB (simulated)"):
 
 @pytest.mark.slow
 def test_disk_full_fails_the_file_and_stops_the_run(tmp_path, monkeypatch, tiny_engine):
-    from invsr_cli.cli import _exit_code
+    from invsr_cli.commands.cli import _exit_code
 
     names = [f"{i:02d}.png" for i in range(12)]
     for i, n in enumerate(names):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from invsr_cli.htmlreport import page_path, write_report
+from invsr_cli.commands.htmlreport import page_path, write_report
 from tests import imagegen
 from tests.cdp import Browser, find_chromium
 
@@ -26,7 +26,7 @@ HOSTILE = "<b>x&y\"'.png"  # a legal file name that is also markup
 def _invsr(args, cwd):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "invsr_cli.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "invsr_cli.commands.cli", *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
 
 

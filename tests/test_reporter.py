@@ -7,7 +7,7 @@ import os
 import pytest
 from rich.console import Console
 
-from invsr_cli.report import JsonReporter, Outcome, PlainReporter, RichReporter, StdoutClosed, Summary
+from invsr_cli.work.report import JsonReporter, Outcome, PlainReporter, RichReporter, StdoutClosed, Summary
 
 
 def _recording_reporter() -> RichReporter:

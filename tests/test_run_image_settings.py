@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from invsr_cli.discover import discover
-from invsr_cli.errors import ConfigError
-from invsr_cli.manifest import MANIFEST_NAME, input_stamp
-from invsr_cli.preset_files import load_policy
-from invsr_cli.report import Reporter
-from invsr_cli.runner import run_batch, run_fingerprint
-from invsr_cli.settings import (
+from invsr_cli.base.errors import ConfigError
+from invsr_cli.run.discover import discover
+from invsr_cli.run.manifest import MANIFEST_NAME, input_stamp
+from invsr_cli.run.runner import run_batch, run_fingerprint
+from invsr_cli.settings.preset_files import load_policy
+from invsr_cli.settings.settings import (
     DEFAULTS,
     IMAGE_KEYS,
     KEYS,
@@ -28,6 +27,7 @@ from invsr_cli.settings import (
     Settings,
     resolve_settings,
 )
+from invsr_cli.work.report import Reporter
 from tests import imagegen
 
 MODELS = {"sd_model": "x", "noise_predictor": "y"}  # a fixed model identity, so whole fingerprints are constants
@@ -90,7 +90,7 @@ def test_a_policy_chooses_image_settings_only():
     assert {k: c.timesteps for k, c in auto.choices.items()} == {
         "noisy": (200,), "blur": (250, 200, 150, 100, 50), "default": (200,)}
     assert all(c.tile == 64 and c.preset == k for k, c in auto.choices.items())
-    from invsr_cli.auto_rules import AutoPolicy
+    from invsr_cli.settings.auto_rules import AutoPolicy
 
     assert isinstance(auto, AutoPolicy) and not hasattr(auto, "settings")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def test_auto_batch_fits_measured_memory_with_margin():
-    from invsr_cli.process import MAX_AUTO_BATCH, fit_batch
+    from invsr_cli.work.process import MAX_AUTO_BATCH, fit_batch
 
     gib = 2**30
     assert fit_batch(10 * gib, 1 * gib) == 8  # 80% of 10 GiB at 1 GiB a tile

@@ -21,15 +21,15 @@ from pathlib import Path, PurePosixPath
 import pytest
 import torch
 
-from invsr_cli.atomic import TEMP_SUFFIX, remove_temps_of
-from invsr_cli.discover import discover
-from invsr_cli.errors import ConfigError, LockedError
-from invsr_cli.executors.devices import DevicesExecutor, parse_devices
-from invsr_cli.lock import output_lock
-from invsr_cli.manifest import Manifest, folder_manifests
-from invsr_cli.runner import run_batch
-from invsr_cli.settings import resolve_settings
-from invsr_cli.shard import Shard, parse_shard, resolve_shard, shard_from_env, shard_of
+from invsr_cli.base.atomic import TEMP_SUFFIX, remove_temps_of
+from invsr_cli.base.errors import ConfigError, LockedError
+from invsr_cli.run.discover import discover
+from invsr_cli.run.executors.devices import DevicesExecutor, parse_devices
+from invsr_cli.run.lock import output_lock
+from invsr_cli.run.manifest import Manifest, folder_manifests
+from invsr_cli.run.runner import run_batch
+from invsr_cli.run.shard import Shard, parse_shard, resolve_shard, shard_from_env, shard_of
+from invsr_cli.settings.settings import resolve_settings
 from tests import imagegen
 from tests.threads import torch_threads
 
@@ -237,7 +237,7 @@ def _disk_fills_loader(settings):
     and stays full (ENOSPC from fsync, as tests/test_reliability.py injects it in one process)."""
     import errno
 
-    from invsr_cli.executors import load_engine
+    from invsr_cli.run.executors import load_engine
 
     real, temp_syncs = os.fsync, []
 
@@ -410,9 +410,9 @@ def test_cli_shard_from_slurm(tmp_path, models):
 
 
 def test_queue_is_largest_first_by_header(tmp_path):
-    from invsr_cli.executors.devices import _largest_first
-    from invsr_cli.inputs import probe_inputs
-    from invsr_cli.process import ImageTask
+    from invsr_cli.run.executors.devices import _largest_first
+    from invsr_cli.work.inputs import probe_inputs
+    from invsr_cli.work.process import ImageTask
 
     src = tmp_path / "in"
     _inputs(src, 5)  # with broken.png, whose size is unknown: last (the worker reports why it cannot read it)

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from invsr_cli.errors import ConfigError
-from invsr_cli.preset_files import available_presets, load_preset
-from invsr_cli.settings import Preset, resolve_settings
+from invsr_cli.base.errors import ConfigError
+from invsr_cli.settings.preset_files import available_presets, load_preset
+from invsr_cli.settings.settings import Preset, resolve_settings
 
 SHIPPED = ("default", "noisy", "blur", "fidelity", "perceptual", "large", "auto")
 

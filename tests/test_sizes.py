@@ -1,4 +1,4 @@
-"""Output sizes (issue 12, item 1): the pure rule (invsr_cli.sizing.target_size) with properties, the settings
+"""Output sizes (issue 12, item 1): the pure rule (invsr_cli.geometry.sizing.target_size) with properties, the settings
 that feed it (exclusive keys, presets), and each option end to end through the real executable on landscape and
 portrait inputs."""
 
@@ -18,10 +18,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from invsr_cli.errors import ConfigError
-from invsr_cli.settings import DEFAULTS, Preset, resolve_settings
-from invsr_cli.sizing import input_size, parse_box, target_size
-from invsr_cli.tiling import plan_tiles
+from invsr_cli.base.errors import ConfigError
+from invsr_cli.geometry.sizing import input_size, parse_box, target_size
+from invsr_cli.geometry.tiling import plan_tiles
+from invsr_cli.settings.settings import DEFAULTS, Preset, resolve_settings
 from tests import imagegen
 
 INVSR = str(Path(sys.executable).parent / "invsr")
@@ -150,7 +150,7 @@ def test_bad_values_name_key_and_file(key, value, msg):
 
 def test_settings_round_trip_through_to_dict():
     """Records (manifest, Ray status rows) carry `fit` as "WxH"; Settings built from them is the same."""
-    from invsr_cli.settings import Settings
+    from invsr_cli.settings.settings import Settings
 
     s = resolve_settings(None, {"fit": "800x600", "passes": 2})
     d = s.to_dict()

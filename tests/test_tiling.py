@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from invsr_cli import tiling
-from invsr_cli.errors import ConfigError
-from invsr_cli.tiling import (
+from invsr_cli.base.errors import ConfigError
+from invsr_cli.geometry import tiling
+from invsr_cli.geometry.tiling import (
     BlendAccumulator,
     blend_weights,
     crop_hr,

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from invsr_cli.atomic import TEMP_SUFFIX
-from invsr_cli.discover import discover
-from invsr_cli.report import Reporter
-from invsr_cli.runner import run_batch
-from invsr_cli.settings import resolve_settings
-from invsr_cli.watch import PARTIAL_SUFFIXES, Settler, ignored_name, watch_folder
+from invsr_cli.base.atomic import TEMP_SUFFIX
+from invsr_cli.run.discover import discover
+from invsr_cli.run.runner import run_batch
+from invsr_cli.run.watch import PARTIAL_SUFFIXES, Settler, ignored_name, watch_folder
+from invsr_cli.settings.settings import resolve_settings
+from invsr_cli.work.report import Reporter
 from tests import imagegen
 
 INVSR = str(Path(sys.executable).parent / "invsr")
@@ -89,11 +89,11 @@ def test_image_names_are_taken(name):
 
 def test_every_upscale_option_watch_takes_sets_a_settings_key():
     """`invsr watch` borrows upscale's options; one that upscale gains and that sets no settings key must be
-    mapped or left out (invsr_cli/cli.py: _NOT_WATCH_OPTIONS, _RUN_OPTIONS, _watch_flags)."""
+    mapped or left out (invsr_cli/commands/cli.py: _NOT_WATCH_OPTIONS, _RUN_OPTIONS, _watch_flags)."""
     import inspect
 
-    from invsr_cli.cli import _RUN_OPTIONS, _watch_flags, watch
-    from invsr_cli.settings import PRESET_KEYS
+    from invsr_cli.commands.cli import _RUN_OPTIONS, _watch_flags, watch
+    from invsr_cli.settings.settings import PRESET_KEYS
 
     params = [n for n in inspect.signature(watch).parameters if n not in ("input_dir", "output_dir", "settle", "poll")]
     assert {"steps", "fmt", "suffix", "lossless", "quiet", "json_output"} <= set(params)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from invsr_cli.errors import ConfigError, InputError
-from invsr_cli.schedules import COLOR_FIXES
+from invsr_cli.base.errors import ConfigError, InputError
+from invsr_cli.engine.schedules import COLOR_FIXES
 
 __all__ = [
     "COLOR_FIXES",

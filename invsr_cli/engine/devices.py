@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from invsr_cli.errors import ConfigError
+from invsr_cli.base.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -24,8 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from invsr_cli.base.errors import ModelLoadError
 from invsr_cli.engine.weights import DEFAULT_SD_MODEL, Source, resolve
-from invsr_cli.errors import ModelLoadError
 
 __all__ = ["model_identity", "identity_of", "file_sha256", "hash_cache_path"]
 

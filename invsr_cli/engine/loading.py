@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from invsr_cli.base.errors import ModelLoadError
 from invsr_cli.engine.devices import resolve_device, resolve_dtype
 from invsr_cli.engine.weights import DEFAULT_SD_MODEL, resolve, weights_file
-from invsr_cli.errors import ModelLoadError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from invsr_cli.errors import ModelLoadError, UnsafeCheckpointError
+from invsr_cli.base.errors import ModelLoadError, UnsafeCheckpointError
 
 __all__ = [
     "NoisePredictorConfig",

@@ -38,17 +38,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from invsr_cli.base.errors import ConfigError, InputError, InvalidOutputError
 from invsr_cli.engine.devices import resolve_device, resolve_dtype
 from invsr_cli.engine.loading import Components, load_components
-from invsr_cli.engine.weights import DEFAULT_SD_MODEL
-from invsr_cli.errors import ConfigError, InputError, InvalidOutputError
-from invsr_cli.schedules import (
+from invsr_cli.engine.schedules import (
     COLOR_FIXES,
     DEFAULT_SCHEDULES,
     POSTERIORS,
     default_timesteps,
     validate_timesteps,
 )
+from invsr_cli.engine.weights import DEFAULT_SD_MODEL
 
 __all__ = [
     "POSITIVE_PROMPT",

@@ -12,12 +12,12 @@ def load_engine(sd_model: str, noise_predictor: str | None, *, device: str = "au
     """An :class:`~invsr_cli.engine.sampler.InvSREngine` for a batch run (weights from the HF cache or local
     paths); ``engine.load_seconds`` says how long the load took and ``engine.identity`` which weights it holds."""
     from invsr_cli.engine.devices import resolve_device
+    from invsr_cli.engine.malloc import keep_freed_memory
     from invsr_cli.engine.sampler import InvSREngine
-    from invsr_cli.malloc import keep_freed_memory
 
     quiet_libraries()
     if resolve_device(device).type == "cpu":
-        keep_freed_memory()  # before loading, so the weights come from the heap too; see invsr_cli/malloc.py
+        keep_freed_memory()  # before loading, so the weights come from the heap too; see invsr_cli/engine/malloc.py
     return InvSREngine.load(sd_model, noise_predictor, device=device, dtype=dtype, vae_fp32=vae_fp32,
                             compile=compile)
 

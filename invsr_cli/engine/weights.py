@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from invsr_cli.errors import WeightsUnavailableError
+from invsr_cli.base.errors import WeightsUnavailableError
 
 __all__ = [
     "DEFAULT_SD_MODEL",

@@ -1,0 +1,1 @@
+"""The commands: the Typer app (cli), doctor, bench, the HTML report, analyse."""

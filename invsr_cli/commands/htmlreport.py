@@ -1,0 +1,356 @@
+"""The visual report: a static, self-contained HTML page built from the run manifest.
+
+``write_report(output_dir, html_path)`` reads every ``.invsr-manifest*.jsonl`` in ``output_dir`` (the manifest
+and any shards; the latest record per output wins) and writes ``html_path`` plus ``<stem>_files/`` beside it:
+
+* a summary: done and failed (with each reason), the run's skipped count and wall time when the caller passes the
+  run's :class:`~invsr_cli.work.report.Summary`, the compute time, the settings (one table per distinct set) and models;
+* per image: the input beside the output at the same display size with a before/after slider, a zoomed crop of the
+  region with the most detail (input pixels enlarged without smoothing, and the output), the preset and, for
+  ``auto``, the measured noise/blur/blockiness and the rule that chose it, and the time taken.
+
+The page needs no server and no network (it works from ``file://``): CSS and a few lines of JavaScript are inline;
+thumbnails and crops are WebP files in ``<stem>_files/``, never inlined, so a page stays small (about 1.5 kB of
+HTML per image) and they are reused by the next report when the output has not changed. Past ``page_size`` images
+the gallery continues on ``<stem>-2.html``, ``<stem>-3.html``, ... The page is rendered by Jinja2 with
+autoescaping on: every file name, reason and setting is escaped; links to files are percent-encoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+__all__ = ["PAGE_SIZE", "ReportResult", "manifest_files", "read_records", "write_report", "page_path"]
+
+PAGE_SIZE = 200  # images per page
+THUMB = 480  # the long side of the before/after display size, px
+CROP = 32  # side of the detail window, in input pixels
+ZOOM = 256  # display size of each zoomed crop, px
+_QUALITY = 88  # WebP quality of thumbnails and crops
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What :func:`write_report` wrote: the pages (the first is ``html_path``), the image folder, the counts."""
+
+    pages: list[Path]
+    files_dir: Path
+    images: int
+    failed: int
+    html_bytes: int
+
+
+def manifest_files(output_dir: Path) -> list[Path]:
+    """The manifest and its shards in ``output_dir``, sorted by name."""
+    from invsr_cli.run.manifest import MANIFEST_GLOB
+
+    return sorted(Path(output_dir).glob(MANIFEST_GLOB))
+
+
+def read_records(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """The latest record per output across ``paths`` (a later ``time`` wins between files)."""
+    from invsr_cli.run.manifest import Manifest
+
+    latest: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        for rec in Manifest(Path(path)).records():
+            key = rec["output"] or f"\0input:{rec.get('input', '')}"  # as Manifest keys them
+            if key not in latest or str(rec.get("time", "")) >= str(latest[key].get("time", "")):
+                latest[key] = rec
+    return list(latest.values())
+
+
+def page_path(html_path: Path, page: int) -> Path:
+    """Page 1 is ``html_path``; page k is ``<stem>-k<suffix>`` beside it."""
+    html_path = Path(html_path)
+    return html_path if page == 1 else html_path.with_name(f"{html_path.stem}-{page}{html_path.suffix}")
+
+
+def write_report(
+    output_dir: str | os.PathLike[str],
+    html_path: str | os.PathLike[str],
+    manifest_paths: Sequence[str | os.PathLike[str]] | None = None,
+    *,
+    summary: Any = None,
+    page_size: int = PAGE_SIZE,
+) -> ReportResult:
+    """Write the report of ``output_dir`` to ``html_path`` (see the module docstring) and return what was written.
+
+    ``manifest_paths`` defaults to every ``.invsr-manifest*.jsonl`` in ``output_dir``; ``summary`` (the run's
+    ``Summary``) adds the run's own counts and wall time. Raises :class:`~invsr_cli.base.errors.ConfigError` when there
+    is no manifest or ``page_size`` < 1, and :class:`~invsr_cli.base.errors.OutputError` when the page cannot be written.
+    """
+    from invsr_cli.base.errors import ConfigError, OutputError
+
+    output_dir = Path(output_dir)
+    html_path = Path(html_path)
+    if page_size < 1:
+        raise ConfigError(f"`page_size` must be at least 1, got {page_size}")
+    paths = [Path(p) for p in manifest_paths] if manifest_paths else manifest_files(output_dir)
+    paths = [p for p in paths if p.is_file()]
+    if not paths:
+        raise ConfigError(f"no run manifest (.invsr-manifest*.jsonl) in {output_dir}: run `invsr upscale ... "
+                          f"{output_dir}` first, or give the manifest with --manifest")
+    records = read_records(paths)
+    files_dir = html_path.with_name(f"{html_path.stem}_files")
+    try:
+        files_dir.mkdir(parents=True, exist_ok=True)
+        done = sorted((r for r in records if r.get("status") == "done"), key=lambda r: str(r.get("output")))
+        failed = sorted((r for r in records if r.get("status") == "failed"), key=lambda r: str(r.get("input")))
+        items = [_item(r, output_dir, html_path.parent, files_dir) for r in done]
+        _prune(files_dir, {name for it in items for name in it["files"]})
+        pages = max(1, -(-len(items) // page_size))
+        context = _summary_context(records, done, failed, paths, summary, output_dir)
+        env = _environment()
+        template = env.get_template("report.html.j2")
+        written = []
+        total = 0
+        for page in range(1, pages + 1):
+            path = page_path(html_path, page)
+            nav = [{"n": k, "href": quote(page_path(html_path, k).name), "current": k == page}
+                   for k in range(1, pages + 1)] if pages > 1 else []
+            html = template.render(
+                **context, items=items[(page - 1) * page_size: page * page_size], page=page, pages=pages, nav=nav,
+                first_index=(page - 1) * page_size, failures=failed[:500] if page == 1 else [],
+                more_failures=max(0, len(failed) - 500) if page == 1 else 0,
+            )
+            data = html.encode("utf-8")
+            _atomic_write(path, data)
+            written.append(path)
+            total += len(data)
+        for stale in range(pages + 1, 10_000):  # pages left by a longer earlier report
+            p = page_path(html_path, stale)
+            if not p.exists():
+                break
+            p.unlink()
+    except OSError as e:
+        raise OutputError(f"cannot write the report {html_path}: {e}") from e
+    return ReportResult(pages=written, files_dir=files_dir, images=len(items), failed=len(failed), html_bytes=total)
+
+
+# -- the page ---------------------------------------------------------------------------------------------------
+
+
+def _environment() -> Any:
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    env = Environment(loader=PackageLoader("invsr_cli", "templates"), autoescape=True, undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = _num
+    env.filters["shown"] = _shown
+    return env
+
+
+def _num(v: Any, digits: int = 2) -> str:
+    return "n/a" if v is None else f"{float(v):.{digits}f}"
+
+
+def _shown(v: Any) -> str:
+    """A path or any text as valid, printable UTF-8 (undecodable bytes as \\xNN); escaping is Jinja2's."""
+    from invsr_cli.base.paths import display_path
+
+    return display_path(v) if isinstance(v, (str, os.PathLike)) else str(v)
+
+
+def _href(target: Path, base: Path) -> str:
+    """A relative, percent-encoded link from the page's folder to ``target`` (any bytes in the name)."""
+    rel = os.path.relpath(os.path.abspath(target), os.path.abspath(base))
+    return quote(os.fsencode(rel).replace(os.sep.encode(), b"/"))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _summary_context(records: list[dict[str, Any]], done: list[dict[str, Any]], failed: list[dict[str, Any]],
+                     paths: list[Path], summary: Any, output_dir: Path) -> dict[str, Any]:
+    settings_sets: dict[str, dict[str, Any]] = {}
+    for r in done or records:
+        s = r.get("settings")
+        if isinstance(s, dict):
+            key = json.dumps(s, sort_keys=True, default=str)
+            entry = settings_sets.setdefault(key, {"settings": s, "presets": set(), "count": 0})
+            entry["presets"].add(str(r.get("preset") or s.get("preset") or ""))
+            entry["count"] += 1
+    models: dict[str, dict[str, Any]] = {}
+    for r in done:
+        m = r.get("models")
+        if isinstance(m, dict):
+            models.setdefault(json.dumps(m, sort_keys=True, default=str), m)
+    times = sorted(str(r["time"]) for r in records if r.get("time"))
+    run = None
+    if summary is not None:
+        run = {"processed": summary.processed, "skipped": summary.skipped, "failed": summary.failed,
+               "wall": summary.wall_seconds, "interrupted": summary.interrupted, "stopped": summary.stopped}
+    return {
+        "title": f"invsr report: {_shown(output_dir)}",
+        "output_dir": _shown(output_dir),
+        "manifests": [_shown(p) for p in paths],
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "n_done": len(done),
+        "n_failed": len(failed),
+        "compute_seconds": sum(float(r.get("seconds") or 0) for r in done),
+        "first_time": times[0] if times else "",
+        "last_time": times[-1] if times else "",
+        "run": run,
+        "settings_sets": [{"settings": v["settings"], "presets": ", ".join(sorted(p for p in v["presets"] if p)),
+                           "count": v["count"]} for v in settings_sets.values()],
+        "models": list(models.values()),
+    }
+
+
+# -- per image --------------------------------------------------------------------------------------------------
+
+
+def _find_output(rec: dict[str, Any], output_dir: Path) -> Path | None:
+    """The output file: as recorded (relative paths are relative to where the run started), else the longest
+    tail of the recorded path that exists under ``output_dir`` (a report built from another folder)."""
+    p = Path(rec["output"])
+    if p.is_file():
+        return p
+    parts = p.parts
+    for k in range(len(parts)):
+        q = output_dir.joinpath(*parts[k:])
+        if q.is_file():
+            return q
+    return None
+
+
+def _item(rec: dict[str, Any], output_dir: Path, page_dir: Path, files_dir: Path) -> dict[str, Any]:
+    inp = Path(str(rec.get("input", "")))
+    out = _find_output(rec, output_dir)
+    deg = rec.get("degradation") if isinstance(rec.get("degradation"), dict) else None
+    item: dict[str, Any] = {
+        "input": _shown(rec.get("input", "")),
+        "output": _shown(rec.get("output", "")),
+        "preset": str(rec.get("preset") or (rec.get("settings") or {}).get("preset") or ""),
+        "auto": deg is not None,
+        "degradation": deg or {},
+        "auto_reason": rec.get("auto_reason") or rec.get("rule") or None,  # `rule` is what the runner writes
+        "seconds": rec.get("seconds"),
+        "tiles": rec.get("tiles"),
+        "timesteps": rec.get("timesteps") or [],
+        "time": rec.get("time", ""),
+        "width": rec.get("width"),
+        "height": rec.get("height"),
+        "files": [],
+        "images": None,
+        "problem": None,
+        "input_href": _href(inp, page_dir) if inp.is_file() else None,
+        "output_href": _href(out, page_dir) if out is not None else None,
+    }
+    if out is None:
+        item["problem"] = "the output file is no longer there"
+        return item
+    if not inp.is_file():
+        item["problem"] = "the input file is no longer there (or the report is built from another folder than the run)"
+        return item
+    try:
+        item["images"] = _thumbnails(inp, out, files_dir)
+    except Exception as e:  # one unreadable file must not stop a report of thousands
+        item["problem"] = f"cannot make thumbnails: {type(e).__name__}: {e}"
+        return item
+    item["files"] = [item["images"][k] for k in ("before", "after", "crop_in", "crop_out")]
+    base = quote(files_dir.name)
+    item["src"] = {k: f"{base}/{item['images'][k]}" for k in ("before", "after", "crop_in", "crop_out")}
+    return item
+
+
+def _key(inp: Path, out: Path) -> str:
+    h = hashlib.sha256()
+    for p in (inp, out):
+        st = p.stat()
+        h.update(os.fsencode(os.path.abspath(p)) + b"\0" + f"{st.st_size}:{st.st_mtime_ns}".encode() + b"\0")
+    h.update(f"v1:{THUMB}:{CROP}:{ZOOM}:{_QUALITY}".encode())  # bump v1 when the pictures change
+    return h.hexdigest()[:20]
+
+
+def _thumbnails(inp: Path, out: Path, files_dir: Path) -> dict[str, Any]:
+    """Writes (or reuses) four WebP files; returns their names, the display size and the crop box."""
+    key = _key(inp, out)
+    names = {k: f"{key}-{k}.webp" for k in ("before", "after", "crop_in", "crop_out")}
+    meta_path = files_dir / f"{key}.json"
+    if meta_path.is_file() and all((files_dir / n).is_file() for n in names.values()):
+        try:
+            return {**json.loads(meta_path.read_text(encoding="utf-8")), **names}
+        except ValueError:
+            pass
+    from PIL import Image
+
+    from invsr_cli.imaging.decode import read_image
+
+    src = read_image(inp, max_pixels=None)
+    res = read_image(out, max_pixels=None)
+    a = _to_uint8(src)
+    b = _to_uint8(res)
+    ow, oh = res.width, res.height
+    f = THUMB / max(ow, oh)  # both at one display size: the output's shape, THUMB px on its long side
+    dw, dh = max(1, round(ow * f)), max(1, round(oh * f))
+    Image.fromarray(a).resize((dw, dh), Image.Resampling.BICUBIC).save(files_dir / names["before"], quality=_QUALITY)
+    Image.fromarray(b).resize((dw, dh), Image.Resampling.LANCZOS).save(files_dir / names["after"], quality=_QUALITY)
+
+    x0, y0, c = _most_detail(src.rgb)
+    sx, sy = ow / src.width, oh / src.height
+    box = (round(x0 * sx), round(y0 * sy), round((x0 + c) * sx), round((y0 + c) * sy))
+    crop_out = Image.fromarray(b).crop(box)
+    crop_in = Image.fromarray(a[y0:y0 + c, x0:x0 + c]).resize(crop_out.size, Image.Resampling.NEAREST)
+    zw = ZOOM
+    zh = max(1, round(ZOOM * crop_out.height / max(crop_out.width, 1)))
+    resample = Image.Resampling.NEAREST if crop_out.width <= zw else Image.Resampling.LANCZOS
+    crop_in.resize((zw, zh), Image.Resampling.NEAREST).save(files_dir / names["crop_in"], quality=_QUALITY)
+    crop_out.resize((zw, zh), resample).save(files_dir / names["crop_out"], quality=_QUALITY)
+    meta = {"dw": dw, "dh": dh, "zw": zw, "zh": zh, "crop": [x0, y0, c], "zoom": round(zw / max(c, 1), 1),
+            "in_size": [src.width, src.height], "out_size": [ow, oh]}
+    _atomic_write(meta_path, json.dumps(meta).encode())
+    return {**meta, **names}
+
+
+def _to_uint8(img: Any) -> Any:
+    """RGB uint8 for display; transparency shown over a grey checkerboard."""
+    import numpy as np
+
+    rgb = img.rgb
+    if img.alpha is not None:
+        h, w = img.alpha.shape
+        yy, xx = np.mgrid[0:h, 0:w]
+        cell = max(4, min(h, w) // 16)
+        checker = np.where(((yy // cell) + (xx // cell)) % 2 == 0, 0.8, 0.6).astype(np.float32)[..., None]
+        a = img.alpha[..., None]
+        rgb = rgb * a + checker * (1 - a)
+    return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
+
+
+def _most_detail(rgb: Any) -> tuple[int, int, int]:
+    """The ``CROP``-pixel square (clipped to the image) with the largest summed absolute Laplacian of the
+    luminance: where the upscaler had the most to do. Returns (x0, y0, side) in input pixels."""
+    import numpy as np
+
+    y = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    h, w = y.shape
+    c = min(CROP, h, w)
+    p = np.pad(y, 1, mode="edge")
+    lap = np.abs(4 * p[1:-1, 1:-1] - p[:-2, 1:-1] - p[2:, 1:-1] - p[1:-1, :-2] - p[1:-1, 2:])
+    ii = np.zeros((h + 1, w + 1), np.float64)
+    ii[1:, 1:] = lap.cumsum(0).cumsum(1)
+    sums = ii[c:, c:] - ii[:-c, c:] - ii[c:, :-c] + ii[:-c, :-c]  # (h-c+1, w-c+1) window sums
+    y0, x0 = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    return int(x0), int(y0), int(c)
+
+
+def _prune(files_dir: Path, keep: set[str]) -> None:
+    """Remove thumbnails of outputs that are gone or changed (only files this module names)."""
+    keys = {n.split("-", 1)[0] for n in keep}
+    for p in files_dir.iterdir():
+        stem = p.name.split("-", 1)[0].split(".", 1)[0]
+        if len(stem) == 20 and p.suffix in (".webp", ".json") and stem not in keys:
+            p.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Image input/output: decode, encode, animations, output formats, provenance records."""

@@ -1,0 +1,11 @@
+"""The output formats invsr writes, and which of them have no lossless mode: pure data with one owner, shared by
+discovery (output names), settings (validation) and the writer (:mod:`invsr_cli.imaging.encode`), so none of them
+keeps a copy. Why a format cannot be lossless is the writer's docstring."""
+
+from __future__ import annotations
+
+__all__ = ["WRITE_FORMATS", "OUTPUT_FORMATS", "LOSSY_ONLY_FORMATS"]
+
+WRITE_FORMATS: tuple[str, ...] = ("png", "jpg", "webp", "tiff", "avif", "jxl")
+OUTPUT_FORMATS: tuple[str, ...] = ("auto", *WRITE_FORMATS)  # `auto`: keep the input's format where it can be written
+LOSSY_ONLY_FORMATS: tuple[str, ...] = ("jpg", "avif")

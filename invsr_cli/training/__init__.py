@@ -1,0 +1,1 @@
+"""`invsr train`: fine-tuning the noise predictor (losses, discriminator, latent LPIPS, the loop, run folders)."""

@@ -1,0 +1,474 @@
+"""The unit of work: one image with its resolved settings. :func:`process_images` turns a sequence of image
+tasks into outcomes, with an engine already loaded. The CLI's run, ``invsr bench`` and any worker (another device,
+another process, a cluster node) call it; none of them records anything through it: the caller owns the
+reporter, the manifest and the lock.
+
+Per image: read (in a background thread, a bounded number ahead), choose its settings (the policy: fixed, or
+``auto`` measuring the image), plan and pad its tiles. Tiles of consecutive images share engine batches when their
+settings share a schedule (:mod:`invsr_cli.work.batching`); each tile is blended into its image's float32 accumulator
+on the engine's device; a finished image goes to the sink (:mod:`invsr_cli.work.sink`), which writes it atomically in
+the background. Out of memory halves the batch, then the image's tile, before failing that image.
+
+An animation (:mod:`invsr_cli.imaging.animation`) is one image whose tiles are the tiles of all its frames, frame after
+frame, so its frames share batches; the tile at one place has the same seed in every frame. A target above x4
+(``passes: 2``, :mod:`invsr_cli.geometry.sizing`) is two passes of the same image: when the first pass's tiles are done, its
+result, reduced to a quarter of the target, is re-planned and queued as the image's input again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from invsr_cli.base.errors import InvSRError, reason_of
+from invsr_cli.settings.settings import ImageChoice, ImageSettings, RunSettings, Settings, SettingsPolicy
+from invsr_cli.work.batching import Ran, Split, TileRef, TileScheduler, TooLarge, run_tiles
+from invsr_cli.work.job import Job
+from invsr_cli.work.report import Outcome, Reporter
+from invsr_cli.work.sink import ImageSink, Writer, failure, write_output
+
+__all__ = ["Engine", "ImageTask", "PreparedImage", "Processing", "process_images", "batch_size_for",
+           "MIN_OOM_TILE", "fit_batch"]
+
+MIN_OOM_TILE = 64  # LR px: the smallest tile the out-of-memory retry goes down to
+CPU_BATCH = 1  # `--batch-size auto` on a CPU: batching buys nothing there and costs memory
+MPS_BATCH = 4  # `--batch-size auto` on Apple MPS, which reports no free memory to measure
+MAX_AUTO_BATCH = 32  # past this a GPU gains nothing more from batching; a bound on host memory too
+AUTO_MARGIN = 0.8  # use at most this share of the free device memory
+READERS = 2
+STAGES = ("noise_predictor", "vae_encode", "unet", "vae_decode")
+
+
+class Engine(Protocol):
+    """What the processing needs of an engine (:class:`invsr_cli.engine.InvSREngine` is one)."""
+
+    device: Any
+
+    def upscale(self, lr: Any, *, timesteps: Sequence[int] | None = ..., seed: int | Sequence[int] = ...,
+                posterior: str = ..., guidance: float = ..., check_finite: bool = ...) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """One image to process: where it comes from and goes (``job``), its order in the run (``index``: batching
+    finishes older images first), optionally its pixels already decoded (``image``, an
+    :class:`invsr_cli.imaging.decode.LoadedImage`-like object; ``None`` reads ``job.input``), and its header as
+    the driver probed it (``info``, an :class:`invsr_cli.work.inputs.InputInfo`; ``None``: read it with the
+    pixels)."""
+
+    job: Job
+    index: int = 0
+    image: Any = None
+    info: Any = None
+
+
+@dataclass(eq=False)
+class PreparedImage:
+    """One image in flight: read, its settings chosen, tiled, its tiles partly computed. ``settings``: the run's
+    and its own (``chosen.image``), the pair its outcome carries."""
+
+    task: ImageTask
+    chosen: ImageChoice
+    loaded: Any  # imageio.LoadedImage, or animation.Animation (its frames are tiled together)
+    started: float
+    size: Any = None  # sizing.SizePlan: the output size and the passes it takes
+    pass_no: int = 1
+    plan: Any = None  # tiling.TilePlan, one frame's
+    lr: Any = None  # padded LR, torch (3,H,W) float32 on the CPU; (F,3,H,W) for an animation
+    accs: list[Any] = field(default_factory=list)  # per frame, tiling.BlendAccumulator on the device, lazily
+    results: list[Any] = field(default_factory=list)  # per frame, the finished HR pixels (numpy), or None
+    frame_tiles: list[int] = field(default_factory=list)  # per frame, the tiles blended so far
+    done_tiles: int = 0
+    generation: int = 0  # bumped when re-planned with a smaller tile after out-of-memory
+    tiles_run: int = 0  # tiles of the earlier passes
+    batch_sizes: list[int] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    run: RunSettings | None = None  # None: the defaults
+    settings: Settings = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settings = Settings(self.run, self.chosen.image)
+
+    @property
+    def job(self) -> Job:
+        return self.task.job
+
+    @property
+    def image(self) -> ImageSettings:
+        return self.chosen.image
+
+    @property
+    def key(self) -> tuple:
+        return (self.image.engine_key(), self.plan.tile)
+
+    @property
+    def frames(self) -> int:
+        return len(getattr(self.loaded, "frames", (None,)))
+
+    @property
+    def n_tiles(self) -> int:
+        """Tiles of every frame: an animation's frames are tiled like one image's, one after the other."""
+        return len(self.plan.tiles) * self.frames
+
+    def tile_lr(self, i: int) -> Any:
+        """The LR pixels of tile ``i`` (frame ``i // tiles per frame``), (3, t, t)."""
+        n, t = len(self.plan.tiles), self.plan.tile
+        y, x = self.plan.tiles[i % n]
+        lr = self.lr if self.lr.dim() == 3 else self.lr[i // n]
+        return lr[:, y:y + t, x:x + t]
+
+    def tile_seed(self, i: int) -> int:
+        """Every frame's tile at one place gets the same seed, so a static area stays static."""
+        return self.image.seed + i % len(self.plan.tiles)
+
+    def replan(self, tile: int, *, pin: bool = False) -> None:
+        """Plan (or re-plan, smaller) this image's tiles and pad its pixels to the plan."""
+        import torch
+
+        from invsr_cli.geometry.tiling import pad_image
+        from invsr_cli.work.inputs import tile_plan
+
+        self.plan = tile_plan(self.loaded.width, self.loaded.height, self.image, tile)
+        frames = getattr(self.loaded, "frames", None)
+        if frames is None:
+            lr = torch.from_numpy(pad_image(self.loaded.rgb, self.plan)).permute(2, 0, 1).contiguous()
+        else:
+            lr = torch.stack([torch.from_numpy(pad_image(f, self.plan)).permute(2, 0, 1) for f in frames])
+        self.lr = lr.pin_memory() if pin else lr
+        self.accs = [None] * self.frames
+        self.results = [None] * self.frames
+        self.frame_tiles = [0] * self.frames
+        self.done_tiles = 0
+
+    def next_pass(self, pin: bool = False) -> None:
+        """Make the finished pass's result, reduced to the second pass's input size, this image's input."""
+        from invsr_cli.imaging.encode import resize_rgb
+
+        size = self.size.second_input
+        if hasattr(self.loaded, "frames"):
+            from invsr_cli.imaging.animation import resize_animation
+
+            self.loaded = resize_animation(self.loaded, size, frames=self.results)
+        else:
+            rgb = resize_rgb(self.results[0], size)
+            self.loaded = replace(self.loaded, rgb=rgb, width=size[0], height=size[1])
+        self.pass_no += 1
+        self.generation += 1
+        self.replan(self.image.tile, pin=pin)
+
+    def outcome(self, width: int, height: int, write_seconds: float, models: dict[str, Any] | None = None) -> Outcome:
+        s = self.settings
+        stages = {k: round(v, 4) for k, v in self.stage_seconds.items()}
+        if stages:
+            stages["write"] = round(write_seconds, 4)
+        return Outcome(
+            str(self.job.input), str(self.job.output), "done", seconds=round(time.perf_counter() - self.started, 3),
+            width=width, height=height, tiles=self.tiles_run + self.n_tiles, preset=s.preset, timesteps=s.timesteps,
+            degradation=dict(self.chosen.degradation) if self.chosen.degradation is not None else None,
+            rule=self.chosen.reason, tile=self.plan.tile, overlap=self.plan.overlap,
+            batch_sizes=tuple(self.batch_sizes), stage_seconds=stages or None, settings=s, models=models,
+            passes=self.pass_no, frames=self.frames,
+        )
+
+
+def fit_batch(free_bytes: int, per_tile_bytes: int, *, margin: float = AUTO_MARGIN, cap: int = MAX_AUTO_BATCH) -> int:
+    """The largest batch whose measured per-tile memory fits ``margin`` of the free memory, within 1..cap.
+    (A batch never holds more tiles than are waiting, so a small job never pays for a large batch.)"""
+    return max(1, min(int(free_bytes * margin) // max(per_tile_bytes, 1), cap))
+
+
+def batch_size_for(policy: SettingsPolicy, engine: Engine) -> int:
+    """``--batch-size``: the number given, or ``auto``: 1 on a CPU, 4 on MPS, and on CUDA what fits in memory,
+    measured with one tile of the largest tile size the policy can choose."""
+    run = policy.run
+    if run.batch_size != "auto":
+        return int(run.batch_size)
+    kind = str(getattr(engine, "device", "cpu")).split(":")[0]
+    if kind == "cuda":
+        largest = max(policy.choices.values(), key=lambda s: (s.tile, s.steps))
+        return fit_batch(*_measure_cuda_tile(largest, engine))
+    return MPS_BATCH if kind == "mps" else CPU_BATCH
+
+
+def _measure_cuda_tile(settings: ImageSettings, engine: Engine) -> tuple[int, int]:
+    """Run one tile of the real schedule and measure its peak memory above what is already allocated (measure,
+    don't guess); returns (free bytes, bytes per tile). The run also warms up the kernels."""
+    import torch
+
+    device = engine.device
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    lr = torch.full((1, 3, settings.tile, settings.tile), 0.5, device=device)
+    engine.upscale(lr, timesteps=settings.timesteps, seed=0, posterior="mean", guidance=settings.guidance,
+                   check_finite=False)
+    torch.cuda.synchronize(device)
+    per_tile = torch.cuda.max_memory_allocated(device) - base
+    free, _ = torch.cuda.mem_get_info(device)
+    return free, per_tile
+
+
+def _prepare(task: ImageTask, policy: SettingsPolicy, pin: bool) -> PreparedImage:
+    """Read, choose settings, plan and pad one image. Runs in a reader thread."""
+    from invsr_cli.work.inputs import check_container, plan_image, read_input
+
+    started = time.perf_counter()
+    run = policy.run
+    if task.image is not None:
+        loaded, source = task.image, (task.image.width, task.image.height)
+    else:
+        loaded, source = read_input(task.job.input, run, task.info)
+        check_container(task.job, len(getattr(loaded, "frames", ())))
+    img = PreparedImage(task, policy.for_image(loaded.rgb), loaded, started, run=run)
+    img.size = plan_image(task.job.input, *source, img.frames, img.image, run).size
+    img.replan(img.image.tile, pin=pin)
+    return img
+
+
+def process_images(
+    tasks: Iterable[ImageTask],
+    policy: SettingsPolicy,
+    engine: Engine,
+    *,
+    reporter: Reporter | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    write: Writer = write_output,
+    timer: Any = None,
+    finish_in_flight: bool = False,
+) -> Processing:
+    """Upscale ``tasks`` with ``engine``; iterate the result for one :class:`Outcome` per task that was attempted
+    ("done" or "failed", in completion order).
+
+    ``policy`` gives each image its settings when it is read. ``reporter`` hears tile progress and warnings (out of
+    memory); it is not given outcomes. ``should_stop`` is polled between batches: once true, no new batch starts,
+    the writes in flight finish and their outcomes come, and the images not finished are abandoned unreported.
+    ``write(image, rgb, models)`` writes one finished image (default: atomically to ``image.job.output``, with
+    its provenance) and returns its size. ``timer`` (an :class:`invsr_cli.engine.timing.StageTimer` attached to ``engine``) adds per-image stage
+    seconds to the outcomes: a batch's stage time is shared among its images by their tiles in it.
+
+    A full disk stops the run: :attr:`Processing.stopped` says why, and every task not yet finished gets a failed
+    outcome "not attempted: disk full".
+    """
+    return Processing(tasks, policy, engine, reporter or Reporter(), should_stop, write, timer, finish_in_flight)
+
+
+class Processing:
+    """The iterator :func:`process_images` returns; ``stopped`` is set when a full disk ended it early."""
+
+    def __init__(self, tasks: Iterable[ImageTask], policy: SettingsPolicy, engine: Engine, reporter: Reporter,
+                 should_stop: Callable[[], bool], write: Writer,
+                 timer: Any, finish_in_flight: bool = False) -> None:
+        import torch
+
+        self.torch = torch
+        self.policy = policy
+        self.engine = engine
+        self.reporter = reporter
+        self.should_stop = should_stop
+        self.finish_in_flight = finish_in_flight
+        self.timer = timer
+        self.device = engine.device
+        self.pin = str(self.device).startswith("cuda") and torch.cuda.is_available()
+        self.scheduler = TileScheduler(batch_size_for(policy, engine))
+        # Images read ahead of the compute: enough to fill a batch for every schedule the policy can choose (so a
+        # folder mixing schedules still fills batches), and a couple more. Bounded, whatever the number of inputs.
+        schedules = {s.engine_key() for s in policy.choices.values()}
+        self.cap = self.scheduler.batch * len(schedules) + 2
+        self.todo: Iterator[ImageTask] = iter(tasks)
+        self.todo_done = False
+        self.reads: deque[tuple[ImageTask, Future]] = deque()
+        self.inflight: dict[int, PreparedImage] = {}
+        self.sink = ImageSink(self.device, write, blend_stage=self._stage,
+                              models=getattr(engine, "identity", None))
+        self.readers = ThreadPoolExecutor(READERS, thread_name_prefix="invsr-read")
+        self._outcomes = self._run()
+
+    @property
+    def stopped(self) -> str | None:
+        return self.sink.stopped
+
+    def __iter__(self) -> Iterator[Outcome]:
+        return self._outcomes
+
+    def __next__(self) -> Outcome:
+        return next(self._outcomes)
+
+    # reading ------------------------------------------------------------------------------------------------
+    def _top_up(self) -> None:
+        while not self.todo_done and len(self.reads) + len(self.inflight) < self.cap:
+            task = next(self.todo, None)
+            if task is None:
+                self.todo_done = True
+                return
+            self.reads.append((task, self.readers.submit(_prepare, task, self.policy, self.pin)))
+
+    def _drop_unread(self) -> None:
+        """Stopping: read nothing more (the images not yet read are left for a later run)."""
+        self.todo_done = True
+        while self.reads:
+            self.reads.popleft()[1].cancel()
+
+    def _take_read(self) -> Iterator[Outcome]:
+        task, fut = self.reads.popleft()
+        try:
+            img = fut.result()
+        except InvSRError as e:
+            yield failure(task, reason_of(e, task.job))
+            return
+        except Exception as e:  # a decoder bug on one hostile file must not end the batch
+            yield failure(task, f"cannot read: {type(e).__name__}: {e}")
+            return
+        self.inflight[task.index] = img
+        self._enqueue(img)
+
+    def _enqueue(self, img: PreparedImage) -> None:
+        self.scheduler.add(img.key, img.task.index, img.n_tiles, img.generation)
+        self.reporter.tiles_planned(img.n_tiles)
+
+    # compute ------------------------------------------------------------------------------------------------
+    def _live(self, ref: TileRef) -> bool:
+        img = self.inflight.get(ref.image)
+        return img is not None and img.generation == ref.generation
+
+    def _upscale(self, refs: list[TileRef]) -> Any:
+        torch = self.torch
+        imgs = [self.inflight[r.image] for r in refs]
+        s = imgs[0].image
+        lr = torch.stack([img.tile_lr(r.tile) for img, r in zip(imgs, refs, strict=True)])
+        lr = lr.to(self.device, non_blocking=self.pin)
+        seeds = [img.tile_seed(r.tile) for img, r in zip(imgs, refs, strict=True)]
+        before = dict(self.timer.seconds) if self.timer is not None else None
+        out = self.engine.upscale(lr, timesteps=s.timesteps, seed=seeds, posterior=s.posterior,
+                                  guidance=s.guidance, check_finite=False)
+        if before is not None:
+            for img in imgs:  # each image's share of the batch's stage time, by its tiles in the batch
+                share = sum(1 for i in imgs if i is img) / len(imgs)
+                for stage in STAGES:
+                    img.stage_seconds[stage] += share * (self.timer.seconds.get(stage, 0.0) - before.get(stage, 0.0))
+        return out
+
+    def _run_batch(self, refs: list[TileRef]) -> Iterator[Outcome]:
+        try:
+            for event in run_tiles(self._upscale, refs, oom=self.torch.OutOfMemoryError, live=self._live):
+                if isinstance(event, Ran):
+                    yield from self._blend(event.items, event.outputs)
+                elif isinstance(event, Split):
+                    self._empty_cache()
+                    self.scheduler.batch = event.new_size
+                    self.reporter.warning(f"out of memory at batch {event.size}: retrying with batch "
+                                          f"{event.new_size}")
+                elif isinstance(event, TooLarge):
+                    self._empty_cache()
+                    yield from self._smaller_tile(self.inflight[event.item.image])
+        except InvSRError as e:
+            for index in dict.fromkeys(r.image for r in refs):
+                if index in self.inflight:
+                    yield failure(self.inflight.pop(index), str(e))
+
+    def _empty_cache(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()
+
+    def _smaller_tile(self, img: PreparedImage) -> Iterator[Outcome]:
+        tile = img.plan.tile // 2
+        if tile < MIN_OOM_TILE or tile % 16:
+            del self.inflight[img.task.index]
+            yield failure(img, f"out of memory even at batch 1 and tile {img.plan.tile}")
+            return
+        old = img.plan.tile
+        img.generation += 1
+        img.replan(tile, pin=self.pin)
+        self.reporter.warning(f"out of memory at tile {old} on {img.job.input}: retrying with tile {tile} "
+                              f"(overlap {img.plan.overlap})")
+        self._enqueue(img)
+
+    def _blend(self, refs: list[TileRef], outputs: Any) -> Iterator[Outcome]:
+        self.reporter.tiles_done(len(refs))
+        for index in dict.fromkeys(r.image for r in refs):
+            self.inflight[index].batch_sizes.append(len(refs))
+        for ref, tile_out in zip(refs, outputs, strict=True):
+            img = self.inflight.get(ref.image)
+            if img is None:  # failed by an earlier frame of this batch
+                continue
+            n = len(img.plan.tiles)
+            f = ref.tile // n
+            with self._stage("blend"):
+                if img.accs[f] is None:
+                    img.accs[f] = self._accumulator(img)
+                img.accs[f].add(ref.tile % n, tile_out)
+            img.done_tiles += 1
+            img.frame_tiles[f] += 1
+            if img.frame_tiles[f] == n:  # a frame is done: colour-fix, check and keep it, free its buffers
+                problem = self.sink.frame_result(img, f)
+                if problem:
+                    del self.inflight[ref.image]
+                    yield failure(img, problem if img.frames == 1 else f"frame {f + 1}: {problem}")
+                    continue
+            if img.done_tiles == img.n_tiles:
+                yield from self._image_done(img)
+
+    def _image_done(self, img: PreparedImage) -> Iterator[Outcome]:
+        """Every tile of the pass is done: start the next pass (its input: this pass's result), or write it."""
+        if img.pass_no < img.size.passes:
+            img.tiles_run += img.n_tiles
+            img.next_pass(pin=self.pin)
+            self._enqueue(img)
+            return
+        del self.inflight[img.task.index]
+        yield from self.sink.finish(img)
+
+    def _stage(self, name: str) -> Any:
+        return self.timer.stage(name) if self.timer is not None else contextlib.nullcontext()
+
+    def _accumulator(self, img: PreparedImage) -> Any:
+        from invsr_cli.geometry.tiling import BlendAccumulator
+
+        torch = self.torch
+        return BlendAccumulator(
+            img.plan, mode=img.image.blend,
+            zeros=lambda shape: torch.zeros(shape, dtype=torch.float32, device=self.device),
+            asarray=lambda a: torch.as_tensor(a, device=self.device),
+        )
+
+    # the loop -----------------------------------------------------------------------------------------------
+    def _run(self) -> Iterator[Outcome]:
+        try:
+            while self.stopped is None:
+                if self.should_stop():
+                    if not self.finish_in_flight:
+                        break
+                    self._drop_unread()  # then finish what is in flight
+                else:
+                    self._top_up()
+                batch = self.scheduler.next_batch(more_coming=bool(self.reads))
+                if batch is not None:
+                    yield from self._run_batch(batch[1])
+                elif self.reads:
+                    yield from self._take_read()  # more tiles are needed to fill a batch
+                else:
+                    break
+                yield from self.sink.ready()
+            # Stopping (signal, disk full) or done: finish the writes in flight.
+            yield from self.sink.drain()
+            if self.stopped is not None:
+                yield from self._not_attempted()
+        finally:
+            for _, fut in self.reads:
+                fut.cancel()
+            self.readers.shutdown(wait=True, cancel_futures=True)
+            self.sink.close()
+
+    def _not_attempted(self) -> Iterator[Outcome]:
+        why = f"not attempted: {self.stopped}"
+        for img in list(self.inflight.values()):
+            yield failure(img, why)
+        self.inflight.clear()
+        while self.reads:
+            yield failure(self.reads.popleft()[0], why)
+        for task in self.todo:
+            yield failure(task, why)
