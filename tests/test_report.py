@@ -169,3 +169,20 @@ def test_report_renders_in_chromium_and_the_slider_moves(tiny_models, tmp_path, 
             for name in ("slider.png", "screenshot.png"):
                 (Path(os.environ["INVSR_KEEP_SCREENSHOTS"]) / name).write_bytes((tmp_path / name).read_bytes())
     assert time.perf_counter() - t0 < 20
+
+
+def test_the_report_is_written_atomically_and_leaves_no_temporary_file(tmp_path):
+    """Pages, thumbnails and their metadata go through base/atomic.py: a page that cannot be written (its path
+    is a folder) is an error naming it, and no temporary file is left anywhere (the old writer left
+    ``.NAME.tmpPID`` beside the page)."""
+    from invsr_cli.base.errors import OutputError
+
+    out = _fabricate(tmp_path, ["a.png", "b.png"])
+    site = tmp_path / "site"
+    write_report(out, site / "r.html")
+    (site / "bad.html").mkdir()
+    with pytest.raises(OutputError, match="bad.html"):
+        write_report(out, site / "bad.html")
+    left = [p.name for p in site.rglob("*") if ".tmp" in p.name or p.name.endswith(".invsr-tmp")]
+    assert left == []
+    assert len(list((site / "r_files").glob("*.webp"))) == 8

@@ -484,18 +484,22 @@ def analyse(
     null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.")] = False,
     preset: Annotated[str, typer.Option("--preset", "-p", help="The auto preset whose rules decide.")] = "auto",
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
+    max_input_side: Annotated[int | None, typer.Option("--max-input-side", help="First reduce inputs whose long "
+                                                       "side is larger to this, as upscale does, then measure.",
+                                                       show_default=False)] = None,
 ) -> None:
     """Measure noise, blur and JPEG blockiness, and show the preset `--preset auto` would choose."""
     from invsr_cli.commands.analyse import analyse_inputs
     from invsr_cli.settings.auto_rules import AutoPolicy
     from invsr_cli.settings.preset_files import load_policy
 
-    policy = load_policy(preset, {})
+    flags = {} if max_input_side is None else {"max_input_side": max_input_side}
+    policy = load_policy(preset, flags)
     if not isinstance(policy, AutoPolicy):
         raise ConfigError(f"preset `{preset}` has no `auto` rules; analyse needs an auto preset")
     stdin_paths = _read_stdin(null) if "-" in paths else None
     rows = analyse_inputs(paths, policy.rules, recursive=recursive, stdin_paths=stdin_paths,
-                          max_pixels=policy.run.max_pixels)
+                          read_settings=policy.run)
     failed = sum(1 for r in rows if r.get("error"))
     if json_output:
         import json
@@ -558,12 +562,13 @@ def bench(
     """Time the engine against the authors' pipeline (random weights, nothing downloaded)."""
     from invsr_cli.commands.bench import BenchOptions, render_table, run_bench, to_json
 
-    report = run_bench(BenchOptions(
-        lr_size=lr_size, steps=steps, tile=tile, overlap=overlap, batch_size=batch_size, images=images,
-        device=device, dtype=dtype, tiny=tiny, baseline=not no_baseline, baseline_tile=baseline_tile,
-        baseline_overlap=baseline_overlap, warmup=warmup, compile=compile_, quick=quick,
-        baseline_first=baseline_first, repeat=repeat,
-    ))
+    with _stdout_holds_only_json(json_output):
+        report = run_bench(BenchOptions(
+            lr_size=lr_size, steps=steps, tile=tile, overlap=overlap, batch_size=batch_size, images=images,
+            device=device, dtype=dtype, tiny=tiny, baseline=not no_baseline, baseline_tile=baseline_tile,
+            baseline_overlap=baseline_overlap, warmup=warmup, compile=compile_, quick=quick,
+            baseline_first=baseline_first, repeat=repeat,
+        ))
     if json_output:
         typer.echo(to_json(report))
     else:

@@ -19,6 +19,7 @@ autoescaping on: every file name, reason and setting is escaped; links to files 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -27,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from invsr_cli.base.atomic import atomic_write_bytes
+from invsr_cli.work.report import Outcome
 
 __all__ = ["PAGE_SIZE", "ReportResult", "manifest_files", "read_records", "write_report", "page_path"]
 
@@ -123,7 +127,7 @@ def write_report(
                 more_failures=max(0, len(failed) - 500) if page == 1 else 0,
             )
             data = html.encode("utf-8")
-            _atomic_write(path, data)
+            atomic_write_bytes(path, data)
             written.append(path)
             total += len(data)
         for stale in range(pages + 1, 10_000):  # pages left by a longer earlier report
@@ -164,12 +168,6 @@ def _href(target: Path, base: Path) -> str:
     """A relative, percent-encoded link from the page's folder to ``target`` (any bytes in the name)."""
     rel = os.path.relpath(os.path.abspath(target), os.path.abspath(base))
     return quote(os.fsencode(rel).replace(os.sep.encode(), b"/"))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _summary_context(records: list[dict[str, Any]], done: list[dict[str, Any]], failed: list[dict[str, Any]],
@@ -226,23 +224,33 @@ def _find_output(rec: dict[str, Any], output_dir: Path) -> Path | None:
     return None
 
 
+def _outcome(rec: dict[str, Any]) -> Outcome:
+    """A manifest record read as the :class:`Outcome` it records (the one record format); settings a hand-edited
+    or older line holds that do not read back are left out rather than failing the page."""
+    try:
+        return Outcome.from_record(rec)
+    except (TypeError, ValueError):
+        return Outcome.from_record({**rec, "settings": None})
+
+
 def _item(rec: dict[str, Any], output_dir: Path, page_dir: Path, files_dir: Path) -> dict[str, Any]:
-    inp = Path(str(rec.get("input", "")))
+    o = _outcome(rec)
+    inp = Path(str(o.input))
     out = _find_output(rec, output_dir)
-    deg = rec.get("degradation") if isinstance(rec.get("degradation"), dict) else None
+    deg = o.degradation if isinstance(o.degradation, dict) else None
     item: dict[str, Any] = {
-        "input": _shown(rec.get("input", "")),
-        "output": _shown(rec.get("output", "")),
-        "preset": str(rec.get("preset") or (rec.get("settings") or {}).get("preset") or ""),
+        "input": _shown(o.input),
+        "output": _shown(o.output),
+        "preset": str(o.preset or (o.settings.preset if o.settings is not None else "")),
         "auto": deg is not None,
         "degradation": deg or {},
-        "auto_reason": rec.get("auto_reason") or rec.get("rule") or None,  # `rule` is what the runner writes
-        "seconds": rec.get("seconds"),
-        "tiles": rec.get("tiles"),
-        "timesteps": rec.get("timesteps") or [],
+        "auto_reason": o.rule or rec.get("auto_reason") or None,  # `auto_reason`: what early manifests wrote
+        "seconds": o.seconds,
+        "tiles": o.tiles,
+        "timesteps": list(o.timesteps),
         "time": rec.get("time", ""),
-        "width": rec.get("width"),
-        "height": rec.get("height"),
+        "width": o.width,
+        "height": o.height,
         "files": [],
         "images": None,
         "problem": None,
@@ -296,8 +304,8 @@ def _thumbnails(inp: Path, out: Path, files_dir: Path) -> dict[str, Any]:
     ow, oh = res.width, res.height
     f = THUMB / max(ow, oh)  # both at one display size: the output's shape, THUMB px on its long side
     dw, dh = max(1, round(ow * f)), max(1, round(oh * f))
-    Image.fromarray(a).resize((dw, dh), Image.Resampling.BICUBIC).save(files_dir / names["before"], quality=_QUALITY)
-    Image.fromarray(b).resize((dw, dh), Image.Resampling.LANCZOS).save(files_dir / names["after"], quality=_QUALITY)
+    _save_webp(Image.fromarray(a).resize((dw, dh), Image.Resampling.BICUBIC), files_dir / names["before"])
+    _save_webp(Image.fromarray(b).resize((dw, dh), Image.Resampling.LANCZOS), files_dir / names["after"])
 
     x0, y0, c = _most_detail(src.rgb)
     sx, sy = ow / src.width, oh / src.height
@@ -307,12 +315,19 @@ def _thumbnails(inp: Path, out: Path, files_dir: Path) -> dict[str, Any]:
     zw = ZOOM
     zh = max(1, round(ZOOM * crop_out.height / max(crop_out.width, 1)))
     resample = Image.Resampling.NEAREST if crop_out.width <= zw else Image.Resampling.LANCZOS
-    crop_in.resize((zw, zh), Image.Resampling.NEAREST).save(files_dir / names["crop_in"], quality=_QUALITY)
-    crop_out.resize((zw, zh), resample).save(files_dir / names["crop_out"], quality=_QUALITY)
+    _save_webp(crop_in.resize((zw, zh), Image.Resampling.NEAREST), files_dir / names["crop_in"])
+    _save_webp(crop_out.resize((zw, zh), resample), files_dir / names["crop_out"])
     meta = {"dw": dw, "dh": dh, "zw": zw, "zh": zh, "crop": [x0, y0, c], "zoom": round(zw / max(c, 1), 1),
             "in_size": [src.width, src.height], "out_size": [ow, oh]}
-    _atomic_write(meta_path, json.dumps(meta).encode())
+    atomic_write_bytes(meta_path, json.dumps(meta).encode())
     return {**meta, **names}
+
+
+def _save_webp(im: Any, path: Path) -> None:
+    """A thumbnail or crop, written atomically like every file invsr writes."""
+    buf = io.BytesIO()
+    im.save(buf, format="WEBP", quality=_QUALITY)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _to_uint8(img: Any) -> Any:

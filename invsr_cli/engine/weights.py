@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_NP_REPO",
     "DEFAULT_NP_FILE",
     "DEFAULT_NOISE_PREDICTOR",
+    "REQUIRED_HUB_FILES",
     "Source",
     "Weights",
     "hub_cache_dir",
@@ -70,6 +71,8 @@ _HUB_FILES = (
     *_TOKENIZER,
     *(f"{comp}/{base}.{exts[0]}" for comp, (base, exts) in WEIGHT_FILES.items()),
 )
+# The files a Hub SD model must have (the loader requires them; `make test-all` checks the cache for them).
+REQUIRED_HUB_FILES = tuple(f for f in _HUB_FILES if f not in _OPTIONAL)
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _HOW_TO_GET = (
     "To get them: run `invsr models download` while online, or unset HF_HUB_OFFLINE (or set HF_HUB_OFFLINE=0) "

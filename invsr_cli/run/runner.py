@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +87,8 @@ class Recorder:
     def _append(self, o: Outcome, job: Job | None) -> None:
         # What was loaded: e.g. the commit a first run has just fetched (its revision was unknown before the fetch).
         models = o.models if o.models is not None else self.models
-        rec: dict[str, Any] = {**o.to_dict(), "fingerprint": run_fingerprint(self.policy, models)}
-        if o.settings is not None:
-            rec["settings"] = o.settings.to_dict()
-        if models is not None:
-            rec["models"] = models
+        rec: dict[str, Any] = {**replace(o, models=models).to_record(),
+                               "fingerprint": run_fingerprint(self.policy, models)}
         if job is not None:
             with contextlib.suppress(OSError):
                 rec.update(input_stamp(job.input))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, TextIO
 
 __all__ = [
@@ -96,6 +96,46 @@ class Outcome:
         if not d["rule"]:
             del d["rule"]
         return d
+
+    def to_record(self) -> dict[str, Any]:
+        """The one record format of an outcome (the manifest's lines, a Ray worker's rows, what the HTML report
+        reads): :meth:`to_dict` with the settings (``Settings.to_dict``) and the models, when known."""
+        d = self.to_dict()
+        if self.settings is not None:
+            d["settings"] = self.settings.to_dict()
+        if self.models is not None:
+            d["models"] = self.models
+        return d
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Outcome:
+        """The outcome a :meth:`to_record` record holds (``Outcome.from_record(o.to_record()) == o``, settings and
+        models too). Keys it does not know (a manifest's fingerprint, time, input stamp) are ignored; missing
+        ones take their defaults."""
+        from invsr_cli.settings.settings import Settings
+
+        kw = {k: rec[k] for k in _RECORD_FIELDS if k in rec}
+        for k in ("timesteps", "batch_sizes"):
+            kw[k] = tuple(kw.get(k) or ())
+        s = rec.get("settings")
+        kw["settings"] = Settings.from_dict(s) if isinstance(s, dict) else None
+        kw["models"] = rec.get("models")
+        return cls(**kw)
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(Outcome) if f.name not in ("settings", "models"))
+
+
+def failed(of: Any, reason: str) -> Outcome:
+    """The failed outcome of one image: ``of`` is its job, or anything holding it as ``.job`` (a task, an image in
+    flight). Every executor builds its failures here."""
+    job = getattr(of, "job", of)
+    return Outcome(str(job.input), str(job.output), "failed", reason=reason)
+
+
+def not_attempted(of: Any, why: str) -> Outcome:
+    """The outcome of an image a run had to leave (``why``: a full disk, no worker left): failed, "not attempted"."""
+    return failed(of, f"not attempted: {why}")
 
 
 @dataclass
