@@ -136,8 +136,8 @@ def upscale(
     first_frame: Annotated[bool | None, typer.Option("--first-frame/--all-frames", help="Animations: upscale the "
                                                      "first frame only, to a still (default: every frame).",
                                                      rich_help_panel=OUTPUT, show_default=False)] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="auto (the input's), png, jpg, webp, tiff, avif or "
-                                            "jxl (jxl needs invsr-cli[jxl]).", rich_help_panel=OUTPUT)] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="auto (the input's), png, jpg, webp, tiff, avif, "
+                                            "jxl (needs invsr-cli[jxl]) or gif.", rich_help_panel=OUTPUT)] = None,
     quality: Annotated[int | None, typer.Option(help="Quality 1..100 for jpg/webp/avif/jxl (default 95).",
                                                 rich_help_panel=OUTPUT)] = None,
     lossless: Annotated[bool | None, typer.Option("--lossless", help="Lossless webp/jxl (png/tiff always are); "
@@ -204,6 +204,10 @@ def upscale(
     from invsr_cli.work.report import make_reporter
 
     inputs, out_dir = _split_paths(paths, output)
+    if report is not None and not dry_run:  # refused now, not after the whole compute
+        from invsr_cli.base.writable import refuse_unwritable_file
+
+        refuse_unwritable_file(report, "the report")
     flags = dict(
         steps=steps, timesteps=timesteps, seed=seed, posterior=posterior, guidance=guidance, color_fix=color_fix,
         tile=tile, overlap=overlap, blend=blend, batch_size=batch_size, scale=scale, format=fmt, quality=quality,
@@ -227,8 +231,16 @@ def upscale(
     if report is not None and not dry_run:
         from invsr_cli.commands.htmlreport import write_report
 
-        write_report(out_dir, report, manifest_paths=[manifest] if manifest else None, summary=summary)
+        result = write_report(out_dir, report, manifest_paths=[manifest] if manifest else None, summary=summary)
+        if not quiet:
+            print(f"invsr: report: {_report_line(report, result)}", file=sys.stderr, flush=True)
     raise typer.Exit(_exit_code(summary))
+
+
+def _report_line(target: Path, result: Any) -> str:
+    """Where the report went and what it holds (``invsr report`` and ``upscale --report``)."""
+    pages = f", {len(result.pages)} pages" if len(result.pages) > 1 else ""
+    return f"{target}: {result.images} image(s), {result.failed} failed{pages}"
 
 
 def _scaling(devices: str | None, device: str | None, ray: str | None, shard: str | None, jobs: Any, *,
@@ -400,13 +412,20 @@ def _is_builtin(source: str) -> bool:
 @models_app.command("download")
 def models_download(
     sd_model: Annotated[str | None, typer.Option("--sd-model", help="Hub id or local folder.")] = None,
-    noise_predictor: Annotated[str | None, typer.Option("--noise-predictor", help="Local file or REPO:FILE.")] = None,
+    noise_predictor: Annotated[str | None, typer.Option("--noise-predictor", help="Local file, REPO:FILE, or the "
+                                                        "short names v5 / v5_diftune.")] = None,
+    lpips: Annotated[bool, typer.Option("--lpips", help="Also fetch LPIPS-VGG (VGG16 + v0.1 heads) for invsr eval, "
+                                        "into torch's hub cache.")] = False,
 ) -> None:
     """Pre-fetch the weights into the Hugging Face cache (for offline and cron machines).\n
     Example:  invsr models download   (then run jobs with HF_HUB_OFFLINE=1)"""
     from invsr_cli.engine import DEFAULT_SD_MODEL, download_models
 
     result = download_models(sd_model=sd_model or DEFAULT_SD_MODEL, noise_predictor=noise_predictor)
+    if lpips:
+        from invsr_cli.quality.lpips import download_lpips
+
+        result["lpips"] = ", ".join(map(str, download_lpips()))
     for name, where in result.items():
         typer.echo(f"{name}: {where}")
 
@@ -417,19 +436,22 @@ def models_info(
     noise_predictor: Annotated[str | None, typer.Option("--noise-predictor", help="Local file or REPO:FILE.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
-    """Show where the weights are and their sizes, without downloading.\n\nExample:  invsr models info"""
+    """Show where the weights are and their sizes, without downloading; exit 3 when a required file is
+    missing.\n\nExample:  invsr models info"""
     import json
 
+    from invsr_cli.base.errors import WeightsUnavailableError
+    from invsr_cli.commands.models import print_models_table
     from invsr_cli.engine import DEFAULT_SD_MODEL
     from invsr_cli.engine import models_info as info
 
     rows = info(sd_model=sd_model or DEFAULT_SD_MODEL, noise_predictor=noise_predictor)
     if json_output:
         typer.echo(json.dumps(rows, indent=2, default=str))
-        return
-    for r in rows:
-        size = f"{r.get('size', 0) / 1e6:.1f} MB" if r.get("present") else "missing"
-        typer.echo(f"{r['name']:<16} {size:>10}  {r.get('where', '')}")
+    else:
+        print_models_table(rows)
+    complete = all(r["present"] or not r["required"] for r in rows)
+    raise typer.Exit(EXIT_OK if complete else WeightsUnavailableError.exit_code)
 
 
 # -- inspect ------------------------------------------------------------------------------------------------------
@@ -595,8 +617,7 @@ def report_cmd(
 
     target = html if html is not None else output_dir / "report.html"
     result = write_report(output_dir, target, manifest_paths=manifest or None, page_size=page_size)
-    pages = f", {len(result.pages)} pages" if len(result.pages) > 1 else ""
-    typer.echo(f"{target}: {result.images} image(s), {result.failed} failed{pages}")
+    typer.echo(_report_line(target, result))
 
 
 # -- doctor -------------------------------------------------------------------------------------------------------
@@ -637,6 +658,11 @@ def doctor(
         typer.echo(f"ready ({warned} warning(s), {seconds} s)" if ready
                    else f"not ready: {len(failed)} check(s) failed: {', '.join(failed)} ({seconds} s)")
     raise typer.Exit(EXIT_OK if ready else EXIT_FAILED)
+
+
+from invsr_cli.commands.evaluate import register as _register_eval  # noqa: E402 - `degrade` and `eval`
+
+_register_eval(app, _read_stdin)
 
 
 # -- errors -> exit codes, in one place ---------------------------------------------------------------------------

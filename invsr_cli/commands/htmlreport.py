@@ -150,7 +150,22 @@ def _environment() -> Any:
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _num
     env.filters["shown"] = _shown
+    env.filters["value"] = _value
     return env
+
+
+def _value(v: Any) -> str:
+    """A setting or model field for a person, not a Python repr: not set as a dash, yes/no, lists joined, a
+    mapping (a model's identity) as ``key value`` pairs."""
+    if v is None or v == "":
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_value(x) for x in v) or "–"
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_value(x)}" for k, x in v.items()) or "–"
+    return _shown(v)
 
 
 def _num(v: Any, digits: int = 2) -> str:
@@ -369,3 +384,74 @@ def _prune(files_dir: Path, keep: set[str]) -> None:
         stem = p.name.split("-", 1)[0].split(".", 1)[0]
         if len(stem) == 20 and p.suffix in (".webp", ".json") and stem not in keys:
             p.unlink(missing_ok=True)
+
+
+# -- the evaluation report (`invsr eval --report`) ------------------------------------------------------------------
+
+EVAL_THUMB = 256  # display side of each image in the evaluation gallery, px
+EVAL_CHART_W, EVAL_CHART_H = 420, 30  # one chart's width, and the height of one bar row, px
+
+
+class EvalReport:
+    """The page `invsr eval --report HTML` writes: the table, one inline-SVG bar chart per metric (configurations
+    against their mean), and per image the HR, the LR and every configuration's output side by side, each with a
+    zoomed crop of the HR's region of most detail. Images are WebP files in ``<stem>_files/`` written as the
+    outputs arrive (:meth:`add`), so memory stays bounded; :meth:`finish` renders the page (atomically)."""
+
+    def __init__(self, html_path: str | os.PathLike[str]) -> None:
+        self.html_path = Path(html_path)
+        self.files_dir = self.html_path.with_name(self.html_path.stem + "_files")
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        self.images: dict[str, dict[str, Any]] = {}
+
+    def _save(self, rgb: Any, name: str, box: tuple[int, int, int, int], scale: float) -> dict[str, Any]:
+        from PIL import Image
+
+        im = Image.fromarray(rgb)
+        x0, y0, x1, y1 = (round(v * scale) for v in box)
+        resample = Image.Resampling.NEAREST if scale < 1 else Image.Resampling.LANCZOS
+        f = EVAL_THUMB / max(im.size)
+        size = (max(1, round(im.width * f)), max(1, round(im.height * f)))
+        _save_webp(im.resize(size, resample if scale < 1 else Image.Resampling.BICUBIC),
+                   self.files_dir / f"{name}.webp")
+        _save_webp(im.crop((x0, y0, x1, y1)).resize((ZOOM // 2, ZOOM // 2), Image.Resampling.NEAREST),
+                   self.files_dir / f"{name}-crop.webp")
+        return {"src": quote(f"{self.files_dir.name}/{name}.webp"),
+                "crop": quote(f"{self.files_dir.name}/{name}-crop.webp"), "w": size[0], "h": size[1]}
+
+    def add(self, image: str, hr: Any, lr: Any, label: str, out: Any, scores: dict[str, Any]) -> None:
+        """One configuration's output of one image (uint8 RGB arrays); the HR and LR are saved on first sight."""
+        entry = self.images.get(image)
+        if entry is None:
+            import numpy as np
+
+            key = hashlib.sha256(image.encode()).hexdigest()[:16]
+            x0, y0, c = _most_detail(hr.astype(np.float32) / 255.0)
+            box = (x0, y0, x0 + c, y0 + c)
+            entry = self.images[image] = {"name": image, "key": key, "box": box, "outputs": [],
+                                          "hr": self._save(hr, f"{key}-hr", box, 1.0),
+                                          "lr": self._save(lr, f"{key}-lr", box, lr.shape[1] / hr.shape[1])}
+        n = len(entry["outputs"])
+        entry["outputs"].append({"label": label, **scores,
+                                 **self._save(out, f"{entry['key']}-o{n}", entry["box"], 1.0)})
+
+    def finish(self, summary: list[dict[str, Any]], notes: Sequence[str]) -> Path:
+        """Render the page from the table (``EvalResult.summary()``) and its notes; returns its path."""
+        charts = []
+        for metric, unit, higher in (("psnr", "dB", True), ("ssim", "", True), ("lpips", "", False)):
+            vals = [r[metric] for r in summary if isinstance(r.get(metric), (int, float))
+                    and r[metric] == r[metric] and r[metric] not in (float("inf"), float("-inf"))]
+            if not vals:
+                continue
+            top = max(vals) or 1.0
+            bars = [{"label": r["config"], "value": r[metric],
+                     "w": 0 if not isinstance(r.get(metric), (int, float)) else
+                     round((EVAL_CHART_W - 170) * min(1.0, max(0.0, r[metric] / top)), 1),
+                     "best": metric in r["best"]} for r in summary]
+            charts.append({"metric": metric, "unit": unit, "higher": higher, "bars": bars,
+                           "height": EVAL_CHART_H * len(bars) + 10})
+        html = _environment().get_template("eval_report.html.j2").render(
+            title="invsr eval", generated=time.strftime("%Y-%m-%d %H:%M:%S"), summary=summary, notes=list(notes),
+            charts=charts, chart_w=EVAL_CHART_W, bar_h=EVAL_CHART_H, images=list(self.images.values()))
+        atomic_write_bytes(self.html_path, html.encode("utf-8"))
+        return self.html_path

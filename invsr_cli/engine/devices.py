@@ -9,7 +9,8 @@ from invsr_cli.base.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["DEVICE_FORMS", "DTYPE_ALIASES", "parse_device", "canonical_dtype", "resolve_device", "resolve_dtype"]
+__all__ = ["DEVICE_FORMS", "DTYPE_ALIASES", "parse_device", "canonical_dtype", "resolve_device", "resolve_dtype",
+           "dtype_name"]
 
 DEVICE_FORMS = "auto, cpu, cuda, cuda:N, mps"
 
@@ -61,6 +62,11 @@ def canonical_dtype(name: str) -> str:
     caller's)."""
     s = str(name).lower()
     return DTYPE_ALIASES.get(s, s)
+
+
+def dtype_name(dtype: object) -> str:
+    """``torch.float32`` -> ``"fp32"`` (the names the settings and every message use); other values as text."""
+    return canonical_dtype(str(dtype).removeprefix("torch."))
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:

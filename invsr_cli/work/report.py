@@ -186,6 +186,10 @@ class Reporter:
 
     def tiles_done(self, n: int) -> None: ...
 
+    def stage(self, text: str) -> None:
+        """What the run is doing before its first tile (e.g. ``"loading the models"``); ``""`` when it is done.
+        The progress display shows it; logs need no line for it."""
+
     def info(self, text: str) -> None:
         """A detail shown only with -v (the models being loaded, the device, dtype and model identities)."""
 
@@ -296,31 +300,49 @@ class RichReporter(PlainReporter):
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
+        from rich.table import Column
 
         self.console = console if console is not None else Console(stderr=True)
         super().__init__(quiet=quiet, verbose=verbose)
+        right = {"table_column": Column(justify="right", no_wrap=True)}  # numbers line up from row to row
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
+            TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)),
             BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            MofNCompleteColumn(**right),
+            TextColumn("{task.fields[rate]}", **right),
+            TimeElapsedColumn(**right),
+            TimeRemainingColumn(**right),
+            TextColumn("{task.fields[note]}", table_column=Column(no_wrap=True)),
             console=self.console,
             transient=True,
         )
         self._images = self._tiles = None
         self._tiles_n = 0
+        self._to_do = 0
+        self._tiles_known = 0  # tiles of the images tiled so far
+        self._images_known = 0  # images tiled (or failed before tiling): the tiles' total is known once all are
 
     def start(self, total: int, to_do: int, tiles: int) -> None:
         self.progress.start()
-        self._images = self.progress.add_task("images", total=to_do, rate="")
-        self._tiles = self.progress.add_task("tiles", total=tiles or None, rate="")
+        self._to_do = to_do
+        self._tiles_known = tiles
+        self._images = self.progress.add_task("images", total=to_do, rate="", note="")
+        # the total grows as images are read: unknown (shown as "?", the bar pulsing) until every image is tiled
+        self._tiles = self.progress.add_task("tiles", total=None, rate="", note="")
+
+    def _tiles_total(self) -> None:
+        if self._tiles is not None and self._images_known >= self._to_do:
+            self.progress.update(self._tiles, total=self._tiles_known)
 
     def tiles_planned(self, n: int) -> None:
-        if self._tiles is not None and n > 0:
-            total = self.progress.tasks[self._tiles].total or 0
-            self.progress.update(self._tiles, total=total + n)
+        if self._tiles is not None:  # one call per image tiled (0 tiles: an image that needs none)
+            self._tiles_known += n
+            self._images_known += 1
+            self._tiles_total()
+
+    def stage(self, text: str) -> None:
+        if self._images is not None:
+            self.progress.update(self._images, note=text)
 
     def tiles_done(self, n: int) -> None:
         if self._tiles is not None:
@@ -341,7 +363,10 @@ class RichReporter(PlainReporter):
                 for line in _detail_lines(o):
                     self.console.print(_clean(line), markup=False, highlight=False)
         if self._images is not None and o.status != "skipped":
-            self.progress.update(self._images, advance=1)
+            self.progress.update(self._images, advance=1, note="")
+            if o.status == "failed" and not o.tiles:  # failed before it was tiled: it adds no tiles
+                self._images_known += 1
+                self._tiles_total()
 
     def warning(self, text: str) -> None:
         from rich.markup import escape

@@ -65,7 +65,8 @@ def write_output(img: PreparedImage, rgb: Any, models: dict[str, Any] | None = N
     if size != (w, h):
         rgb = resize_rgb(rgb, size)
     alpha = upscale_alpha(img.loaded.alpha, size) if img.loaded.alpha is not None else None
-    record = provenance_record(s.to_dict(), models=models) if s.provenance else None
+    passes = img.size.passes if img.size is not None else None
+    record = provenance_record(s.to_dict(), models=models, passes=passes) if s.provenance else None
     write_image(job.output, rgb, alpha=alpha, source=img.loaded, format=job.format, quality=s.quality,
                 provenance=record, strip_metadata=s.strip_metadata, lossless=s.lossless)
     return size

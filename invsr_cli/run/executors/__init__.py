@@ -64,7 +64,11 @@ class LocalExecutor:
             s = policy.run
             with ctx.loading():  # a stop signal from the announcement on abandons the load
                 ctx.reporter.info(f"loading the models: {models_line(s)}")
-                self.engine = self.loader(s)
+                ctx.reporter.stage("loading the models")
+                try:
+                    self.engine = self.loader(s)
+                finally:
+                    ctx.reporter.stage("reading images")
 
     def run(self, tasks: Sequence[ImageTask], policy: SettingsPolicy, ctx: RunContext) -> Iterator[Outcome]:
         from invsr_cli.work.process import process_images
@@ -113,6 +117,8 @@ def engine_line(engine: Any, policy: SettingsPolicy) -> str:
     load = getattr(engine, "load_seconds", None)
     models = getattr(engine, "identity", None) or {"sd_model": policy.run.sd_model,
                                                    "noise_predictor": policy.run.noise_predictor}
-    return (f"engine: device {engine.device}, dtype {getattr(engine, 'dtype', policy.run.dtype)}, "
+    from invsr_cli.engine.devices import dtype_name
+
+    return (f"engine: device {engine.device}, dtype {dtype_name(getattr(engine, 'dtype', policy.run.dtype))}, "
             f"load {f'{load:.1f} s' if load is not None else 'n/a (given loaded)'}; "
             f"models {json.dumps(models, sort_keys=True, default=str)}")
