@@ -411,9 +411,9 @@ def test_analyse_reads_as_upscale_does_with_max_input_side(tmp_path):
     Image.fromarray(base).save(tmp_path / "noisy.png")
     full_policy = load_policy("auto", {})
     small_policy = load_policy("auto", {"max_input_side": 64})
-    full = analyse_inputs([str(tmp_path / "noisy.png")], full_policy.rules, read_settings=full_policy.settings)
-    small = analyse_inputs([str(tmp_path / "noisy.png")], small_policy.rules, read_settings=small_policy.settings)
+    full = analyse_inputs([str(tmp_path / "noisy.png")], full_policy.rules, read_settings=full_policy.run)
+    small = analyse_inputs([str(tmp_path / "noisy.png")], small_policy.rules, read_settings=small_policy.run)
     assert full[0]["noise_sigma"] > 2 * small[0]["noise_sigma"]  # 4x4 area averaging: about a quarter the noise
-    reduced, _ = read_input(tmp_path / "noisy.png", small_policy.settings)
+    reduced, _ = read_input(tmp_path / "noisy.png", small_policy.run)
     assert reduced.width == 64
     assert small[0]["noise_sigma"] == analyse_image(reduced.rgb).as_dict()["noise_sigma"]

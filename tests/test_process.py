@@ -43,7 +43,7 @@ def test_each_outcome_carries_the_settings_its_image_was_made_with(tmp_path, tin
     assert {n: o.status for n, o in outcomes.items()} == {"noisy.png": "done", "flat.png": "done"}
     assert outcomes["noisy.png"].preset == "noisy" and outcomes["flat.png"].preset == "default"
     for o in outcomes.values():
-        assert o.settings is policy.choices[o.preset]
+        assert o.settings.image is policy.choices[o.preset] and o.settings.run is policy.run
         assert o.timesteps == o.settings.timesteps and o.rule and o.degradation is not None
         assert (o.tile, o.overlap) == (32, 8) and sum(o.batch_sizes) >= 1
 
@@ -106,12 +106,12 @@ def test_disk_full_marks_every_task_never_attempted(tmp_path, tiny_engine):
 
 def _finished_image(tmp_path, hr, color_fix="none") -> PreparedImage:
     from invsr_cli.imaging.decode import read_image
-    from invsr_cli.settings.settings import ImageSettings
+    from invsr_cli.settings.settings import ImageChoice
 
     imagegen.rgb(tmp_path / "a.png", 16, 16, seed=1)
     (job,) = discover([str(tmp_path / "a.png")], tmp_path / "out").jobs
     s = resolve_settings(None, {"tile": 16, "overlap": 0, "color_fix": color_fix})
-    img = PreparedImage(ImageTask(job), ImageSettings(s), read_image(job.input), 0.0)
+    img = PreparedImage(ImageTask(job), ImageChoice(s.image), read_image(job.input), 0.0, run=s.run)
     img.replan(16)
 
     class Done:

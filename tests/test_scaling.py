@@ -426,11 +426,14 @@ def test_cli_shard_from_slurm(tmp_path, models):
 
 def test_queue_is_largest_first_by_header(tmp_path):
     from invsr_cli.run.executors.devices import _largest_first
+    from invsr_cli.work.inputs import probe_inputs
     from invsr_cli.work.process import ImageTask
 
     src = tmp_path / "in"
     _inputs(src, 5)  # with broken.png, whose size is unknown: last (the worker reports why it cannot read it)
-    tasks = [ImageTask(job, i) for i, job in enumerate(discover([str(src)], tmp_path / "out").jobs)]
+    jobs = discover([str(src)], tmp_path / "out").jobs  # each task carries the header the driver probed
+    tasks = [ImageTask(job, i, info=info) for i, (job, info) in enumerate(zip(jobs, probe_inputs(
+        [job.input for job in jobs]), strict=True))]
     order = [item.task.job.input.name for item in _largest_first(tasks, None)]
     sizes = {item.task.job.input.name: item.size for item in _largest_first(tasks, None)}
     assert order[-1] == "broken.png" and sizes["broken.png"] == 0

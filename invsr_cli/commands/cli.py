@@ -222,7 +222,7 @@ def upscale(
     )
     policy = load_policy(preset, {k: v for k, v in flags.items() if v is not None})
     stdin_paths = _read_stdin(null) if "-" in inputs else None
-    s = policy.settings
+    s = policy.run
     found = discover(inputs, out_dir, recursive=recursive, stdin_paths=stdin_paths, suffix=s.suffix, fmt=s.format,
                      lossless=s.lossless)
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
@@ -515,8 +515,8 @@ def analyse(
 ) -> None:
     """Measure noise, blur and JPEG blockiness, and show the preset `--preset auto` would choose."""
     from invsr_cli.commands.analyse import analyse_inputs
+    from invsr_cli.settings.auto_rules import AutoPolicy
     from invsr_cli.settings.preset_files import load_policy
-    from invsr_cli.settings.settings import AutoPolicy
 
     flags = {} if max_input_side is None else {"max_input_side": max_input_side}
     policy = load_policy(preset, flags)
@@ -524,7 +524,7 @@ def analyse(
         raise ConfigError(f"preset `{preset}` has no `auto` rules; analyse needs an auto preset")
     stdin_paths = _read_stdin(null) if "-" in paths else None
     rows = analyse_inputs(paths, policy.rules, recursive=recursive, stdin_paths=stdin_paths,
-                          read_settings=policy.settings)
+                          read_settings=policy.run)
     failed = sum(1 for r in rows if r.get("error"))
     if json_output:
         import json

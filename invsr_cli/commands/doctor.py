@@ -497,7 +497,7 @@ def _check_self_test() -> Check:
         policy = load_policy(None, {"sd_model": str(tiny.sd_dir), "noise_predictor": str(tiny.noise_predictor_path),
                                     "device": device, "dtype": "fp32", "tile": 16, "overlap": 8})
         out = root / "out"
-        found = discover([str(inp)], out, suffix=policy.settings.suffix, fmt=policy.settings.format)
+        found = discover([str(inp)], out, suffix=policy.run.suffix, fmt=policy.run.format)
         t0 = time.perf_counter()
         summary = run_batch(found.jobs, policy, output_dir=out, handle_signals=False)
         dt = time.perf_counter() - t0

@@ -162,8 +162,16 @@ class _TaskPolicy:
 
     def __init__(self, policies: Sequence[Any]) -> None:
         self.policies = list(policies)
-        self.settings = self.policies[0].settings
         self.by_pixels: dict[int, int] = {}
+
+    @property
+    def run(self) -> Any:
+        """What the run fixes: every configuration shares it (they differ in image settings only)."""
+        return self.policies[0].run
+
+    @property
+    def unmeasured(self) -> Any:
+        return self.policies[0].unmeasured
 
     @property
     def choices(self) -> dict[str, Any]:

@@ -112,12 +112,12 @@ def _output(w: int, h: int, iw: int, ih: int, s: Any) -> tuple[int, int]:
     return scaled_size(iw, ih, s.scale)
 
 
-def target_size(w: int, h: int, settings: Any) -> SizePlan:
-    """The sizes of an image whose (oriented) size is ``w`` x ``h``, under ``settings`` (a
-    :class:`~invsr_cli.settings.settings.Settings`, or anything with its size keys and ``max_input_side``). Pure."""
+def target_size(w: int, h: int, settings: Any, *, max_input_side: int | None = None) -> SizePlan:
+    """The sizes of an image whose (oriented) size is ``w`` x ``h``, under ``settings`` (anything with the size
+    keys: an image's :class:`~invsr_cli.settings.settings.ImageSettings`) and the run's ``max_input_side``. Pure."""
     if w < 1 or h < 1:
         raise ValueError(f"image size must be positive, got {w}x{h}")
-    iw, ih = input_size(w, h, getattr(settings, "max_input_side", None))
+    iw, ih = input_size(w, h, max_input_side)
     ow, oh = _output(w, h, iw, ih, settings)
     factor = max(ow / iw, oh / ih)
     passes = 1

@@ -97,13 +97,15 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False  # the default; a truncated file must be
 @dataclass(frozen=True)
 class ImageInfo:
     """What the header says. ``width``/``height`` are the stored size (for TIFF Pillow already applies the
-    orientation tag; for other formats an EXIF rotation is not reflected here)."""
+    orientation tag; for other formats an EXIF rotation is not reflected here). ``orientation``: the EXIF rotation
+    (1..8) still to apply to that size: 1 when absent, and always 1 for TIFF."""
 
     width: int
     height: int
     format: str
     mode: str
     n_frames: int
+    orientation: int = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -331,7 +333,46 @@ def probe_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) 
         except Exception as exc:
             raise _fail(path, f"unreadable frames ({describe_exception(exc)})") from None
         _check_pixels(path, im.width, im.height, max_pixels)
-        return ImageInfo(im.width, im.height, canonical_format(im.format or ""), im.mode, n_frames)
+        return ImageInfo(im.width, im.height, canonical_format(im.format or ""), im.mode, n_frames,
+                         _header_orientation(im, fp))
+
+
+def _header_orientation(im: Image.Image, fp: Any) -> int:
+    """The EXIF orientation from the open header, without decoding: a PNG's ``eXIf`` chunk may follow its pixel
+    data, where Pillow finds it only by decoding, so the chunks are walked instead (seeks, no pixels read). TIFF: 1,
+    Pillow reports its size oriented."""
+    if im.format == "TIFF":
+        return 1
+    if im.format == "PNG" and "exif" not in im.info:
+        data = _png_exif_chunk(fp)
+        if data is None:
+            return 1
+        try:
+            exif = Image.Exif()
+            exif.load(data)
+            value = int(exif.get(_ORIENTATION, 1) or 1)
+        except Exception:
+            return 1
+        return value if 1 <= value <= 8 else 1
+    return _safe_orientation(im)
+
+
+def _png_exif_chunk(fp: Any) -> bytes | None:
+    """The data of a PNG's ``eXIf`` chunk, found by walking the chunk headers from the start of the file."""
+    try:
+        fp.seek(8)
+        while True:
+            head = fp.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = int.from_bytes(head[:4], "big"), head[4:]
+            if kind == b"eXIf":
+                return fp.read(length)
+            if kind == b"IEND":
+                return None
+            fp.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
+    except (OSError, ValueError):
+        return None
 
 
 def _rawmode(im: Image.Image) -> str:

@@ -28,7 +28,7 @@ from invsr_cli.base.errors import ConfigError, InvSRError
 from invsr_cli.run.executors import Executor, RunContext
 from invsr_cli.run.manifest import Manifest, folder_manifests, input_stamp, manifest_name
 from invsr_cli.run.shard import Shard
-from invsr_cli.settings.settings import FixedPolicy, Settings, SettingsPolicy
+from invsr_cli.settings.settings import FixedPolicy, RunSettings, Settings, SettingsPolicy
 from invsr_cli.work.job import Job
 from invsr_cli.work.report import Outcome, Reporter, Summary
 
@@ -108,7 +108,7 @@ def run_batch(
     manifest_path: Path | None = None,
     wait: bool = False,
     engine: Any = None,
-    engine_loader: Callable[[Settings], Any] | None = None,
+    engine_loader: Callable[[RunSettings], Any] | None = None,
     executor: Executor | None = None,
     handle_signals: bool = True,
     input_errors: Sequence[tuple[str, str]] = (),
@@ -134,14 +134,16 @@ def run_batch(
         jobs = [job for job in jobs if shard.holds(job.rel)]
         input_errors = [(spec, why) for spec, why in input_errors if shard.holds(spec)]
     reporter = reporter or Reporter()
-    _refuse_unreachable_sizes(jobs, policy)
+    infos = _probe(jobs, policy)
+    _refuse_unreachable_sizes(jobs, infos, policy)
     if dry_run or not jobs:  # nothing to write: no lock, no manifest, no folder
         start = time.perf_counter()
         rec = Recorder(reporter, None, policy, _expected_models(engine, policy) if jobs else None)
         _record_input_errors(input_errors, rec)
         if dry_run:  # what the run would skip, from the same manifests (read only)
             manifest = _read_manifest(output_dir, manifest_path, shard)
-            _plan_only([job for _, job in _skip_existing(jobs, policy, rec, manifest)], policy, rec)
+            kept = _skip_existing(jobs, infos, policy, rec, manifest)
+            _plan_only([job for _, job, _ in kept], [info for _, _, info in kept], policy, rec)
         else:
             reporter.start(0, 0, 0)
         rec.summary.wall_seconds = time.perf_counter() - start
@@ -154,8 +156,15 @@ def run_batch(
     with Run(policy, output_dir=output_dir, reporter=reporter, manifest_path=manifest_path, wait=wait,
              engine=engine, engine_loader=engine_loader, executor=executor, handle_signals=handle_signals,
              shard=shard, shard_outputs=[job.output for job in jobs] if shard is not None else None) as run:
-        run.process(jobs, input_errors=input_errors)
+        run.process(jobs, input_errors=input_errors, infos=infos)
     return run.summary
+
+
+def _probe(jobs: Sequence[Job], policy: SettingsPolicy) -> list[Any]:
+    """Each input's header, read once (:func:`invsr_cli.work.inputs.probe_inputs`): every later step uses it."""
+    from invsr_cli.work.inputs import probe_inputs
+
+    return probe_inputs((job.input for job in jobs), first_frame=policy.run.first_frame)
 
 
 class Run:
@@ -170,7 +179,7 @@ class Run:
 
     def __init__(self, settings: Settings | SettingsPolicy, *, output_dir: Path, reporter: Reporter | None = None,
                  manifest_path: Path | None = None, wait: bool = False, engine: Any = None,
-                 engine_loader: Callable[[Settings], Any] | None = None, executor: Executor | None = None,
+                 engine_loader: Callable[[RunSettings], Any] | None = None, executor: Executor | None = None,
                  handle_signals: bool = True, finish_in_flight: bool = False, shard: Shard | None = None,
                  shard_outputs: Sequence[Path] | None = None) -> None:
         from invsr_cli.run.executors import LocalExecutor, load_engine
@@ -244,12 +253,14 @@ class Run:
             with contextlib.suppress(_StoppedWhileLoading):  # the summary says which signal
                 load(self.policy, self._context())
 
-    def process(self, jobs: Sequence[Job], *, input_errors: Sequence[tuple[str, str]] = ()) -> None:
+    def process(self, jobs: Sequence[Job], *, input_errors: Sequence[tuple[str, str]] = (),
+                infos: Sequence[Any] | None = None) -> None:
         """Record ``input_errors`` as failed, skip the jobs with an up-to-date output, compute the rest and record
-        every outcome. Computes nothing once :attr:`stopping`."""
+        every outcome. Computes nothing once :attr:`stopping`. ``infos``: each job's header, probed once
+        (:func:`invsr_cli.work.inputs.probe_inputs`; ``None``: probe them here)."""
         rec = self.rec
         _record_input_errors(input_errors, rec)
-        todo = _skip_existing(jobs, self.policy, rec)
+        todo = _skip_existing(jobs, _probe(jobs, self.policy) if infos is None else infos, self.policy, rec)
         if not self._started:
             self._started = True
             self.reporter.start(len(jobs), len(todo), 0)
@@ -259,12 +270,12 @@ class Run:
             _compute(todo, self.policy, self.executor, self._context(), rec)
 
 
-def _compute(todo: list[tuple[int, Job]], policy: SettingsPolicy, executor: Executor, ctx: RunContext,
+def _compute(todo: list[tuple[int, Job, Any]], policy: SettingsPolicy, executor: Executor, ctx: RunContext,
              rec: Recorder) -> None:
     from invsr_cli.work.process import ImageTask
 
-    jobs = {(str(job.input), str(job.output)): job for _, job in todo}
-    for outcome in executor.run([ImageTask(job, index) for index, job in todo], policy, ctx):
+    jobs = {(str(job.input), str(job.output)): job for _, job, _ in todo}
+    for outcome in executor.run([ImageTask(job, index, info=info) for index, job, info in todo], policy, ctx):
         rec.record(outcome, jobs.get((outcome.input, outcome.output)))
     rec.summary.stopped = rec.summary.stopped or executor.stopped
 
@@ -276,7 +287,7 @@ def _expected_models(engine: Any, policy: SettingsPolicy) -> dict[str, Any]:
         return engine.identity
     from invsr_cli.engine import model_identity
 
-    return model_identity(policy.settings.sd_model, policy.settings.noise_predictor)
+    return model_identity(policy.run.sd_model, policy.run.noise_predictor)
 
 
 def _manifest_file(output_dir: Path, manifest_path: Path | None, shard: Shard | None) -> Path:
@@ -302,7 +313,7 @@ def refuse_unwritable(output_dir: Path, manifest_path: Path | None = None, shard
 def _require_weights(jobs: Sequence[Job], policy: SettingsPolicy, manifest: Manifest) -> None:
     """Before the output folder is touched: when some job needs computing, find the weights (fetching only what is
     missing, see :func:`invsr_cli.engine.weights.resolve`); WeightsUnavailableError names every missing file."""
-    s = policy.settings
+    s = policy.run
     if s.skip_existing:
         fingerprint = run_fingerprint(policy, _expected_models(None, policy))
         if all(job.output.is_file() and manifest.is_up_to_date(job.input, job.output, fingerprint) is not False
@@ -321,66 +332,52 @@ def _record_input_errors(errors: Sequence[tuple[str, str]], rec: Recorder) -> No
         rec.record(Outcome(spec, "", "failed", reason=reason))
 
 
-def _plan_only(jobs: Sequence[Job], policy: SettingsPolicy, rec: Recorder) -> None:
-    """--dry-run: read headers only, print files, their final sizes, passes and tiles; compute nothing, write
-    nothing."""
+def _plan_only(jobs: Sequence[Job], infos: Sequence[Any], policy: SettingsPolicy, rec: Recorder) -> None:
+    """--dry-run: read headers only, print files, their final sizes, passes and tiles, planned as processing plans
+    them (:func:`invsr_cli.work.inputs.plan_image`); compute nothing, write nothing."""
     from invsr_cli.base.errors import reason_of
-    from invsr_cli.geometry.tiling import plan_image
-    from invsr_cli.work.inputs import (
-        check_container,
-        check_pixels,
-        count_tiles,
-        plan_for,
-        probe_input,
-        skip_reason,
-    )
+    from invsr_cli.work.inputs import check_container, check_pixels, plan_image, probe_input, skip_reason
 
-    s = policy.settings
-    for job in jobs:
+    run, image = policy.run, policy.unmeasured
+    for job, info in zip(jobs, infos, strict=True):
         try:
-            info = probe_input(job.input, first_frame=s.first_frame)
-            if (why := skip_reason(info, s)) is not None:
+            if info is None:  # unreadable: probe again for its reason
+                info = probe_input(job.input, first_frame=run.first_frame)
+            if (why := skip_reason(info, run)) is not None:
                 rec.record(Outcome(str(job.input), str(job.output), "skipped", reason=why))
                 continue
-            size = plan_for(job.input, info.width, info.height, info.frames, s, s)
-            check_pixels(job.input, size.input, info.frames, s.max_pixels)
+            plan = plan_image(job.input, info.width, info.height, info.frames, image, run)
+            check_pixels(job.input, plan.size.input, info.frames, run.max_pixels)
             check_container(job, info.frames)
-            tiles = sum(count_tiles(size, info.frames, s))
-            first = plan_image(size.input[1], size.input[0], s.tile, s.overlap, animated=info.frames > 1)
         except InvSRError as e:
             rec.record(Outcome(str(job.input), str(job.output), "failed", reason=reason_of(e, job)))
             continue
-        w, h = size.output
+        w, h = plan.size.output
         rec.record(Outcome(
-            str(job.input), str(job.output), "planned", width=w, height=h,
-            tiles=tiles,
-            preset="auto" if policy.measures else s.preset, timesteps=() if policy.measures else s.timesteps,
-            reason="output exists" if job.output.is_file() else "", tile=first.tile, overlap=first.overlap,
-            passes=size.passes, frames=info.frames,
+            str(job.input), str(job.output), "planned", width=w, height=h, tiles=plan.n_tiles * info.frames,
+            preset="auto" if policy.measures else image.preset, timesteps=() if policy.measures else image.timesteps,
+            reason="output exists" if job.output.is_file() else "", tile=plan.tiles[0].tile,
+            overlap=plan.tiles[0].overlap, passes=plan.size.passes, frames=info.frames,
         ))
 
 
-def _refuse_unreachable_sizes(jobs: Sequence[Job], policy: SettingsPolicy) -> None:
+def _refuse_unreachable_sizes(jobs: Sequence[Job], infos: Sequence[Any], policy: SettingsPolicy) -> None:
     """Before any work: a target above x4 without ``--passes 2`` (or above x16) is a usage error (exit 2) naming
     each image and its factor, read from the headers. Unreadable files are left to fail on their own."""
     from invsr_cli.geometry.sizing import target_size
-    from invsr_cli.work.inputs import probe_input, skip_reason
+    from invsr_cli.work.inputs import skip_reason
 
-    options = {policy.settings, *policy.choices.values()}
+    options = {policy.unmeasured, *policy.choices.values()}
     if not any(c.width or c.height or c.fit or c.long_side or c.short_side for c in options):
         return  # `--scale` is at most 4: always reachable in one pass
-    s = policy.settings
+    run = policy.run
     refused: list[str] = []
     beyond: list[str] = []  # above x16: no number of passes helps
-    for job in jobs:
-        try:
-            info = probe_input(job.input, first_frame=s.first_frame)
-        except InvSRError:
-            continue
-        if skip_reason(info, s) is not None:
+    for job, info in zip(jobs, infos, strict=True):
+        if info is None or skip_reason(info, run) is not None:
             continue
         for c in options:
-            plan = target_size(info.width, info.height, replace(c, max_input_side=s.max_input_side))
+            plan = target_size(info.width, info.height, c, max_input_side=run.max_input_side)
             if plan.passes > c.passes:
                 (refused if plan.allowed else beyond).append(f"{job.input}: {plan.describe()}")
                 break
@@ -396,42 +393,37 @@ def _shown(items: list[str]) -> str:
     return "; ".join(items[:5]) + (f"; and {len(items) - 5} more" if len(items) > 5 else "")
 
 
-def _skip_larger(jobs: list[tuple[int, Job]], policy: SettingsPolicy, rec: Recorder) -> list[tuple[int, Job]]:
+def _skip_larger(jobs: list[tuple[int, Job, Any]], run: Any, rec: Recorder) -> list[tuple[int, Job, Any]]:
     """``--skip-if-larger N``: inputs whose long side (from the header) is already at least N are left untouched,
-    reported as skipped with the reason."""
-    from invsr_cli.work.inputs import probe_input, skip_reason
+    reported as skipped with the reason. (An unreadable one fails, with its reason, when it is read.)"""
+    from invsr_cli.work.inputs import skip_reason
 
-    s = policy.settings
-    if s.skip_if_larger is None:
+    if run.skip_if_larger is None:
         return jobs
     todo = []
-    for index, job in jobs:
-        try:
-            why = skip_reason(probe_input(job.input), s)
-        except InvSRError:
-            why = None  # unreadable: it fails, with its reason, when it is read
-        if why is not None:
+    for index, job, info in jobs:
+        if info is not None and (why := skip_reason(info, run)) is not None:
             rec.record(Outcome(str(job.input), str(job.output), "skipped", reason=why))
             continue
-        todo.append((index, job))
+        todo.append((index, job, info))
     return todo
 
 
-def _skip_existing(jobs: Sequence[Job], policy: SettingsPolicy, rec: Recorder,
-                   manifest: Manifest | None = None) -> list[tuple[int, Job]]:
-    """The jobs to compute (with their index); the rest are recorded as skipped. ``manifest``: where to look up
-    what is up to date (default the recorder's; a dry run reads it without recording into it)."""
+def _skip_existing(jobs: Sequence[Job], infos: Sequence[Any], policy: SettingsPolicy, rec: Recorder,
+                   manifest: Manifest | None = None) -> list[tuple[int, Job, Any]]:
+    """The jobs to compute (with their index and header); the rest are recorded as skipped. ``manifest``: where to
+    look up what is up to date (default the recorder's; a dry run reads it without recording into it)."""
     manifest = manifest or rec.manifest
     todo = []
-    for index, job in _skip_larger(list(enumerate(jobs)), policy, rec):
-        if policy.settings.skip_existing and job.output.is_file():
+    for index, job, info in _skip_larger(list(zip(range(len(jobs)), jobs, infos, strict=True)), policy.run, rec):
+        if policy.run.skip_existing and job.output.is_file():
             state = manifest.is_up_to_date(job.input, job.output, rec.fingerprint) if manifest else None
             if state is not False:
                 why = "up to date" if state else "output exists"
                 rec.record(Outcome(str(job.input), str(job.output), "skipped", reason=why))
                 continue
             rec.reporter.warning(f"{job.output} is stale (other settings, models or a changed input): recomputing")
-        todo.append((index, job))
+        todo.append((index, job, info))
     return todo
 
 

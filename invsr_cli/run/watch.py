@@ -44,7 +44,7 @@ from typing import Any
 
 from invsr_cli.base.errors import ConfigError, InvSRError
 from invsr_cli.run.discover import IMAGE_EXTENSIONS, FoundInput, Job, case_insensitive, discover, name_outputs
-from invsr_cli.settings.settings import Settings, SettingsPolicy
+from invsr_cli.settings.settings import RunSettings, Settings, SettingsPolicy
 from invsr_cli.work.report import Reporter, Summary
 
 __all__ = ["PARTIAL_SUFFIXES", "DEFAULT_SETTLE", "Settler", "WatchError", "ignored_name", "watch_folder"]
@@ -161,7 +161,7 @@ class _Watch:
         self.output_dir = output_dir
         self.run = run
         self.settle = settle
-        s = policy.settings  # output names exactly as `upscale -r` makes them
+        s = policy.run  # output names exactly as `upscale -r` makes them
         self.naming = {"suffix": s.suffix, "fmt": s.format, "lossless": s.lossless}
         self.settler = Settler(settle)
         self.handled: dict[str, Stamp] = {}  # rel -> the stamp it was processed (or refused) at
@@ -286,7 +286,7 @@ def watch_folder(
     manifest_path: Path | None = None,
     wait: bool = False,
     engine: Any = None,
-    engine_loader: Callable[[Settings], Any] | None = None,
+    engine_loader: Callable[[RunSettings], Any] | None = None,
     handle_signals: bool = True,
     stop: threading.Event | None = None,
 ) -> Summary:

@@ -7,21 +7,25 @@ when ``a <= value < b``; either side may be left out. docs/AUTO_PRESET.md explai
     load_default_auto_rules() -> AutoRules     # the shipped invsr_cli/presets/auto.yaml
     parse_auto_rules(mapping, source) -> AutoRules   # a preset file's mapping (or its ``auto`` section)
     choose(deg, rules) -> Choice               # Choice(preset, rule_index, reason)
+    AutoPolicy                                 # the settings policy the rules make: measure, choose, give settings
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from invsr_cli.base.errors import ConfigError
-from invsr_cli.settings.analyse import METRICS, Degradation
+from invsr_cli.settings.analyse import METRICS, Degradation, analyse_image
+from invsr_cli.settings.settings import ImageChoice, ImageSettings, RunSettings, Settings
 
-__all__ = ["AutoRules", "Bound", "Choice", "Rule", "choose", "choose_preset", "load_default_auto_rules",
+__all__ = ["AutoPolicy", "AutoRules", "Bound", "Choice", "Rule", "choose", "choose_preset", "load_default_auto_rules",
            "parse_auto_rules"]
 
 
@@ -72,12 +76,18 @@ class AutoRules:
 
     rules: tuple[Rule, ...]
     fallback: str
-    source: str = "<auto rules>"
+    # Where the rules were read from, for messages. Not in the repr, which the policy's fingerprint hashes: the
+    # place invsr is installed must not make every auto output stale.
+    source: str = field(default="<auto rules>", repr=False)
 
     @property
     def presets(self) -> tuple[str, ...]:
         """Every preset the rules can choose (rules in order, then the fallback), without repeats."""
         return tuple(dict.fromkeys([r.preset for r in self.rules] + [self.fallback]))
+
+    def policy(self, run: RunSettings, unmeasured: ImageSettings, choices: Mapping[str, ImageSettings]) -> AutoPolicy:
+        """The policy these rules make (:func:`invsr_cli.settings.settings.resolve_policy` resolves its parts)."""
+        return AutoPolicy(run, unmeasured, self, choices)
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,36 @@ def choose(deg: Degradation, rules: AutoRules) -> Choice:
 def choose_preset(deg: Degradation, rules: AutoRules) -> str:
     """The name of the preset :func:`choose` picks."""
     return choose(deg, rules).preset
+
+
+@dataclass(frozen=True)
+class AutoPolicy:
+    """The ``auto`` preset as a settings policy: measure each image (:mod:`invsr_cli.settings.analyse`) and give it the
+    image settings of the preset its rules choose. ``run`` is the auto preset's own resolution (defaults < auto
+    preset < flags), the same for every image; ``unmeasured`` is its image part (what the dry run plans with);
+    ``choices`` holds each preset the rules can choose, resolved as defaults < that preset < flags."""
+
+    run: RunSettings
+    unmeasured: ImageSettings
+    rules: AutoRules
+    choices: Mapping[str, ImageSettings]
+
+    @property
+    def measures(self) -> bool:
+        return True
+
+    def for_image(self, rgb: Any) -> ImageChoice:
+        deg = analyse_image(rgb)
+        choice = choose(deg, self.rules)
+        return ImageChoice(self.choices[choice.preset], deg.as_dict(), choice.reason)
+
+    def fingerprint(self) -> str:
+        """Every schedule the rules can pick and the rules themselves: an output is up to date only if the same
+        rules would again lead to the same settings. (The same hash as when each choice was a whole Settings, so
+        the manifests of earlier runs stay valid.)"""
+        parts = [Settings(self.run, self.unmeasured).output_fingerprint(), repr(self.rules)]
+        parts += [f"{k}={Settings(self.run, v).output_fingerprint()}" for k, v in sorted(self.choices.items())]
+        return "auto-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _fail(source: str, path: str, problem: str) -> ConfigError:

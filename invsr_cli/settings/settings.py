@@ -1,20 +1,19 @@
-"""Settings: one frozen object, resolved by one pure function.
+"""Settings: two frozen objects, resolved together by one pure function.
 
 Precedence: built-in defaults < preset < explicit flags. ``resolve_settings`` is pure (no I/O); presets are
-read from YAML by :func:`invsr_cli.settings.preset_files.load_preset` and handed to it. Every error names the key, where the value came from
-(the preset file or the command-line flag) and the allowed values.
+read from YAML by :mod:`invsr_cli.settings.preset_files` and handed to it. Every error names the key, where the value came
+from (the preset file or the command-line flag) and the allowed values.
 
-A preset is a YAML mapping that sets any subset of ``PRESET_KEYS`` plus ``description``. The special
-``auto`` preset instead carries an ``auto:`` section (rules choosing another preset per image, see
-:mod:`invsr_cli.settings.auto_rules`; what they measure is :mod:`invsr_cli.settings.analyse`'s). Preset files are
-found and read by :mod:`invsr_cli.settings.preset_files` (the shipped ones are package data in
-``invsr_cli/presets/``).
+What a run fixes (:class:`RunSettings`: device, dtype, models, batching, the outputs' names, read-time limits) and
+what an image gets (:class:`ImageSettings`: schedule, sampling, tiling, output size, encoding) are apart;
+:class:`Settings` is the frozen pair, and reads as the one flat key set users see (flags, preset keys, records).
 
-``Settings`` is flat: one image's settings, nothing conditional. What varies per image lives in a
-:class:`SettingsPolicy`: :class:`FixedPolicy` gives every image the same ``Settings``; :class:`AutoPolicy` measures an
-image when it is prepared and gives it the resolved ``Settings`` of the preset its rules choose.
-``resolve_policy`` (pure) builds them; :func:`invsr_cli.settings.preset_files.load_policy` reads the preset files
-first.
+A preset is a YAML mapping that sets any subset of ``PRESET_KEYS`` plus ``description``. The special ``auto``
+preset instead carries an ``auto:`` section (rules choosing another preset per image, :mod:`invsr_cli.settings.auto_rules`).
+What varies per image lives in a :class:`SettingsPolicy`, which chooses only image settings: :class:`FixedPolicy`
+gives every image the same; :class:`invsr_cli.settings.auto_rules.AutoPolicy` measures an image when it is prepared and gives
+it the image settings of the preset its rules choose. ``resolve_policy`` (pure) builds them;
+:func:`invsr_cli.settings.preset_files.load_policy` reads the preset files first.
 """
 
 from __future__ import annotations
@@ -22,8 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Protocol
 
 from invsr_cli.base.errors import ConfigError
 from invsr_cli.engine.devices import DEVICE_FORMS, canonical_dtype, parse_device
@@ -43,10 +42,14 @@ __all__ = [
     "CHOICES",
     "DEFAULTS",
     "PRESET_KEYS",
-    "AutoPolicy",
+    "IMAGE_KEYS",
+    "KEYS",
+    "RUN_KEYS",
     "FixedPolicy",
+    "ImageChoice",
     "ImageSettings",
     "Preset",
+    "RunSettings",
     "Settings",
     "SettingsPolicy",
     "default_timesteps",
@@ -75,9 +78,45 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Which keys a run fixes and which an image gets. A run fixes the device and dtype, the models, the batching, the
+# output's name and container (``format`` and ``lossless`` decide the file name before any image is read) and the
+# read-time limits; an image gets its schedule, sampling, tiling, output size and encoding. The flat key set users see
+# (flags, preset files, records) is the union, in this order.
+KEYS: tuple[str, ...] = (
+    "timesteps", "guidance", "posterior", "seed", "color_fix", "tile", "overlap", "blend", "batch_size", "scale",
+    "device", "dtype", "vae_fp32", "compile", "sd_model", "noise_predictor", "format", "quality", "suffix",
+    "skip_existing", "max_pixels", "max_tiles", "lossless", "strip_metadata", "provenance", "width", "height", "fit", "long_side",
+    "short_side", "passes", "max_input_side", "skip_if_larger", "first_frame", "preset",
+)
+
+
 @dataclass(frozen=True)
-class Settings:
-    """Everything that decides how inputs are turned into outputs. Immutable; build it with resolve_settings."""
+class RunSettings:
+    """What a run fixes, the same for every image: where and with what it computes, how outputs are named, what
+    is read."""
+
+    batch_size: int | str = "auto"
+    device: str = "auto"
+    dtype: str = "auto"
+    vae_fp32: bool = False
+    compile: bool = False
+    sd_model: str = "stabilityai/sd-turbo"
+    noise_predictor: str | None = None
+    format: str = "auto"
+    suffix: str = ""
+    skip_existing: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_tiles: int = DEFAULT_MAX_TILES
+    lossless: bool = False
+    max_input_side: int | None = None
+    skip_if_larger: int | None = None
+    first_frame: bool = False
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """What one image gets: its schedule and sampling, tiling, output size and encoding, and the preset that gave
+    them (a policy chooses it per image)."""
 
     timesteps: tuple[int, ...] = (200,)
     guidance: float = 1.0
@@ -87,21 +126,8 @@ class Settings:
     tile: int = 128
     overlap: int = 32
     blend: str = "gaussian"
-    batch_size: int | str = "auto"
     scale: float = 4.0
-    device: str = "auto"
-    dtype: str = "auto"
-    vae_fp32: bool = False
-    compile: bool = False
-    sd_model: str = "stabilityai/sd-turbo"
-    noise_predictor: str | None = None
-    format: str = "auto"
     quality: int = 95
-    suffix: str = ""
-    skip_existing: bool = True
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_tiles: int = DEFAULT_MAX_TILES
-    lossless: bool = False
     strip_metadata: bool = False
     provenance: bool = True
     # Output size (invsr_cli.geometry.sizing): at most one of scale/width/height/fit/long_side/short_side is asked for
@@ -111,18 +137,57 @@ class Settings:
     long_side: int | None = None
     short_side: int | None = None
     passes: int = 1
-    max_input_side: int | None = None
-    skip_if_larger: int | None = None
-    first_frame: bool = False
     preset: str = "default"
 
-    def __post_init__(self) -> None:
-        if self.fit is not None and not isinstance(self.fit, tuple):  # "WxH" or [w, h], as to_dict writes it
+    def __post_init__(self) -> None:  # the forms to_dict writes: timesteps a list, fit "WxH"
+        if not isinstance(self.timesteps, tuple):
+            object.__setattr__(self, "timesteps", tuple(self.timesteps))
+        if self.fit is not None and not isinstance(self.fit, tuple):
             object.__setattr__(self, "fit", parse_box(self.fit))
 
     @property
     def steps(self) -> int:
         return len(self.timesteps)
+
+    def engine_key(self) -> tuple:
+        """Images whose settings share this key can share an engine batch (same schedule and sampling)."""
+        return (self.timesteps, self.guidance, self.posterior)
+
+
+RUN_KEYS: tuple[str, ...] = tuple(f.name for f in fields(RunSettings))
+IMAGE_KEYS: tuple[str, ...] = tuple(f.name for f in fields(ImageSettings))
+_RUN = frozenset(RUN_KEYS)
+_FLAT = frozenset(KEYS)
+_IMAGE = frozenset((*IMAGE_KEYS, "steps", "engine_key"))
+
+
+@dataclass(frozen=True, init=False)
+class Settings:
+    """The settings one image was made with: the run's and the image's, a frozen pair. Build it with
+    resolve_settings; ``Settings(**keys)`` (the flat keys of :data:`KEYS`, as :meth:`to_dict` writes them) and
+    ``Settings(run, image)`` build it too. Every flat key reads through (``s.tile`` is ``s.image.tile``), so
+    records, provenance and fingerprints see the one flat key set."""
+
+    run: RunSettings
+    image: ImageSettings
+
+    def __init__(self, run: RunSettings | None = None, image: ImageSettings | None = None, **keys: Any) -> None:
+        unknown = sorted(set(keys) - _RUN - set(IMAGE_KEYS))
+        if unknown:
+            raise TypeError(f"Settings got unknown key `{unknown[0]}`")
+        run_keys = {k: v for k, v in keys.items() if k in _RUN}
+        image_keys = {k: v for k, v in keys.items() if k not in _RUN}
+        run = run if run is not None else RunSettings()
+        image = image if image is not None else ImageSettings()
+        object.__setattr__(self, "run", replace(run, **run_keys) if run_keys else run)
+        object.__setattr__(self, "image", replace(image, **image_keys) if image_keys else image)
+
+    def __getattr__(self, name: str) -> Any:  # only for names not found the usual way: the flat keys
+        if name in _RUN:
+            return getattr(self.run, name)
+        if name in _IMAGE:
+            return getattr(self.image, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def output_fingerprint(self) -> str:
         """A short hash of every setting that changes an output's pixels or encoding (not device placement,
@@ -134,13 +199,10 @@ class Settings:
         data.update({k: getattr(self, k) for k in _LATER_OUTPUT_KEYS if getattr(self, k) != getattr(DEFAULTS, k)})
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
-    def engine_key(self) -> tuple:
-        """Images whose settings share this key can share an engine batch (same schedule and sampling)."""
-        return (self.timesteps, self.guidance, self.posterior)
-
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (JSON): the record of these settings in the manifest, a Ray row and provenance."""
-        d = asdict(self)
+        """Plain data (JSON): the record of these settings in the manifest, a Ray row and provenance; the flat
+        keys (:data:`KEYS` order) and ``steps``."""
+        d = {k: getattr(self, k) for k in KEYS}
         d["steps"] = self.steps
         d["timesteps"] = list(self.timesteps)
         d["fit"] = f"{self.fit[0]}x{self.fit[1]}" if self.fit else None
@@ -151,17 +213,12 @@ class Settings:
         """The settings a :meth:`to_dict` record holds (``Settings.from_dict(s.to_dict()) == s``). Derived keys
         (``steps``) and keys this version does not know are ignored, missing ones take their defaults: a record
         is read back as written, not validated again (:func:`resolve_settings` validates what users give)."""
-        names = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names}
-        if "timesteps" in kw:
-            kw["timesteps"] = tuple(kw["timesteps"])
-        return cls(**kw)
+        return cls(**{k: v for k, v in d.items() if k in _FLAT})
 
 
 DEFAULTS = Settings()
 _LATER_OUTPUT_KEYS = ("lossless", "strip_metadata", "provenance", "width", "height", "fit", "long_side",
                       "short_side", "passes", "max_input_side", "first_frame")
-
 # -- validation ---------------------------------------------------------------------------------------------------
 # Each validator gets the raw value and returns the normalised one, or raises ValueError with the allowed values.
 
@@ -372,7 +429,7 @@ def _resolve_one(preset: Preset | None, flags: Mapping[str, Any], flag_source: s
     # A flag's schedule replaces the preset's schedule whichever spelling each used.
     _apply_layer(values, {k: v for k, v in flags.items() if v is not None}, flag_source)
     values["preset"] = preset.name if preset is not None else "default"
-    s = replace(DEFAULTS, **values)
+    s = Settings(**values)
     if s.overlap > max_overlap(s.tile):
         raise ConfigError(
             f"`overlap` must be at most half of `tile` ({s.tile} LR px), so at most {max_overlap(s.tile)}; "
@@ -400,7 +457,8 @@ def resolve_settings(
     *,
     flag_source: str = "command line",
 ) -> Settings:
-    """Resolve defaults < ``preset`` < ``flags`` into a frozen :class:`Settings`. Pure: no I/O.
+    """Resolve defaults < ``preset`` < ``flags`` into a frozen :class:`Settings`: the pair of the run's
+    :class:`RunSettings` (``.run``) and the image's :class:`ImageSettings` (``.image``). Pure: no I/O.
 
     ``flags`` maps setting names to values; ``None`` means "not given". An ``auto`` preset chooses per image:
     resolve it with :func:`resolve_policy`.
@@ -415,12 +473,35 @@ def resolve_settings(
 
 
 @dataclass(frozen=True)
-class ImageSettings:
-    """One image's resolved settings, with what decided them (``auto``: the estimates and the rule)."""
+class ImageChoice:
+    """What a policy gave one image: its :class:`ImageSettings`, and what decided them (``auto``: the estimates
+    and the rule)."""
 
-    settings: Settings
+    image: ImageSettings
     degradation: Mapping[str, float | None] | None = None
     reason: str = ""
+
+
+class SettingsPolicy(Protocol):
+    """Chooses each image's :class:`ImageSettings` (and only those: ``run`` is the run's, the same for every image).
+    ``choices``: every image settings it can give, by preset name; ``unmeasured``: what an image gets before it is
+    measured (the dry run plans with it); ``measures``: it needs the pixels to choose."""
+
+    @property
+    def run(self) -> RunSettings: ...
+
+    @property
+    def choices(self) -> Mapping[str, ImageSettings]: ...
+
+    @property
+    def unmeasured(self) -> ImageSettings: ...
+
+    @property
+    def measures(self) -> bool: ...
+
+    def for_image(self, rgb: Any) -> ImageChoice: ...
+
+    def fingerprint(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -430,51 +511,26 @@ class FixedPolicy:
     settings: Settings
 
     @property
-    def choices(self) -> Mapping[str, Settings]:
-        return {self.settings.preset: self.settings}
+    def run(self) -> RunSettings:
+        return self.settings.run
+
+    @property
+    def unmeasured(self) -> ImageSettings:
+        return self.settings.image
+
+    @property
+    def choices(self) -> Mapping[str, ImageSettings]:
+        return {self.settings.preset: self.settings.image}
 
     @property
     def measures(self) -> bool:
         return False
 
-    def for_image(self, rgb: Any = None) -> ImageSettings:
-        return ImageSettings(self.settings)
+    def for_image(self, rgb: Any = None) -> ImageChoice:
+        return ImageChoice(self.settings.image)
 
     def fingerprint(self) -> str:
         return self.settings.output_fingerprint()
-
-
-@dataclass(frozen=True)
-class AutoPolicy:
-    """The ``auto`` preset: measure each image (``invsr_cli.settings.analyse``) and give it the resolved settings of the
-    preset its rules choose. ``settings`` is the auto preset's own resolution: what is not per image (device,
-    dtype, models, batch size, output naming, input limits) comes from it."""
-
-    settings: Settings
-    rules: Any  # invsr_cli.settings.analyse.AutoRules
-    choices: Mapping[str, Settings]
-
-    @property
-    def measures(self) -> bool:
-        return True
-
-    def for_image(self, rgb: Any) -> ImageSettings:
-        from invsr_cli.settings.analyse import analyse_image
-        from invsr_cli.settings.auto_rules import choose
-
-        deg = analyse_image(rgb)
-        choice = choose(deg, self.rules)
-        return ImageSettings(self.choices[choice.preset], deg.as_dict(), choice.reason)
-
-    def fingerprint(self) -> str:
-        """Every schedule the rules can pick and the rules themselves: an output is up to date only if the same
-        rules would again lead to the same settings."""
-        parts = [self.settings.output_fingerprint(), repr(self.rules)]
-        parts += [f"{k}={v.output_fingerprint()}" for k, v in sorted(self.choices.items())]
-        return "auto-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-SettingsPolicy = FixedPolicy | AutoPolicy
 
 
 def resolve_policy(
@@ -485,21 +541,33 @@ def resolve_policy(
     auto_rules: Any = None,
     flag_source: str = "command line",
 ) -> SettingsPolicy:
-    """Pure: a :class:`FixedPolicy` for a plain preset; for an ``auto`` preset an :class:`AutoPolicy` whose every
-    choice is resolved as defaults < chosen preset < ``flags`` (``presets`` holds every preset the rules name,
-    ``auto_rules`` the parsed rules)."""
+    """Pure: a :class:`FixedPolicy` for a plain preset; for an ``auto`` preset the policy its rules make
+    (:class:`invsr_cli.settings.auto_rules.AutoPolicy`): the run is the auto preset's (defaults < auto preset < ``flags``),
+    each choice's image settings are defaults < chosen preset < ``flags`` (``presets`` holds every preset the rules
+    name, ``auto_rules`` the parsed rules). A preset the rules can choose may set only image keys: one that sets a
+    run key (the device, the models, the output's name, a read-time limit...) is refused, naming its file and the
+    key, since one image cannot change what the whole run fixes."""
     flags = dict(flags or {})
     if preset is None or preset.auto is None:
         return FixedPolicy(_resolve_one(preset, flags, flag_source))
     if auto_rules is None or presets is None:
         raise ConfigError(f"preset `{preset.name}` ({preset.source}): an auto preset needs its rules and presets")
     base = _resolve_one(preset, flags, flag_source)
-    choices: dict[str, Settings] = {}
+    choices: dict[str, ImageSettings] = {}
     for name in auto_rules.presets:
         if name not in presets:
             raise ConfigError(
                 f"preset `{preset.name}` ({preset.source}): `auto` names unknown preset `{name}`; "
                 f"available: {', '.join(sorted(presets))}"
             )
-        choices[name] = replace(_resolve_one(presets[name], flags, flag_source), preset=name)
-    return AutoPolicy(base, auto_rules, choices)
+        chosen = presets[name]
+        run_keys = [k for k in chosen.values if k in _RUN]
+        if run_keys:
+            raise ConfigError(
+                f"preset `{chosen.name}` ({chosen.source}): `{run_keys[0]}` is fixed for the whole run, but "
+                f"`{preset.name}` ({preset.source}) chooses this preset per image; a preset `auto` can choose may "
+                f"set only {', '.join(k for k in PRESET_KEYS if k not in _RUN)} (give `{run_keys[0]}` on the "
+                "command line or in the auto preset)"
+            )
+        choices[name] = replace(_resolve_one(chosen, flags, flag_source).image, preset=name)
+    return auto_rules.policy(base.run, base.image, choices)

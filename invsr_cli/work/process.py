@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from invsr_cli.base.errors import InvSRError, describe_exception, reason_of
-from invsr_cli.settings.settings import ImageSettings, Settings, SettingsPolicy
+from invsr_cli.settings.settings import ImageChoice, ImageSettings, RunSettings, Settings, SettingsPolicy
 from invsr_cli.work.batching import Ran, Split, TileRef, TileScheduler, TooLarge, run_tiles
 from invsr_cli.work.job import Job
 from invsr_cli.work.report import Outcome, Reporter, failed, not_attempted
@@ -56,20 +56,24 @@ class Engine(Protocol):
 @dataclass(frozen=True)
 class ImageTask:
     """One image to process: where it comes from and goes (``job``), its order in the run (``index``: batching
-    finishes older images first), and optionally its pixels already decoded (``image``, an
-    :class:`invsr_cli.imaging.decode.LoadedImage`-like object; ``None`` reads ``job.input``)."""
+    finishes older images first), optionally its pixels already decoded (``image``, an
+    :class:`invsr_cli.imaging.decode.LoadedImage`-like object; ``None`` reads ``job.input``), and its header as
+    the driver probed it (``info``, an :class:`invsr_cli.work.inputs.InputInfo`; ``None``: read it with the
+    pixels)."""
 
     job: Job
     index: int = 0
     image: Any = None
+    info: Any = None
 
 
 @dataclass(eq=False)
 class PreparedImage:
-    """One image in flight: read, its settings chosen, tiled, its tiles partly computed."""
+    """One image in flight: read, its settings chosen, tiled, its tiles partly computed. ``settings``: the run's
+    and its own (``chosen.image``), the pair its outcome carries."""
 
     task: ImageTask
-    chosen: ImageSettings
+    chosen: ImageChoice
     loaded: Any  # imageio.LoadedImage, or animation.Animation (its frames are tiled together)
     started: float
     size: Any = None  # sizing.SizePlan: the output size and the passes it takes
@@ -88,18 +92,23 @@ class PreparedImage:
     # the batch, as the stage seconds), blending its tiles, preparing a second pass. Not the wall time since it was
     # read: images whose tiles share batches would each count the shared batches as their own.
     own_seconds: float = 0.0
+    run: RunSettings | None = None  # None: the defaults
+    settings: Settings = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settings = Settings(self.run, self.chosen.image)
 
     @property
     def job(self) -> Job:
         return self.task.job
 
     @property
-    def settings(self) -> Settings:
-        return self.chosen.settings
+    def image(self) -> ImageSettings:
+        return self.chosen.image
 
     @property
     def key(self) -> tuple:
-        return (self.settings.engine_key(), self.plan.tile)
+        return (self.image.engine_key(), self.plan.tile)
 
     @property
     def frames(self) -> int:
@@ -119,17 +128,17 @@ class PreparedImage:
 
     def tile_seed(self, i: int) -> int:
         """Every frame's tile at one place gets the same seed, so a static area stays static."""
-        return self.settings.seed + i % len(self.plan.tiles)
+        return self.image.seed + i % len(self.plan.tiles)
 
     def replan(self, tile: int, *, pin: bool = False) -> None:
         """Plan (or re-plan, smaller) this image's tiles and pad its pixels to the plan."""
         import torch
 
-        from invsr_cli.geometry.tiling import pad_image, plan_image
+        from invsr_cli.geometry.tiling import pad_image
+        from invsr_cli.work.inputs import tile_plan
 
         frames = getattr(self.loaded, "frames", None)
-        self.plan = plan_image(self.loaded.height, self.loaded.width, tile, self.settings.overlap,
-                               animated=frames is not None)
+        self.plan = tile_plan(self.loaded.width, self.loaded.height, self.image, tile, animated=frames is not None)
         if frames is None:
             lr = torch.from_numpy(pad_image(self.loaded.rgb, self.plan)).permute(2, 0, 1).contiguous()
         else:
@@ -154,7 +163,7 @@ class PreparedImage:
             self.loaded = replace(self.loaded, rgb=rgb, width=size[0], height=size[1])
         self.pass_no += 1
         self.generation += 1
-        self.replan(self.settings.tile, pin=pin)
+        self.replan(self.image.tile, pin=pin)
 
     def outcome(self, width: int, height: int, write_seconds: float, models: dict[str, Any] | None = None) -> Outcome:
         s = self.settings
@@ -180,9 +189,9 @@ def fit_batch(free_bytes: int, per_tile_bytes: int, *, margin: float = AUTO_MARG
 def batch_size_for(policy: SettingsPolicy, engine: Engine) -> int:
     """``--batch-size``: the number given, or ``auto``: 1 on a CPU, 4 on MPS, and on CUDA what fits in memory,
     measured with one tile of the largest tile size the policy can choose."""
-    settings = policy.settings
-    if settings.batch_size != "auto":
-        return int(settings.batch_size)
+    run = policy.run
+    if run.batch_size != "auto":
+        return int(run.batch_size)
     kind = str(getattr(engine, "device", "cpu")).split(":")[0]
     if kind == "cuda":
         largest = max(policy.choices.values(), key=lambda s: (s.tile, s.steps))
@@ -190,7 +199,7 @@ def batch_size_for(policy: SettingsPolicy, engine: Engine) -> int:
     return MPS_BATCH if kind == "mps" else CPU_BATCH
 
 
-def _measure_cuda_tile(settings: Settings, engine: Engine) -> tuple[int, int]:
+def _measure_cuda_tile(settings: ImageSettings, engine: Engine) -> tuple[int, int]:
     """Run one tile of the real schedule and measure its peak memory above what is already allocated (measure,
     don't guess); returns (free bytes, bytes per tile). The run also warms up the kernels."""
     import torch
@@ -213,15 +222,16 @@ def _prepare(task: ImageTask, policy: SettingsPolicy, pin: bool) -> PreparedImag
     from invsr_cli.work.inputs import check_container, plan_for, read_input
 
     started = time.perf_counter()
+    run = policy.run
     if task.image is not None:
         loaded, source = task.image, (task.image.width, task.image.height)
     else:
-        loaded, source = read_input(task.job.input, policy.settings)
+        loaded, source = read_input(task.job.input, run, task.info)
         check_container(task.job, len(getattr(loaded, "frames", ())))
-    img = PreparedImage(task, policy.for_image(loaded.rgb), loaded, started)
-    img.size = plan_for(task.job.input, *source, img.frames, img.settings, policy.settings)
+    img = PreparedImage(task, policy.for_image(loaded.rgb), loaded, started, run=run)
+    img.size = plan_for(task.job.input, *source, img.frames, img.image, run)
     check_output(task.job, loaded, img.settings, img.size.passes)  # metadata the format cannot hold fails now, not after compute
-    img.replan(img.settings.tile, pin=pin)
+    img.replan(img.image.tile, pin=pin)
     img.own_seconds = time.perf_counter() - started
     return img
 
@@ -335,7 +345,7 @@ class Processing:
         torch = self.torch
         start = time.perf_counter()
         imgs = [self.inflight[r.image] for r in refs]
-        s = imgs[0].settings
+        s = imgs[0].image
         lr = torch.stack([img.tile_lr(r.tile) for img, r in zip(imgs, refs, strict=True)])
         lr = lr.to(self.device, non_blocking=self.pin)
         seeds = [img.tile_seed(r.tile) for img, r in zip(imgs, refs, strict=True)]
@@ -479,7 +489,7 @@ class Processing:
 
         torch = self.torch
         return BlendAccumulator(
-            img.plan, mode=img.settings.blend,
+            img.plan, mode=img.image.blend,
             zeros=lambda shape: torch.zeros(shape, dtype=torch.float32, device=self.device),
             asarray=lambda a: torch.as_tensor(a, device=self.device),
         )

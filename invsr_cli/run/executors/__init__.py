@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from invsr_cli.settings.settings import Settings, SettingsPolicy
+from invsr_cli.settings.settings import RunSettings, SettingsPolicy
 from invsr_cli.work.process import ImageTask
 from invsr_cli.work.report import Outcome, Reporter
 
@@ -41,7 +41,7 @@ class Executor(Protocol):
     def run(self, tasks: Sequence[ImageTask], policy: SettingsPolicy, ctx: RunContext) -> Iterator[Outcome]: ...
 
 
-def load_engine(settings: Settings) -> Any:
+def load_engine(settings: RunSettings) -> Any:
     """Load the engine ``settings`` ask for (weights from the HF cache or local paths)."""
     from invsr_cli.engine.start import load_engine as load
 
@@ -52,7 +52,7 @@ def load_engine(settings: Settings) -> Any:
 class LocalExecutor:
     """This process, one engine: the ``engine`` given, or one loaded by ``loader`` when the first task comes."""
 
-    def __init__(self, engine: Any = None, loader: Callable[[Settings], Any] = load_engine) -> None:
+    def __init__(self, engine: Any = None, loader: Callable[[RunSettings], Any] = load_engine) -> None:
         self.engine = engine
         self.loader = loader
         self.stopped: str | None = None
@@ -61,7 +61,7 @@ class LocalExecutor:
     def load(self, policy: SettingsPolicy, ctx: RunContext) -> None:
         """Load the engine now if there is none yet (``run`` calls it at its first task; ``invsr watch`` at start)."""
         if self.engine is None:
-            s = policy.settings
+            s = policy.run
             with ctx.loading():  # a stop signal from the announcement on abandons the load
                 ctx.reporter.info(f"loading the models: {models_line(s)}")
                 ctx.reporter.stage("loading the models")
@@ -90,7 +90,7 @@ class LocalExecutor:
         self.stopped = processing.stopped
 
 
-def models_line(settings: Settings) -> str:
+def models_line(settings: RunSettings) -> str:
     """The weights a run loads, for its announcement (every executor's)."""
     return f"{settings.sd_model}, noise predictor {settings.noise_predictor or 'default'}"
 
@@ -115,10 +115,10 @@ def engine_line(engine: Any, policy: SettingsPolicy) -> str:
     import json
 
     load = getattr(engine, "load_seconds", None)
-    models = getattr(engine, "identity", None) or {"sd_model": policy.settings.sd_model,
-                                                   "noise_predictor": policy.settings.noise_predictor}
+    models = getattr(engine, "identity", None) or {"sd_model": policy.run.sd_model,
+                                                   "noise_predictor": policy.run.noise_predictor}
     from invsr_cli.engine.devices import dtype_name
 
-    return (f"engine: device {engine.device}, dtype {dtype_name(getattr(engine, 'dtype', policy.settings.dtype))}, "
+    return (f"engine: device {engine.device}, dtype {dtype_name(getattr(engine, 'dtype', policy.run.dtype))}, "
             f"load {f'{load:.1f} s' if load is not None else 'n/a (given loaded)'}; "
             f"models {json.dumps(models, sort_keys=True, default=str)}")

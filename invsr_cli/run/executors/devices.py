@@ -42,7 +42,7 @@ from typing import Any
 
 from invsr_cli.base.errors import ConfigError
 from invsr_cli.run.executors import RunContext, load_engine, models_line
-from invsr_cli.settings.settings import Settings, SettingsPolicy
+from invsr_cli.settings.settings import RunSettings, SettingsPolicy
 from invsr_cli.work.process import ImageTask
 from invsr_cli.work.report import Outcome, failed, not_attempted
 from invsr_cli.work.sink import Writer
@@ -117,7 +117,7 @@ class DevicesExecutor:
     make a worker die mid-image.
     """
 
-    def __init__(self, devices: Sequence[str], *, loader: Callable[[Settings], Any] = load_engine,
+    def __init__(self, devices: Sequence[str], *, loader: Callable[[RunSettings], Any] = load_engine,
                  threads: int | None = None, write: Writer | None = None) -> None:
         if not devices:
             raise ConfigError("`devices` needs at least one device")
@@ -154,7 +154,7 @@ class _Run:
         self.policy = policy
         self.ctx = ctx
         self.reporter = ctx.reporter
-        self.queue: deque[_Item] = deque(_largest_first(tasks, policy.settings.max_pixels))
+        self.queue: deque[_Item] = deque(_largest_first(tasks, policy.run.max_pixels))
         self.retries: deque[_Item] = deque()
         self.unresolved = len(self.queue)
         self.workers: list[_Worker] = []
@@ -171,7 +171,7 @@ class _Run:
         verbose = bool(getattr(self.reporter, "verbose", False))
         names = ", ".join(self.ex.devices)
         self.reporter.info(f"starting {len(self.ex.devices)} worker(s): {names}; loading the models in each: "
-                           f"{models_line(self.policy.settings)}")
+                           f"{models_line(self.policy.run)}")
         try:
             self.spawn, self.verbose = spawn, verbose
             for wid, device in enumerate(self.ex.devices):
@@ -374,15 +374,12 @@ class _Run:
 
 
 def _largest_first(tasks: Sequence[ImageTask], max_pixels: int | None) -> list[_Item]:
-    from invsr_cli.imaging.decode import probe_image
-
+    """The tasks, largest image first, by the header the driver probed (``task.info``); an image it could not
+    read, or above ``max_pixels``, counts as 0 (its worker reports why it cannot read it)."""
     items = []
     for task in tasks:
-        try:
-            info = probe_image(task.job.input, max_pixels=max_pixels)
-            size = info.width * info.height
-        except Exception:  # the worker reads it again and reports why it cannot
-            size = 0
-        items.append(_Item(task, size))
+        info = task.info
+        size = 0 if info is None else info.width * info.height
+        items.append(_Item(task, 0 if max_pixels is not None and size > max_pixels else size))
     items.sort(key=lambda i: (-i.size, i.task.index))
     return items

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from invsr_cli.settings.settings import Settings, SettingsPolicy
+from invsr_cli.settings.settings import RunSettings, SettingsPolicy
 from invsr_cli.work.process import ImageTask
 from invsr_cli.work.report import Outcome
 from invsr_cli.work.sink import Writer, write_output
@@ -66,7 +66,7 @@ class PipeReporter:
         return lambda *a, **k: None
 
 
-def worker_main(wid: int, device: str, threads: int, policy: SettingsPolicy, loader: Callable[[Settings], Any],
+def worker_main(wid: int, device: str, threads: int, policy: SettingsPolicy, loader: Callable[[RunSettings], Any],
                 conn: Any, flag: Any, verbose: bool, write: Writer | None = None) -> None:
     """The worker process: load the engine on ``device``, then serve the parent's images until it says end.
     ``write`` (a picklable writer, default :func:`invsr_cli.work.sink.write_output`) is how it writes outputs:
@@ -86,7 +86,7 @@ def worker_main(wid: int, device: str, threads: int, policy: SettingsPolicy, loa
 
         torch.set_num_threads(threads)
         try:
-            engine = loader(replace(policy.settings, device=device))
+            engine = loader(replace(policy.run, device=device))
         except BaseException as e:  # noqa: BLE001 - sent to the parent, which raises it
             conn.send(("load_failed", _picklable(e)))
             return

@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -102,24 +102,26 @@ class RayWorker:
         cpus = float(resources.get("CPU", 1.0) or 1.0)
         torch.set_num_threads(max(1, int(cpus)))
         gpu_ids = tuple(str(g) for g in ray.get_gpu_ids())
-        want = policy.settings.device
+        want = policy.run.device
         if gpu_ids and want != "cpu":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         else:
             device = "mps" if want == "mps" else "cpu"
         self.policy = policy
-        self.engine = (loader or load_engine)(replace(policy.settings, device=device))
+        self.engine = (loader or load_engine)(replace(policy.run, device=device))
         self.assignment = _Assignment(ray.get_runtime_context().get_node_id(), os.getpid(), gpu_ids, cpus,
                                       str(self.engine.device))
         self._worker = json.dumps({**self.assignment.__dict__, "gpu_ids": list(gpu_ids)})
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        from invsr_cli.work.inputs import InputInfo
         from invsr_cli.work.job import Job
 
         tasks = [
-            ImageTask(Job(Path(str(i)), Path(str(o)), PurePosixPath(str(r)), str(f), str(s)), int(x))
-            for i, o, r, f, s, x in zip(batch["input"], batch["output"], batch["rel"], batch["format"],
-                                        batch["spec"], batch["index"], strict=True)
+            ImageTask(Job(Path(str(i)), Path(str(o)), PurePosixPath(str(r)), str(f), str(s)), int(x),
+                      info=InputInfo(**json.loads(str(h))) if str(h) else None)
+            for i, o, r, f, s, x, h in zip(batch["input"], batch["output"], batch["rel"], batch["format"],
+                                           batch["spec"], batch["index"], batch["info"], strict=True)
         ]
         start = time.perf_counter()
         reporter = _Collect()
@@ -279,7 +281,7 @@ class RayExecutor:
         """The ``map_batches`` resources and pool size for this cluster (public so tests and docs can see it)."""
         res = ray.cluster_resources()
         gpus = int(res.get("GPU", 0))
-        use_gpus = gpus > 0 and policy.settings.device not in ("cpu", "mps")
+        use_gpus = gpus > 0 and policy.run.device not in ("cpu", "mps")
         most = self.workers or (gpus if use_gpus else max(1, int(res.get("CPU", 1) // self.cpus_per_worker)))
         blocks = -(-n_tasks // self.batch_size)
         size = max(1, min(most, blocks))
@@ -297,7 +299,8 @@ class RayExecutor:
         self._quiet_ray_data()
         reporter = ctx.reporter
         records = [{"input": str(t.job.input), "output": str(t.job.output), "rel": str(t.job.rel),
-                    "format": t.job.format, "spec": t.job.spec, "index": t.index} for t in tasks]
+                    "format": t.job.format, "spec": t.job.spec, "index": t.index,
+                    "info": json.dumps(asdict(t.info)) if t.info is not None else ""} for t in tasks]
         plan = self.plan(ray, policy, len(tasks))
         reporter.info(f"ray: {len(tasks)} images in {plan['blocks']} blocks of {self.batch_size}, up to "
                       f"{plan['size']} workers with {plan['resources']}")
