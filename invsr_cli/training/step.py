@@ -194,6 +194,8 @@ class Trainer:
         divided by ``accumulate`` (default: their number; the global count under several processes); the
         discriminator's is not (the authors sum its micro-batch gradients). ``sync(model)`` averages gradients
         across processes before each optimiser step when given."""
+        if not micro_batches:
+            raise ValueError("an iteration needs at least one micro-batch")
         self.iteration += 1
         n = self.iteration
         lr = warmup_lr(n, self.optim.lr, self.optim.warmup)
