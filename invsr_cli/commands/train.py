@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
                                                           "the released one from the cache).")] = None,
         lpips: Annotated[str | None, typer.Option("--lpips", help="Latent LPIPS .pth (default: the released "
                                                   "one from the cache).")] = None,
-        iterations: Annotated[int | None, typer.Option("--iterations", help="Total iterations (default 2000; 
+        iterations: Annotated[int | None, typer.Option("--iterations", help="Total iterations (default 2000; "
                                                       "with --resume: the run's own).")] = None,
         batch: Annotated[int, typer.Option("--batch", help="Global batch per iteration.")] = 4,
         microbatch: Annotated[int, typer.Option("--microbatch", help="Micro-batch (gradient accumulation); "
