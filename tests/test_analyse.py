@@ -397,3 +397,23 @@ def test_rules_accept_the_section_alone_and_any_wellformed_preset_without_a_list
         parse_auto_rules({"auto": {**GOOD, "fallback": "my-own_preset2"}}, "x.yaml").fallback
         == "my-own_preset2"
     )
+
+
+def test_analyse_reads_as_upscale_does_with_max_input_side(tmp_path):
+    """`invsr analyse --max-input-side N` measures the reduced pixels upscale gives `auto` (area averaging lowers
+    the noise it reads), not the file's full-size pixels."""
+    from invsr_cli.commands.analyse import analyse_inputs
+    from invsr_cli.settings.preset_files import load_policy
+    from invsr_cli.work.inputs import read_input
+
+    rng = np.random.default_rng(0)
+    base = np.clip(128 + rng.normal(0, 12, (256, 256, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(base).save(tmp_path / "noisy.png")
+    full_policy = load_policy("auto", {})
+    small_policy = load_policy("auto", {"max_input_side": 64})
+    full = analyse_inputs([str(tmp_path / "noisy.png")], full_policy.rules, read_settings=full_policy.settings)
+    small = analyse_inputs([str(tmp_path / "noisy.png")], small_policy.rules, read_settings=small_policy.settings)
+    assert full[0]["noise_sigma"] > 2 * small[0]["noise_sigma"]  # 4x4 area averaging: about a quarter the noise
+    reduced, _ = read_input(tmp_path / "noisy.png", small_policy.settings)
+    assert reduced.width == 64
+    assert small[0]["noise_sigma"] == analyse_image(reduced.rgb).as_dict()["noise_sigma"]

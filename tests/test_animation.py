@@ -128,7 +128,7 @@ def test_max_pixels_counts_every_frame(tmp_path, models):
     save_animation(tmp_path / "a.gif", "GIF")  # 3 x 24 x 16 = 1152 px
     p = run(tmp_path / "a.gif", tmp_path / "out", *models, "--max-pixels", 1000)
     assert p.returncode == 1
-    assert "3 frames of 24x16 = 0.0 MP exceeds --max-pixels" in images(p)["a.gif"]["reason"]
+    assert "3 frames of 24x16 = 1152 px exceeds --max-pixels 1000 px" in images(p)["a.gif"]["reason"]
     p = run(tmp_path / "a.gif", tmp_path / "out2", *models, "--max-pixels", 1000, "--first-frame")
     assert p.returncode == 0, p.stderr.decode()
 
@@ -248,7 +248,7 @@ def test_read_input_reduces_every_frame_and_counts_them_against_max_pixels(tmp_p
     assert source == (48, 32) and anim.n_frames == 3 and (anim.width, anim.height) == (24, 16)
     assert all(f.shape == (16, 24, 3) for f in anim.frames) and anim.durations == tuple(DURATIONS)
     # 3 frames of 24x16 = 1152 px: over 1000 after the reduction, within 1200
-    with pytest.raises(ImageReadError, match="3 frames of 24x16 = 0.0 MP exceeds --max-pixels"):
+    with pytest.raises(ImageReadError, match="3 frames of 24x16 = 1152 px exceeds --max-pixels 1000 px"):
         read_input(path, replace(DEFAULTS, max_input_side=24, max_pixels=1000))
     assert read_input(path, replace(DEFAULTS, max_input_side=24, max_pixels=1200))[0].n_frames == 3
     still, _ = read_input(path, replace(DEFAULTS, first_frame=True))

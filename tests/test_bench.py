@@ -11,6 +11,25 @@ import pytest
 from invsr_cli.commands.bench import STAGES, parse_size, run_bench
 
 
+def test_cli_bench_json_stdout_holds_only_the_json(monkeypatch):
+    """As upscale and watch: with --json, whatever the run prints (a library's chatter) goes to stderr, so stdout
+    parses as JSON whole."""
+    from typer.testing import CliRunner
+
+    import invsr_cli.commands.bench as bench
+    from invsr_cli.commands.cli import app
+
+    def chatty(opts):
+        print("Loading weights: 100%")  # what a library prints while the models load
+        return {"config": {"quick": opts.quick}}
+
+    monkeypatch.setattr(bench, "run_bench", chatty)
+    result = CliRunner().invoke(app, ["bench", "--quick", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"config": {"quick": True}}
+    assert "Loading weights" in result.stderr
+
+
 @pytest.mark.slow
 def test_cli_bench_tiny_quick_json():
     from typer.testing import CliRunner

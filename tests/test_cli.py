@@ -280,7 +280,7 @@ def test_verbose_prints_plan_schedule_batches_stages_and_the_engine(tmp_path, mo
     assert p.returncode == 0, text(p)
     out, err = p.stdout.decode(), p.stderr.decode()
     assert "loading the models:" in err
-    assert "engine: device cpu, dtype torch.float32, load " in err and "models {" in err
+    assert "engine: device cpu, dtype fp32, load " in err and "models {" in err
     assert "plan: 4 tile(s) of 32 px, overlap 8; schedule 200,100; batches 2,2" in out
     stages = next(line for line in out.splitlines() if "seconds:" in line)
     for stage in ("noise_predictor", "vae_encode", "unet", "vae_decode", "write"):

@@ -206,8 +206,8 @@ def test_output_name_helper():
 
 
 def test_bad_format_and_suffix(tree):
-    with pytest.raises(ConfigError, match="`format` must be one of auto, png, jpg, webp, tiff, avif, jxl; got 'gif'"):
-        discover(["in"], tree / "out", fmt="gif")
+    with pytest.raises(ConfigError, match="`format` must be one of auto, png, jpg, webp, tiff, avif, jxl, gif; got 'bmp'"):
+        discover(["in"], tree / "out", fmt="bmp")
     with pytest.raises(ConfigError, match="`suffix` must not contain a path separator"):
         discover(["in"], tree / "out", suffix="/../x")
 

@@ -82,6 +82,9 @@ def test_ready_with_local_weights_exit_0(tiny_models, tmp_path):
         assert checks[name]["status"] == PASS, checks[name]
     assert "strict key check ok" in checks["weights: noise predictor"]["detail"]
     assert "-> 160x96" in checks["self-test"]["detail"]
+    # the detail's time is the check's own, as its `seconds` field says (issue 19, item 8)
+    said = float(checks["self-test"]["detail"].split("finite, ")[1].split(" s")[0])
+    assert abs(said - checks["self-test"]["seconds"]) <= 0.05, checks["self-test"]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # the probe leaves nothing
     print(f"invsr doctor (subprocess, CPU): {seconds:.1f} s")
 
@@ -186,3 +189,16 @@ def test_supported_ranges_match_pyproject():
         if dist == "accelerate":
             continue
         assert f'"{dist}{spec}"' in text, (dist, spec)
+
+
+def test_weight_lines_and_cache_line_agree_about_offline_mode(tmp_path, monkeypatch):
+    """Offline mode off: no line says "offline mode" but the cache line's "off"; on: every line agrees."""
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for offline in (False, True):
+        monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", offline)
+        checks = {c.name: c for c in run_checks(None, self_test=False)}
+        weights = checks["weights: SD-Turbo"].detail + checks["weights: noise predictor"].detail
+        assert ("offline mode" in weights) is offline, weights
+        assert ("offline mode on" if offline else "offline mode off") in checks["hf cache"].detail

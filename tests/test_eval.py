@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
@@ -17,6 +17,7 @@ from invsr_cli.evaluation.evaluate import Config, EvalResult, build_configs, run
 from invsr_cli.evaluation.pairs import Failure, Pair, read_pairs, source_pairs
 from invsr_cli.quality.lpips import HEADS_FILE, VGG_FILE, expected_keys
 from tests.test_cli import run, text
+from tests.test_report import chromium  # noqa: F401 - the fixture
 
 
 def _photo(path: Path, w: int = 100, h: int = 80, seed: int = 0) -> Path:
@@ -228,3 +229,94 @@ def test_eval_cli_pairs_bad_input_and_missing_lpips(tiny_models, photos: Path, t
     assert p.stdout.decode().splitlines()[1].split()[:2] == ["default", "2"]
     p = run(["eval", photos, "--pairs", tmp_path / "set"])
     assert p.returncode == 2 and "one of the two" in text(p)
+
+
+@pytest.mark.slow
+def test_eval_cli_ctrl_c_prints_the_partial_table(tiny_models, photos: Path) -> None:
+    import os
+    import signal
+    import subprocess
+
+    from tests.test_cli import INVSR
+
+    args = [INVSR, "eval", str(photos), "--size", "64", "--preset", "default,fidelity,blur,perceptual,auto",
+            "--sd-model", str(tiny_models.sd_dir), "--noise-predictor", str(tiny_models.noise_predictor_path),
+            "--device", "cpu", "--tile", "32", "--overlap", "8", "--no-lpips"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    seen = []
+    for line in proc.stderr:  # the first scored image: the run is under way
+        seen.append(line.decode())
+        if "PSNR" in seen[-1]:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    stdout = out.decode()
+    assert proc.returncode == 130, stdout + err.decode()
+    assert "interrupted: partial results" in stdout and "configuration" in stdout
+    rows = [line.split() for line in stdout.splitlines()[1:6]]
+    assert [r[0] for r in rows] == ["default", "fidelity", "blur", "perceptual", "auto"]
+    assert 1 <= sum(int(r[1]) for r in rows) < 10  # some, not all, of the 2 x 5 were scored
+
+
+@pytest.mark.slow
+def test_eval_report_renders_in_chromium(tiny_models, tmp_path: Path, chromium) -> None:  # noqa: F811
+    import io
+
+    from tests.cdp import Browser
+    from tests.test_report import HOSTILE, _all_images_loaded
+
+    d = tmp_path / "hr"
+    d.mkdir()
+    _photo(d / "p0.png", seed=0)
+    _photo(d / HOSTILE, seed=1)
+    page = tmp_path / "rep" / "eval.html"
+    p = run(["eval", d, "--size", "64", "--preset", "default,fidelity", "--sd-model", tiny_models.sd_dir,
+             "--noise-predictor", tiny_models.noise_predictor_path, "--device", "cpu", "--tile", "32",
+             "--overlap", "8", "--report", page], env={"TORCH_HOME": str(_lpips_home(tmp_path / "torch"))})
+    assert p.returncode == 0, text(p)
+    html = page.read_text(encoding="utf-8")
+    assert "<b>x&amp;y" not in html and "&lt;b&gt;x&amp;y" in html  # the name is text, not markup
+    with Browser(chromium, width=1300, height=1600) as b:
+        b.goto(page.as_uri())
+        widths = _all_images_loaded(b)
+        assert len(widths) == 2 * (2 + 2) * 2 and all(w > 0 for w in widths), widths  # HR, LR, 2 outputs; + crops
+        assert b.eval("document.querySelectorAll('#table tr').length") == 3  # header + one row per configuration
+        assert b.eval("document.querySelectorAll('svg.chart').length") == 3  # PSNR, SSIM, LPIPS
+        assert b.eval("document.querySelectorAll('svg.chart rect').length") == 6
+        assert b.eval("[...document.querySelectorAll('svg.chart rect')].every(r => r.getBBox().width > 0)")
+        assert b.eval("document.querySelectorAll('td.best').length") >= 3  # each metric has a best
+        assert b.eval("document.querySelectorAll('h3 b').length") == 0
+        assert any(HOSTILE in t for t in b.eval("[...document.querySelectorAll('h3')].map(h => h.textContent)"))
+        b.eval("window.scrollTo(0, 0)")
+        shot = np.asarray(Image.open(io.BytesIO(b.screenshot())).convert("L"), dtype=np.float32)
+        assert shot.std() > 20, shot.std()  # not a blank page
+
+
+def test_noise_predictor_short_names_resolve_to_the_published_files(tmp_path: Path, monkeypatch) -> None:
+    from invsr_cli.engine.weights import resolve
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    for name, file in (("v5", "noise_predictor_sd_turbo_v5.pth"), ("v5_diftune", "noise_predictor_sd_turbo_v5_diftune.pth")):
+        src = resolve(noise_predictor=name, offline=True).noise_predictor
+        assert src.repo_id == "OAOA/InvSR" and src.files[0][0] == file and src.path is None  # looked up, not fetched
+    (tmp_path / "v5").write_bytes(b"x")  # a local file of that name wins
+    assert resolve(noise_predictor="v5", offline=True).noise_predictor.repo_id is None
+
+
+def test_make_pair_sixteen_bit_and_alpha_files(tmp_path: Path) -> None:
+    from invsr_cli.evaluation.pairs import make_pair
+
+    v = np.full((64, 64, 3), 200 * 257, np.uint16)
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "deep.png"), v)  # 16-bit colour PNG
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., :3] = 10
+    rgba[:, 32:, 3] = 255  # left half transparent
+    Image.fromarray(rgba).save(tmp_path / "alpha.png")
+    deep = make_pair(tmp_path / "deep.png", PurePosixPath("deep.png"), profile="bicubic", size=64, seed=0)
+    assert deep.hr.dtype == np.uint8 and np.all(deep.hr == 200) and deep.lr.shape == (16, 16, 3)
+    alpha = make_pair(tmp_path / "alpha.png", PurePosixPath("alpha.png"), profile="bicubic", size=64, seed=0)
+    assert np.all(alpha.hr[:, :32] == 255) and np.all(alpha.hr[:, 32:] == 10)  # flattened over white

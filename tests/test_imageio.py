@@ -413,7 +413,7 @@ def test_max_pixels_message_has_the_numbers(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         msg = _read_error(path, max_pixels=50_000_000)
-    assert msg.endswith("12000x12000 = 144.0 MP exceeds --max-pixels 50.0 MP")
+    assert msg.endswith("12000x12000 = 144000000 px (144.0 MP) exceeds --max-pixels 50000000 px (50.0 MP)")
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP"])

@@ -232,7 +232,7 @@ def test_models_info_local(tiny_models):
     assert (
         unet["size"] == (tiny_models.sd_dir / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
     )
-    assert set(rows[0]) == {"name", "where", "present", "size"}
+    assert set(rows[0]) == {"name", "where", "present", "size", "component", "spec", "file", "required", "looked_in"}
     assert all(r["present"] for r in rows), [r for r in rows if not r["present"]]
 
 
@@ -398,6 +398,7 @@ def test_fetch_failure_online_is_explained(hf_env, monkeypatch):
         raise ConnectionError("Temporary failure in name resolution")
 
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(W, "hub_unreachable", lambda: None)  # the Hub answers; the download itself fails
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", down)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", down)
     with pytest.raises(WeightsUnavailableError) as e:
@@ -423,6 +424,9 @@ def test_models_info_command_shows_what_loading_would_read(tmp_path, tiny_models
     assert rows == W.models_info(tiny_models.sd_dir, tiny_models.noise_predictor_path)
     assert all(r["present"] for r in rows)
     p = run(["models", "info"], env=env)  # Hub ids, empty cache, online: listed as missing, not fetched
-    assert p.returncode == 0, text(p)
+    assert p.returncode == 3, text(p)  # the exit code says the weights are not there (issue 19, item 8)
     assert "missing" in text(p) and str(tmp_path / "hub") in text(p)
+    # a table a person can read: the cache path once per source, not on every file's line
+    assert sum(str(tmp_path / "hub") in line for line in text(p).splitlines()) == 2, text(p)
+    assert "unet/diffusion_pytorch_model.safetensors  missing" in text(p)
     assert not (tmp_path / "hub").exists() or not any((tmp_path / "hub").rglob("*.safetensors"))

@@ -28,6 +28,7 @@ from invsr_cli.settings.settings import FixedPolicy, resolve_settings
 from invsr_cli.work.process import ImageTask
 from invsr_cli.work.report import Reporter
 from tests import imagegen
+from tests.faults import flat_tile_bomb_loader
 from tests.threads import torch_threads
 
 INVSR = str(Path(sys.executable).parent / "invsr")
@@ -167,8 +168,8 @@ def test_ray_writes_the_same_bytes_and_every_input_ends_in_exactly_one_record(fa
 @needs_ray
 def test_an_error_outside_the_per_file_handling_fails_only_its_image(fake_gpu_cluster, tiny_models,
                                                                      single_process, tmp_path):
-    """An exception process_images does not turn into a failed outcome (here: the engine raising a plain
-    RuntimeError on one image's tiles) fails that image only; its block's other images are done."""
+    """An unexpected exception (here: the engine raising a plain RuntimeError on one image's tiles) fails that
+    image only; its block's other images are done (process_images pins it, as for every executor)."""
     from invsr_cli.run.executors.ray_data import RayExecutor
 
     inp, ref = single_process
@@ -181,7 +182,7 @@ def test_an_error_outside_the_per_file_handling_fails_only_its_image(fake_gpu_cl
     Image.new("RGB", (24, 20), (90, 90, 90)).save(flat / "zflat.png")
     imagegen.rgb(flat / "zz.png", seed=3)
     found = discover([str(flat)], out)
-    ex = RayExecutor("local", batch_size=3, workers=1, loader=_flat_tile_bomb_loader)
+    ex = RayExecutor("local", batch_size=3, workers=1, loader=flat_tile_bomb_loader)
     summary = run_batch(found.jobs, _settings(tiny_models), output_dir=out, reporter=_Quiet(), executor=ex,
                         handle_signals=False)
     failed = [o for o in summary.outcomes if o.status == "failed"]
@@ -206,27 +207,6 @@ def test_weights_a_worker_cannot_load_raise_as_themselves(fake_gpu_cluster, tiny
         run_batch(found.jobs, settings, output_dir=tmp_path / "out", reporter=_Quiet(), executor=ex,
                   handle_signals=False)
     assert ex.startup_seconds is not None and ex.first_row_seconds is None  # it came from a worker, not the driver
-
-
-class _FlatTileBomb:
-    """The tiny engine, raising on a flat tile (an error no per-file handler knows)."""
-
-    def __init__(self, engine):
-        self.engine = engine
-
-    def __getattr__(self, name):  # device, identity (recorded in the outputs' provenance), dtype...
-        return getattr(self.engine, name)
-
-    def upscale(self, lr, **kw):
-        if bool(((lr.amax(dim=(1, 2, 3)) - lr.amin(dim=(1, 2, 3))) < 1e-6).any()):
-            raise RuntimeError("flat tile")
-        return self.engine.upscale(lr, **kw)
-
-
-def _flat_tile_bomb_loader(settings):
-    from invsr_cli.run.executors import load_engine
-
-    return _FlatTileBomb(load_engine(settings))
 
 
 @needs_ray

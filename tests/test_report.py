@@ -169,3 +169,39 @@ def test_report_renders_in_chromium_and_the_slider_moves(tiny_models, tmp_path, 
             for name in ("slider.png", "screenshot.png"):
                 (Path(os.environ["INVSR_KEEP_SCREENSHOTS"]) / name).write_bytes((tmp_path / name).read_bytes())
     assert time.perf_counter() - t0 < 20
+
+
+def test_the_report_is_written_atomically_and_leaves_no_temporary_file(tmp_path):
+    """Pages, thumbnails and their metadata go through base/atomic.py: a page that cannot be written (its path
+    is a folder) is an error naming it, and no temporary file is left anywhere (the old writer left
+    ``.NAME.tmpPID`` beside the page)."""
+    from invsr_cli.base.errors import OutputError
+
+    out = _fabricate(tmp_path, ["a.png", "b.png"])
+    site = tmp_path / "site"
+    write_report(out, site / "r.html")
+    (site / "bad.html").mkdir()
+    with pytest.raises(OutputError, match="bad.html"):
+        write_report(out, site / "bad.html")
+    left = [p.name for p in site.rglob("*") if ".tmp" in p.name or p.name.endswith(".invsr-tmp")]
+    assert left == []
+    assert len(list((site / "r_files").glob("*.webp"))) == 8
+
+
+def test_settings_and_models_tables_show_values_not_python_reprs(tmp_path):
+    """Issue 19, item 8: None, False and a model's identity dict read as a person would write them."""
+    out = tmp_path / "out"
+    out.mkdir()
+    imagegen.rgb(tmp_path / "a.png", 8, 8, seed=0)
+    imagegen.rgb(out / "a.png", 32, 32, seed=0)
+    rec = {"input": str(tmp_path / "a.png"), "output": str(out / "a.png"), "status": "done", "reason": "",
+           "width": 32, "height": 32, "tiles": 1, "seconds": 1.0,
+           "settings": {"preset": "default", "width": None, "lossless": False, "provenance": True,
+                        "timesteps": [250, 200]},
+           "models": {"sd_model": {"source": "local", "path": "/w/sd", "sha256": "ab12"}}}
+    (out / ".invsr-manifest.jsonl").write_text(json.dumps(rec) + "\n")
+    html = write_report(out, tmp_path / "r.html").pages[0].read_text(encoding="utf-8")
+    for repr_ in ("None", "False", "True", "{&#39;", "[250"):
+        assert repr_ not in html, repr_
+    assert "<code>–</code>" in html and "<code>no</code>" in html and "<code>250, 200</code>" in html
+    assert "<code>source local, path /w/sd, sha256 ab12</code>" in html

@@ -33,13 +33,37 @@ def test_tiles_bar_total_grows_as_images_are_planned():
     tiles = rep.progress.tasks[rep._tiles]
     assert tiles.total is None  # nothing planned yet: no made-up total
     rep.tiles_planned(4)
-    rep.tiles_done(2)
+    rep.tiles_done(4)
+    assert tiles.total is None and not tiles.finished  # 2 images still to read: never a finished-looking bar
     rep.tiles_planned(9)
     rep.tiles_planned(0)
-    assert tiles.total == 13 and tiles.completed == 2
-    rep.tiles_done(11)
+    assert tiles.total == 13 and tiles.completed == 4
+    rep.tiles_done(9)
     assert tiles.finished
     rep.finish(Summary())
+
+
+def test_the_display_says_what_it_does_and_its_columns_line_up():
+    rep = _recording_reporter()
+    rep.start(3, 3, 0)
+    rep.stage("loading the models")
+    text = rep.console.export_text() + _rendered(rep)
+    assert "loading the models" in text, text
+    rep.stage("")
+    rep.tiles_planned(120)
+    rep.tiles_done(17)
+    rep.outcome(Outcome("in/a.png", "out/a.png", "failed", reason="cannot decode"))  # failed before tiling
+    lines = [line for line in _rendered(rep).splitlines() if line.strip()]
+    images, tiles = (next(line for line in lines if line.lstrip().startswith(w)) for w in ("images", "tiles"))
+    assert " 1/3" in images and " 17/?" in tiles, lines  # 2 images still unread: the tiles' total is unknown
+    assert images.index("1/3") + 3 == tiles.index("17/?") + 4, lines  # the counts' column ends line up
+    rep.finish(Summary())
+
+
+def _rendered(rep: RichReporter) -> str:
+    console = Console(record=True, width=200, force_terminal=False, color_system=None)
+    console.print(rep.progress.get_renderable())
+    return console.export_text()
 
 
 def test_tiles_planned_is_a_no_op_before_start_and_for_other_reporters(tmp_path):

@@ -8,6 +8,7 @@ thread per process (``OMP_NUM_THREADS=1``, see tests/test_reliability.py).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -30,7 +31,9 @@ from invsr_cli.run.manifest import Manifest, folder_manifests
 from invsr_cli.run.runner import run_batch
 from invsr_cli.run.shard import Shard, parse_shard, resolve_shard, shard_from_env, shard_of
 from invsr_cli.settings.settings import resolve_settings
+from invsr_cli.work.report import Reporter
 from tests import imagegen
+from tests.faults import exit_on_write
 from tests.threads import torch_threads
 
 INVSR = str(Path(sys.executable).parent / "invsr")
@@ -279,34 +282,46 @@ def _cli(args, extra_env=None, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run([INVSR, *map(str, args)], capture_output=True, env=_env(extra_env), timeout=timeout)
 
 
+class _Heard(Reporter):
+    """Keeps the warnings (what the CLI prints on stderr)."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def warning(self, text: str) -> None:
+        self.warnings.append(text)
+
+
 @pytest.mark.slow
-def test_worker_killed_mid_image_is_retried_then_failed(tmp_path, models):
+def test_worker_killed_mid_image_is_retried_then_failed(tmp_path, settings):
     src = tmp_path / "in"
     names = _inputs(src, 5, corrupt=False)
     out = tmp_path / "out"
     # Every worker that is about to write img_02.png dies: the image is retried once on another worker, then failed.
-    p = _cli(["upscale", src, out, "--devices", "cpu,cpu", "--json", *models],
-             {"INVSR_TEST_WORKER_EXIT_ON": "img_02.png"})
-    err = p.stderr.decode(errors="replace")
-    assert p.returncode == 1, err[-3000:]
-    outcomes = {Path(o["input"]).name: o for o in map(json.loads, p.stdout.decode().splitlines())
-                if o.get("type") != "summary"}
+    heard = _Heard()
+    ex = DevicesExecutor(["cpu", "cpu"], threads=1, write=functools.partial(exit_on_write, "img_02.png", None))
+    summary = run_batch(discover([str(src)], out).jobs, settings, output_dir=out, executor=ex, reporter=heard,
+                        handle_signals=False)
+    assert summary.failed == 1  # exit 1 in the CLI
+    outcomes = {Path(o.input).name: o for o in summary.outcomes}
     assert outcomes.keys() == set(names)
-    assert outcomes["img_02.png"]["status"] == "failed"
-    assert "worker died twice" in outcomes["img_02.png"]["reason"]
-    assert "cpu (exit 1)" in outcomes["img_02.png"]["reason"]
-    assert all(o["status"] == "done" for n, o in outcomes.items() if n != "img_02.png"), outcomes
-    assert "worker on cpu died (exit 1)" in err and "Traceback" not in err
+    assert outcomes["img_02.png"].status == "failed"
+    assert "worker died twice" in outcomes["img_02.png"].reason
+    assert "cpu (exit 1)" in outcomes["img_02.png"].reason
+    assert all(o.status == "done" for n, o in outcomes.items() if n != "img_02.png"), outcomes
+    assert any("worker on cpu died (exit 1)" in w for w in heard.warnings), heard.warnings
     assert not temps(out) and not (out / "img_02.png").exists()
     assert Counter(Path(r["input"]).name for r in records(out)) == Counter(names)
 
     # Only the first worker dies: the retry on another worker writes it.
     out2 = tmp_path / "out2"
-    p = _cli(["upscale", src, out2, "--devices", "cpu,cpu", "-q", *models],
-             {"INVSR_TEST_WORKER_EXIT_ON": "img_02.png", "INVSR_TEST_WORKER_EXIT_ONCE": str(tmp_path / "once")})
-    err = p.stderr.decode(errors="replace")
-    assert p.returncode == 0, err[-3000:]
-    assert "worker on cpu died (exit 1)" in err
+    heard = _Heard()
+    ex = DevicesExecutor(["cpu", "cpu"], threads=1,
+                         write=functools.partial(exit_on_write, "img_02.png", str(tmp_path / "once")))
+    summary = run_batch(discover([str(src)], out2).jobs, settings, output_dir=out2, executor=ex, reporter=heard,
+                        handle_signals=False)
+    assert summary.failed == 0 and summary.processed == len(names)  # exit 0
+    assert any("worker on cpu died (exit 1)" in w for w in heard.warnings), heard.warnings
     assert sorted(x.name for x in out2.glob("*.png")) == sorted(names) and not temps(out2)
     assert Counter((Path(r["input"]).name, r["status"]) for r in records(out2)) == Counter(
         (n, "done") for n in names)

@@ -130,3 +130,27 @@ def test_tile_and_overlap_validation_is_total(tile, overlap):
         assert tile % 16 or not 16 <= tile <= 2048 or not 0 <= overlap <= tile // 2
     else:
         assert s.tile % 16 == 0 and 0 <= s.overlap <= s.tile // 2 and (s.tile, s.overlap) == (tile, overlap)
+
+
+def test_one_device_parser_and_one_set_of_dtype_names():
+    """engine/devices.py owns the device-string parser and the dtype aliases; settings and --devices use them."""
+    import pytest as _pytest
+
+    from invsr_cli.base.errors import ConfigError
+    from invsr_cli.engine.devices import DTYPE_ALIASES, canonical_dtype, parse_device
+    from invsr_cli.run.executors.devices import parse_devices
+    from invsr_cli.settings.settings import resolve_settings
+
+    assert [parse_device(s) for s in ("auto", " CPU ", "cuda", "cuda:3", "mps")] == [
+        "auto", "cpu", "cuda", "cuda:3", "mps"]
+    for bad in ("gpu", "cuda:", "cuda:x", "cpu:0", "mps:1", ""):
+        with _pytest.raises(ValueError, match="auto, cpu, cuda, cuda:N, mps"):
+            parse_device(bad)
+        with _pytest.raises(ConfigError, match="device"):
+            resolve_settings(None, {"device": bad})
+    assert resolve_settings(None, {"device": "CUDA:1"}).device == "cuda:1"
+    with _pytest.raises(ConfigError, match="devices"):
+        parse_devices("cpu,auto")  # a worker needs a real device
+    for alias, name in DTYPE_ALIASES.items():
+        assert canonical_dtype(alias.upper()) == name
+        assert resolve_settings(None, {"dtype": alias}).dtype == name

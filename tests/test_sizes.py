@@ -223,7 +223,10 @@ def test_above_x4_is_refused_before_any_work_naming_image_and_factor(inputs, mod
     assert "land.png: x5 (40x24 -> 200x120)" in err and "port.png: x5 (24x40 -> 120x200)" in err
     assert "--passes 2" in err and not (tmp_path / "out").exists()
     p = run(inputs, tmp_path / "out", *models, "--long-side", 700, "--passes", "2")  # x17.5: beyond two passes
-    assert p.returncode == 2 and "x17.5" in p.stderr.decode()
+    err = p.stderr.decode()
+    assert p.returncode == 2 and "x17.5" in err
+    # --passes 2 is given already: the refusal says x16 is the limit, and never "add --passes 2" (issue 19, item 6)
+    assert "more than x16" in err and "add --passes" not in err, err
 
 
 def test_passes_2_upscales_the_first_result_again(inputs, models, tmp_path):
@@ -294,3 +297,17 @@ def test_presets_may_set_the_size(inputs, models, tmp_path):
     p = run(inputs, tmp_path / "out", *models, "--preset", preset)
     assert p.returncode == 0, p.stderr.decode()
     assert sizes(tmp_path / "out") == {"land.png": (60, 36), "port.png": (36, 60)}
+
+
+@given(sides, sides, st.integers(1, 5000), st.sampled_from(["width", "height", "long_side", "short_side", "fit"]),
+       st.integers(1, 8000))
+def test_absolute_targets_do_not_depend_on_max_input_side(w, h, n, key, side):
+    """The free side follows the original aspect ratio (issue 19, item 7): reducing the input first (and rounding
+    it) must not move it by a pixel."""
+    value = (side, side) if key == "fit" else side
+    assert target_size(w, h, _s(**{key: value}, max_input_side=n)).output == target_size(w, h, _s(**{key: value})).output
+
+
+def test_free_side_of_a_reduced_input_is_the_original_aspect_ratio():
+    # 1001x667 reduced to 512 long side is 512x341 (341.16); 2048 wide from that would be 1364, from 1001x667 1365
+    assert target_size(1001, 667, _s(width=2048, max_input_side=512)).output == (2048, 1365)

@@ -82,10 +82,20 @@ class LockedError(InvSRError):
     exit_code = 75
 
 
+# A library message whose advice is for the library's developers, and what it means to a user: libjxl says
+# "Generic Error. Please build `libjxl` from source ... in debug mode" for any damaged or cut-short file.
+_LIBRARY_NOISE = (("Please build `libjxl` from source",
+                   "the JPEG XL data is damaged or cut short; libjxl: generic decoding error"),)
+
+
 def describe_exception(exc: BaseException) -> str:
     """``"TypeName: message"`` on one line (``"TypeName"`` when the message is empty): how a library's exception
-    is quoted inside an error message naming a file (image reads, encodes and atomic writes)."""
+    is quoted inside an error message naming a file (image reads, encodes and atomic writes). A message known to
+    carry only advice for the library's own developers is replaced by what it means (``_LIBRARY_NOISE``)."""
     text = " ".join(str(exc).split())
+    for marker, meaning in _LIBRARY_NOISE:
+        if marker in text:
+            return meaning
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -136,8 +136,8 @@ def upscale(
     first_frame: Annotated[bool | None, typer.Option("--first-frame/--all-frames", help="Animations: upscale the "
                                                      "first frame only, to a still (default: every frame).",
                                                      rich_help_panel=OUTPUT, show_default=False)] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="auto (the input's), png, jpg, webp, tiff, avif or "
-                                            "jxl (jxl needs invsr-cli[jxl]).", rich_help_panel=OUTPUT)] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="auto (the input's), png, jpg, webp, tiff, avif, "
+                                            "jxl (needs invsr-cli[jxl]) or gif.", rich_help_panel=OUTPUT)] = None,
     quality: Annotated[int | None, typer.Option(help="Quality 1..100 for jpg/webp/avif/jxl (default 95).",
                                                 rich_help_panel=OUTPUT)] = None,
     lossless: Annotated[bool | None, typer.Option("--lossless", help="Lossless webp/jxl (png/tiff always are); "
@@ -204,6 +204,10 @@ def upscale(
     from invsr_cli.work.report import make_reporter
 
     inputs, out_dir = _split_paths(paths, output)
+    if report is not None and not dry_run:  # refused now, not after the whole compute
+        from invsr_cli.base.writable import refuse_unwritable_file
+
+        refuse_unwritable_file(report, "the report")
     flags = dict(
         steps=steps, timesteps=timesteps, seed=seed, posterior=posterior, guidance=guidance, color_fix=color_fix,
         tile=tile, overlap=overlap, blend=blend, batch_size=batch_size, scale=scale, format=fmt, quality=quality,
@@ -227,8 +231,16 @@ def upscale(
     if report is not None and not dry_run:
         from invsr_cli.commands.htmlreport import write_report
 
-        write_report(out_dir, report, manifest_paths=[manifest] if manifest else None, summary=summary)
+        result = write_report(out_dir, report, manifest_paths=[manifest] if manifest else None, summary=summary)
+        if not quiet:
+            print(f"invsr: report: {_report_line(report, result)}", file=sys.stderr, flush=True)
     raise typer.Exit(_exit_code(summary))
+
+
+def _report_line(target: Path, result: Any) -> str:
+    """Where the report went and what it holds (``invsr report`` and ``upscale --report``)."""
+    pages = f", {len(result.pages)} pages" if len(result.pages) > 1 else ""
+    return f"{target}: {result.images} image(s), {result.failed} failed{pages}"
 
 
 def _scaling(devices: str | None, device: str | None, ray: str | None, shard: str | None, jobs: Any, *,
@@ -430,19 +442,22 @@ def models_info(
     noise_predictor: Annotated[str | None, typer.Option("--noise-predictor", help="Local file or REPO:FILE.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
-    """Show where the weights are and their sizes, without downloading.\n\nExample:  invsr models info"""
+    """Show where the weights are and their sizes, without downloading; exit 3 when a required file is
+    missing.\n\nExample:  invsr models info"""
     import json
 
+    from invsr_cli.base.errors import WeightsUnavailableError
+    from invsr_cli.commands.models import print_models_table
     from invsr_cli.engine import DEFAULT_SD_MODEL
     from invsr_cli.engine import models_info as info
 
     rows = info(sd_model=sd_model or DEFAULT_SD_MODEL, noise_predictor=noise_predictor)
     if json_output:
         typer.echo(json.dumps(rows, indent=2, default=str))
-        return
-    for r in rows:
-        size = f"{r.get('size', 0) / 1e6:.1f} MB" if r.get("present") else "missing"
-        typer.echo(f"{r['name']:<16} {size:>10}  {r.get('where', '')}")
+    else:
+        print_models_table(rows)
+    complete = all(r["present"] or not r["required"] for r in rows)
+    raise typer.Exit(EXIT_OK if complete else WeightsUnavailableError.exit_code)
 
 
 # -- inspect ------------------------------------------------------------------------------------------------------
@@ -497,18 +512,22 @@ def analyse(
     null: Annotated[bool, typer.Option("-0", "--null", help="Paths on stdin are NUL-separated.")] = False,
     preset: Annotated[str, typer.Option("--preset", "-p", help="The auto preset whose rules decide.")] = "auto",
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
+    max_input_side: Annotated[int | None, typer.Option("--max-input-side", help="First reduce inputs whose long "
+                                                       "side is larger to this, as upscale does, then measure.",
+                                                       show_default=False)] = None,
 ) -> None:
     """Measure noise, blur and JPEG blockiness, and show the preset `--preset auto` would choose."""
     from invsr_cli.commands.analyse import analyse_inputs
     from invsr_cli.settings.preset_files import load_policy
     from invsr_cli.settings.settings import AutoPolicy
 
-    policy = load_policy(preset, {})
+    flags = {} if max_input_side is None else {"max_input_side": max_input_side}
+    policy = load_policy(preset, flags)
     if not isinstance(policy, AutoPolicy):
         raise ConfigError(f"preset `{preset}` has no `auto` rules; analyse needs an auto preset")
     stdin_paths = _read_stdin(null) if "-" in paths else None
     rows = analyse_inputs(paths, policy.rules, recursive=recursive, stdin_paths=stdin_paths,
-                          max_pixels=policy.settings.max_pixels)
+                          read_settings=policy.settings)
     failed = sum(1 for r in rows if r.get("error"))
     if json_output:
         import json
@@ -571,12 +590,13 @@ def bench(
     """Time the engine against the authors' pipeline (random weights, nothing downloaded)."""
     from invsr_cli.commands.bench import BenchOptions, render_table, run_bench, to_json
 
-    report = run_bench(BenchOptions(
-        lr_size=lr_size, steps=steps, tile=tile, overlap=overlap, batch_size=batch_size, images=images,
-        device=device, dtype=dtype, tiny=tiny, baseline=not no_baseline, baseline_tile=baseline_tile,
-        baseline_overlap=baseline_overlap, warmup=warmup, compile=compile_, quick=quick,
-        baseline_first=baseline_first, repeat=repeat,
-    ))
+    with _stdout_holds_only_json(json_output):
+        report = run_bench(BenchOptions(
+            lr_size=lr_size, steps=steps, tile=tile, overlap=overlap, batch_size=batch_size, images=images,
+            device=device, dtype=dtype, tiny=tiny, baseline=not no_baseline, baseline_tile=baseline_tile,
+            baseline_overlap=baseline_overlap, warmup=warmup, compile=compile_, quick=quick,
+            baseline_first=baseline_first, repeat=repeat,
+        ))
     if json_output:
         typer.echo(to_json(report))
     else:
@@ -603,8 +623,7 @@ def report_cmd(
 
     target = html if html is not None else output_dir / "report.html"
     result = write_report(output_dir, target, manifest_paths=manifest or None, page_size=page_size)
-    pages = f", {len(result.pages)} pages" if len(result.pages) > 1 else ""
-    typer.echo(f"{target}: {result.images} image(s), {result.failed} failed{pages}")
+    typer.echo(_report_line(target, result))
 
 
 # -- doctor -------------------------------------------------------------------------------------------------------

@@ -56,6 +56,12 @@ def print_table(result: Any, out: Any = None) -> None:
                       _fmt(row["seconds_per_image"], 2))
     console = Console(file=out or sys.stdout, soft_wrap=True, width=160)
     console.print(table)
+    for line in notes(result):
+        console.print(line, highlight=False)
+
+
+def notes(result: Any) -> list[str]:
+    """The lines under the table: the legend, the auto agreement, what is missing, the failures."""
     lines = ["* best in its column (mean over the images; Y channel, BT.601, no border crop)"]
     agreement = result.auto_agreement()
     if agreement:
@@ -71,8 +77,7 @@ def print_table(result: Any, out: Any = None) -> None:
         lines.append("interrupted: partial results")
     for f in result.failures:
         lines.append(f"failed: {f.reason}")
-    for line in lines:
-        console.print(line, highlight=False)
+    return lines
 
 
 def _write_csv(path: str, result: Any) -> None:
@@ -163,6 +168,8 @@ def register(app: typer.Typer, read_stdin: Callable[[bool], list[str]]) -> None:
                                                   "JSON object.")] = False,
         csv_path: Annotated[str | None, typer.Option("--csv", help="Write every image's values to this CSV "
                                                      "file.")] = None,
+        report: Annotated[str | None, typer.Option("--report", help="Write an HTML page: the table, a chart per "
+                                                   "metric, each image's HR, LR and outputs with zoomed crops.")] = None,
     ) -> None:
         """Score presets, step counts, schedules and noise predictors on your own photos (PSNR, SSIM, LPIPS), as
         the paper's Table 1: HR photos are degraded on the fly (or --pairs are read) and upscaled with the same
@@ -180,12 +187,14 @@ def register(app: typer.Typer, read_stdin: Callable[[bool], list[str]]) -> None:
                                 [_split_ints([t], "--timesteps") for t in timesteps or []],
                                 _split(noise_predictor))
         flags = {"sd_model": sd_model, "device": device, "dtype": dtype, "tile": tile, "overlap": overlap}
-        if pairs:
-            source = read_pairs(pairs)
-        else:
-            stdin_paths = read_stdin(null) if "-" in paths else None
-            source = source_pairs(paths, profile=profile, size=size, seed=seed, recursive=recursive,
-                                  stdin_paths=stdin_paths)
+        stdin_paths = read_stdin(null) if "-" in paths else None
+
+        def source() -> Any:  # made again for each noise predictor (deterministic), never all held
+            if pairs:
+                return read_pairs(pairs)
+            return source_pairs(paths, profile=profile, size=size, seed=seed, recursive=recursive,
+                                stdin_paths=stdin_paths)
+
         lpips_model, note = (None, "--no-lpips") if no_lpips else lpips_or_reason()
 
         def load(np_spec: str | None) -> Any:
@@ -195,10 +204,25 @@ def register(app: typer.Typer, read_stdin: Callable[[bool], list[str]]) -> None:
             return load_engine(sd_model or DEFAULT_SD_MODEL, np_spec, device=device or "auto",
                                dtype=dtype or "auto")
 
+        def progress(row: dict[str, Any]) -> None:  # stderr: stdout holds only the table (or the JSON)
+            typer.echo(f"{row['image']} [{row['config']}]: PSNR {_fmt(row['psnr'], 2)} SSIM {_fmt(row['ssim'], 4)} "
+                       f"LPIPS {_fmt(row['lpips'], 4)}", err=True)
+
+        page = None
+        if report:
+            from invsr_cli.commands.htmlreport import EvalReport
+
+            page = EvalReport(report)
+
+        def keep(pair: Any, config: Any, out8: Any, row: dict[str, Any]) -> None:
+            page.add(str(pair.rel), pair.hr, pair.lr, config.label, out8, row)
+
         result = run_eval(source, configs, flags=flags, load_engine=load, lpips_model=lpips_model,
-                          lpips_note=note)
+                          lpips_note=note, on_row=progress, on_output=keep if page else None)
         if csv_path:
             _write_csv(csv_path, result)
+        if page is not None:
+            page.finish(result.summary(), notes(result))
         if json_output:
             typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, allow_nan=True))
         else:

@@ -19,6 +19,7 @@ autoescaping on: every file name, reason and setting is escaped; links to files 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -27,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from invsr_cli.base.atomic import atomic_write_bytes
+from invsr_cli.work.report import Outcome
 
 __all__ = ["PAGE_SIZE", "ReportResult", "manifest_files", "read_records", "write_report", "page_path"]
 
@@ -123,7 +127,7 @@ def write_report(
                 more_failures=max(0, len(failed) - 500) if page == 1 else 0,
             )
             data = html.encode("utf-8")
-            _atomic_write(path, data)
+            atomic_write_bytes(path, data)
             written.append(path)
             total += len(data)
         for stale in range(pages + 1, 10_000):  # pages left by a longer earlier report
@@ -146,7 +150,22 @@ def _environment() -> Any:
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _num
     env.filters["shown"] = _shown
+    env.filters["value"] = _value
     return env
+
+
+def _value(v: Any) -> str:
+    """A setting or model field for a person, not a Python repr: not set as a dash, yes/no, lists joined, a
+    mapping (a model's identity) as ``key value`` pairs."""
+    if v is None or v == "":
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_value(x) for x in v) or "–"
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_value(x)}" for k, x in v.items()) or "–"
+    return _shown(v)
 
 
 def _num(v: Any, digits: int = 2) -> str:
@@ -164,12 +183,6 @@ def _href(target: Path, base: Path) -> str:
     """A relative, percent-encoded link from the page's folder to ``target`` (any bytes in the name)."""
     rel = os.path.relpath(os.path.abspath(target), os.path.abspath(base))
     return quote(os.fsencode(rel).replace(os.sep.encode(), b"/"))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _summary_context(records: list[dict[str, Any]], done: list[dict[str, Any]], failed: list[dict[str, Any]],
@@ -226,23 +239,33 @@ def _find_output(rec: dict[str, Any], output_dir: Path) -> Path | None:
     return None
 
 
+def _outcome(rec: dict[str, Any]) -> Outcome:
+    """A manifest record read as the :class:`Outcome` it records (the one record format); settings a hand-edited
+    or older line holds that do not read back are left out rather than failing the page."""
+    try:
+        return Outcome.from_record(rec)
+    except (TypeError, ValueError):
+        return Outcome.from_record({**rec, "settings": None})
+
+
 def _item(rec: dict[str, Any], output_dir: Path, page_dir: Path, files_dir: Path) -> dict[str, Any]:
-    inp = Path(str(rec.get("input", "")))
+    o = _outcome(rec)
+    inp = Path(str(o.input))
     out = _find_output(rec, output_dir)
-    deg = rec.get("degradation") if isinstance(rec.get("degradation"), dict) else None
+    deg = o.degradation if isinstance(o.degradation, dict) else None
     item: dict[str, Any] = {
-        "input": _shown(rec.get("input", "")),
-        "output": _shown(rec.get("output", "")),
-        "preset": str(rec.get("preset") or (rec.get("settings") or {}).get("preset") or ""),
+        "input": _shown(o.input),
+        "output": _shown(o.output),
+        "preset": str(o.preset or (o.settings.preset if o.settings is not None else "")),
         "auto": deg is not None,
         "degradation": deg or {},
-        "auto_reason": rec.get("auto_reason") or rec.get("rule") or None,  # `rule` is what the runner writes
-        "seconds": rec.get("seconds"),
-        "tiles": rec.get("tiles"),
-        "timesteps": rec.get("timesteps") or [],
+        "auto_reason": o.rule or rec.get("auto_reason") or None,  # `auto_reason`: what early manifests wrote
+        "seconds": o.seconds,
+        "tiles": o.tiles,
+        "timesteps": list(o.timesteps),
         "time": rec.get("time", ""),
-        "width": rec.get("width"),
-        "height": rec.get("height"),
+        "width": o.width,
+        "height": o.height,
         "files": [],
         "images": None,
         "problem": None,
@@ -296,8 +319,8 @@ def _thumbnails(inp: Path, out: Path, files_dir: Path) -> dict[str, Any]:
     ow, oh = res.width, res.height
     f = THUMB / max(ow, oh)  # both at one display size: the output's shape, THUMB px on its long side
     dw, dh = max(1, round(ow * f)), max(1, round(oh * f))
-    Image.fromarray(a).resize((dw, dh), Image.Resampling.BICUBIC).save(files_dir / names["before"], quality=_QUALITY)
-    Image.fromarray(b).resize((dw, dh), Image.Resampling.LANCZOS).save(files_dir / names["after"], quality=_QUALITY)
+    _save_webp(Image.fromarray(a).resize((dw, dh), Image.Resampling.BICUBIC), files_dir / names["before"])
+    _save_webp(Image.fromarray(b).resize((dw, dh), Image.Resampling.LANCZOS), files_dir / names["after"])
 
     x0, y0, c = _most_detail(src.rgb)
     sx, sy = ow / src.width, oh / src.height
@@ -307,12 +330,19 @@ def _thumbnails(inp: Path, out: Path, files_dir: Path) -> dict[str, Any]:
     zw = ZOOM
     zh = max(1, round(ZOOM * crop_out.height / max(crop_out.width, 1)))
     resample = Image.Resampling.NEAREST if crop_out.width <= zw else Image.Resampling.LANCZOS
-    crop_in.resize((zw, zh), Image.Resampling.NEAREST).save(files_dir / names["crop_in"], quality=_QUALITY)
-    crop_out.resize((zw, zh), resample).save(files_dir / names["crop_out"], quality=_QUALITY)
+    _save_webp(crop_in.resize((zw, zh), Image.Resampling.NEAREST), files_dir / names["crop_in"])
+    _save_webp(crop_out.resize((zw, zh), resample), files_dir / names["crop_out"])
     meta = {"dw": dw, "dh": dh, "zw": zw, "zh": zh, "crop": [x0, y0, c], "zoom": round(zw / max(c, 1), 1),
             "in_size": [src.width, src.height], "out_size": [ow, oh]}
-    _atomic_write(meta_path, json.dumps(meta).encode())
+    atomic_write_bytes(meta_path, json.dumps(meta).encode())
     return {**meta, **names}
+
+
+def _save_webp(im: Any, path: Path) -> None:
+    """A thumbnail or crop, written atomically like every file invsr writes."""
+    buf = io.BytesIO()
+    im.save(buf, format="WEBP", quality=_QUALITY)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _to_uint8(img: Any) -> Any:
@@ -354,3 +384,74 @@ def _prune(files_dir: Path, keep: set[str]) -> None:
         stem = p.name.split("-", 1)[0].split(".", 1)[0]
         if len(stem) == 20 and p.suffix in (".webp", ".json") and stem not in keys:
             p.unlink(missing_ok=True)
+
+
+# -- the evaluation report (`invsr eval --report`) ------------------------------------------------------------------
+
+EVAL_THUMB = 256  # display side of each image in the evaluation gallery, px
+EVAL_CHART_W, EVAL_CHART_H = 420, 30  # one chart's width, and the height of one bar row, px
+
+
+class EvalReport:
+    """The page `invsr eval --report HTML` writes: the table, one inline-SVG bar chart per metric (configurations
+    against their mean), and per image the HR, the LR and every configuration's output side by side, each with a
+    zoomed crop of the HR's region of most detail. Images are WebP files in ``<stem>_files/`` written as the
+    outputs arrive (:meth:`add`), so memory stays bounded; :meth:`finish` renders the page (atomically)."""
+
+    def __init__(self, html_path: str | os.PathLike[str]) -> None:
+        self.html_path = Path(html_path)
+        self.files_dir = self.html_path.with_name(self.html_path.stem + "_files")
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        self.images: dict[str, dict[str, Any]] = {}
+
+    def _save(self, rgb: Any, name: str, box: tuple[int, int, int, int], scale: float) -> dict[str, Any]:
+        from PIL import Image
+
+        im = Image.fromarray(rgb)
+        x0, y0, x1, y1 = (round(v * scale) for v in box)
+        resample = Image.Resampling.NEAREST if scale < 1 else Image.Resampling.LANCZOS
+        f = EVAL_THUMB / max(im.size)
+        size = (max(1, round(im.width * f)), max(1, round(im.height * f)))
+        _save_webp(im.resize(size, resample if scale < 1 else Image.Resampling.BICUBIC),
+                   self.files_dir / f"{name}.webp")
+        _save_webp(im.crop((x0, y0, x1, y1)).resize((ZOOM // 2, ZOOM // 2), Image.Resampling.NEAREST),
+                   self.files_dir / f"{name}-crop.webp")
+        return {"src": quote(f"{self.files_dir.name}/{name}.webp"),
+                "crop": quote(f"{self.files_dir.name}/{name}-crop.webp"), "w": size[0], "h": size[1]}
+
+    def add(self, image: str, hr: Any, lr: Any, label: str, out: Any, scores: dict[str, Any]) -> None:
+        """One configuration's output of one image (uint8 RGB arrays); the HR and LR are saved on first sight."""
+        entry = self.images.get(image)
+        if entry is None:
+            import numpy as np
+
+            key = hashlib.sha256(image.encode()).hexdigest()[:16]
+            x0, y0, c = _most_detail(hr.astype(np.float32) / 255.0)
+            box = (x0, y0, x0 + c, y0 + c)
+            entry = self.images[image] = {"name": image, "key": key, "box": box, "outputs": [],
+                                          "hr": self._save(hr, f"{key}-hr", box, 1.0),
+                                          "lr": self._save(lr, f"{key}-lr", box, lr.shape[1] / hr.shape[1])}
+        n = len(entry["outputs"])
+        entry["outputs"].append({"label": label, **scores,
+                                 **self._save(out, f"{entry['key']}-o{n}", entry["box"], 1.0)})
+
+    def finish(self, summary: list[dict[str, Any]], notes: Sequence[str]) -> Path:
+        """Render the page from the table (``EvalResult.summary()``) and its notes; returns its path."""
+        charts = []
+        for metric, unit, higher in (("psnr", "dB", True), ("ssim", "", True), ("lpips", "", False)):
+            vals = [r[metric] for r in summary if isinstance(r.get(metric), (int, float))
+                    and r[metric] == r[metric] and r[metric] not in (float("inf"), float("-inf"))]
+            if not vals:
+                continue
+            top = max(vals) or 1.0
+            bars = [{"label": r["config"], "value": r[metric],
+                     "w": 0 if not isinstance(r.get(metric), (int, float)) else
+                     round((EVAL_CHART_W - 170) * min(1.0, max(0.0, r[metric] / top)), 1),
+                     "best": metric in r["best"]} for r in summary]
+            charts.append({"metric": metric, "unit": unit, "higher": higher, "bars": bars,
+                           "height": EVAL_CHART_H * len(bars) + 10})
+        html = _environment().get_template("eval_report.html.j2").render(
+            title="invsr eval", generated=time.strftime("%Y-%m-%d %H:%M:%S"), summary=summary, notes=list(notes),
+            charts=charts, chart_w=EVAL_CHART_W, bar_h=EVAL_CHART_H, images=list(self.images.values()))
+        atomic_write_bytes(self.html_path, html.encode("utf-8"))
+        return self.html_path

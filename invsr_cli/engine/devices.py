@@ -9,7 +9,21 @@ from invsr_cli.base.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["resolve_device", "resolve_dtype"]
+__all__ = ["DEVICE_FORMS", "DTYPE_ALIASES", "parse_device", "canonical_dtype", "resolve_device", "resolve_dtype",
+           "dtype_name"]
+
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N, mps"
+
+
+def parse_device(text: str) -> str:
+    """The one device-string parser (settings, ``--devices`` entries, the engine): ``auto``, ``cpu``, ``mps``,
+    ``cuda`` or ``cuda:N``, lower-cased and stripped. Raises ValueError naming the allowed forms. Pure: whether
+    the device exists is :func:`resolve_device`'s question."""
+    s = str(text).strip().lower()
+    base, colon, num = s.partition(":")
+    if (not colon and base in ("auto", "cpu", "cuda", "mps")) or (base == "cuda" and colon and num.isdigit()):
+        return s
+    raise ValueError(f"must be one of {DEVICE_FORMS}, got {text!r}")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -27,8 +41,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     else:
         try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError) as exc:
+            dev = torch.device(parse_device(device))
+        except (RuntimeError, TypeError, ValueError) as exc:
             raise ConfigError(f"`device` must be auto, cpu, cuda[:N] or mps, got {device!r}") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"`device` {device!r} requested but CUDA is not available (use auto or cpu)")
@@ -37,15 +51,22 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-_DTYPES = {
-    "fp32": "float32",
-    "float32": "float32",
-    "fp16": "float16",
-    "float16": "float16",
-    "half": "float16",
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-}
+# The one set of dtype names: the aliases users may write, each to its canonical name (what settings keep), and
+# each canonical name to its torch dtype.
+DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+_TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def canonical_dtype(name: str) -> str:
+    """``float16``/``half`` -> ``fp16`` and so on (lower-cased); other names as they are (validation is the
+    caller's)."""
+    s = str(name).lower()
+    return DTYPE_ALIASES.get(s, s)
+
+
+def dtype_name(dtype: object) -> str:
+    """``torch.float32`` -> ``"fp32"`` (the names the settings and every message use); other values as text."""
+    return canonical_dtype(str(dtype).removeprefix("torch."))
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -58,7 +79,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         return dtype
     if dtype == "auto":
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
-    name = _DTYPES.get(str(dtype).lower())
+    name = _TORCH_DTYPES.get(canonical_dtype(dtype))
     if name is None:
         raise ConfigError(f"`dtype` must be auto, fp32, fp16 or bf16, got {dtype!r}")
     return getattr(torch, name)

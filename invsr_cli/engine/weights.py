@@ -31,6 +31,7 @@ __all__ = [
     "NOISE_PREDICTOR_NAMES",
     "DEFAULT_NP_FILE",
     "DEFAULT_NOISE_PREDICTOR",
+    "REQUIRED_HUB_FILES",
     "Source",
     "Weights",
     "hub_cache_dir",
@@ -76,11 +77,11 @@ _HUB_FILES = (
     *_TOKENIZER,
     *(f"{comp}/{base}.{exts[0]}" for comp, (base, exts) in WEIGHT_FILES.items()),
 )
+# The files a Hub SD model must have (the loader requires them; `make test-all` checks the cache for them).
+REQUIRED_HUB_FILES = tuple(f for f in _HUB_FILES if f not in _OPTIONAL)
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-_HOW_TO_GET = (
-    "To get them: run `invsr models download` while online, or unset HF_HUB_OFFLINE (or set HF_HUB_OFFLINE=0) "
-    "so they are fetched on first use, or pass a local path (a diffusers SD-Turbo folder / a noise predictor file)."
-)
+_LOCAL_PATHS = "pass local paths (--sd-model DIR, a diffusers SD-Turbo folder; --noise-predictor FILE)"
+REACH_TIMEOUT = 3.0  # seconds: one look at whether the Hub answers before any download is tried
 
 
 def hub_cache_dir() -> Path:
@@ -114,19 +115,38 @@ class Source:
     path: Path | None
     files: tuple[tuple[str, Path | None, bool], ...]
     where: str
-    cause: str = ""  # why a fetch failed, or that it was not tried (offline)
+    cause: str = ""  # why a fetch failed, or that it was not tried (offline, or the Hub does not answer)
+    offline: bool = False  # huggingface_hub's offline mode was on
 
     @property
     def missing(self) -> list[str]:
         return [name for name, path, required in self.files if required and path is None]
 
+    @property
+    def complete(self) -> bool:
+        return self.path is not None and not self.missing
+
+    def problem(self) -> str:
+        """What is missing and where it was looked for (and why it was not fetched), for messages."""
+        what = "noise predictor" if self.component == "noise_predictor" else f"SD model {self.spec}"
+        return f"{what}: missing file(s) {', '.join(self.missing)}; looked in {self.where}.{self.cause}"
+
     def require(self) -> Path:
         """The folder or file; :class:`WeightsUnavailableError` when a required file is missing."""
-        if self.path is not None and not self.missing:
+        if self.complete:
             return self.path
-        what = "noise predictor" if self.component == "noise_predictor" else f"SD model {self.spec}"
-        msg = f"{what}: missing file(s) {', '.join(self.missing)}; looked in {self.where}."
-        raise WeightsUnavailableError(f"{msg}{self.cause} {_HOW_TO_GET}")
+        raise WeightsUnavailableError(f"{self.problem()} {_advice([self])}")
+
+
+def _advice(missing: list[Source]) -> str:
+    """Only what applies: offline mode is mentioned only when it is on, the Hub only for Hub sources."""
+    hub = [s for s in missing if s.repo_id is not None]
+    if not hub:
+        return f"Check the path, or {_LOCAL_PATHS.replace('pass', 'give', 1)}."
+    if any(s.offline for s in hub):
+        return ("To get them: run `invsr models download` on a machine that is online, or unset HF_HUB_OFFLINE so "
+                f"they are fetched on first use, or {_LOCAL_PATHS}.")
+    return f"To get them: run `invsr models download` once the Hub can be reached, or {_LOCAL_PATHS}."
 
 
 @dataclass(frozen=True)
@@ -137,8 +157,13 @@ class Weights:
     noise_predictor: Source
 
     def require(self) -> tuple[Path, Path]:
-        """``(SD folder, noise predictor file)``; :class:`WeightsUnavailableError` when anything is missing."""
-        return self.sd_model.require(), self.noise_predictor.require()
+        """``(SD folder, noise predictor file)``; :class:`WeightsUnavailableError` naming every missing file of
+        both, with the advice that applies, when anything is missing."""
+        missing = [s for s in (self.sd_model, self.noise_predictor) if not s.complete]
+        if missing:
+            raise WeightsUnavailableError(" ".join(s.problem() for s in missing) + " "
+                                          + _advice(missing))
+        return self.sd_model.path, self.noise_predictor.path
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -158,9 +183,11 @@ def _hub_repo(spec: str) -> tuple[str, str | None] | None:
     return (repo, revision or None) if _REPO_ID_RE.match(repo) else None
 
 
-def _cause(exc: BaseException | None, offline: bool) -> str:
+def _cause(exc: BaseException | None, offline: bool, unreachable: str | None = None) -> str:
     if offline:
-        return " Not fetched: offline mode (HF_HUB_OFFLINE=1 or offline=True)."
+        return " Not fetched: offline mode (HF_HUB_OFFLINE)."
+    if unreachable is not None:
+        return f" Not fetched: {unreachable}."
     if exc is None:
         return ""
     reason = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else ""
@@ -223,7 +250,7 @@ def _sd_files(root: Path | None) -> tuple[tuple[str, Path | None, bool], ...]:
     return tuple(files)
 
 
-def _resolve_sd(spec: str, fetch: bool, offline: bool, path_only: bool) -> Source:
+def _resolve_sd(spec: str, fetch: bool, offline: bool, path_only: bool, unreachable: str | None = None) -> Source:
     local = Path(spec).expanduser()
     hub = None if local.is_dir() or path_only else _hub_repo(spec)
     if hub is None:
@@ -237,7 +264,7 @@ def _resolve_sd(spec: str, fetch: bool, offline: bool, path_only: bool) -> Sourc
     where = f"the Hugging Face cache {cache} (repo {repo_id}{'@' + revision if revision else ''}"
     exc: BaseException | None = None
     root = None
-    if fetch and not offline:
+    if fetch and not offline and unreachable is None:
         from huggingface_hub import snapshot_download
 
         try:
@@ -256,8 +283,8 @@ def _resolve_sd(spec: str, fetch: bool, offline: bool, path_only: bool) -> Sourc
     where += f", snapshot {root}" if root else f", and no local folder {local}"
     files = _sd_files(root) if root else tuple((rel, None, rel not in _OPTIONAL) for rel in _HUB_FILES)
     revision_found = _snapshot_commit(root) if root else None
-    cause = _cause(exc, offline and fetch)
-    return Source("sd_model", spec, repo_id, revision_found, root, files, where, cause)
+    cause = _cause(exc, offline and fetch, unreachable if fetch else None)
+    return Source("sd_model", spec, repo_id, revision_found, root, files, where, cause, offline)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -271,7 +298,7 @@ def _np_repo_file(spec: str) -> tuple[str, str | None, str] | None:
     return (hub[0], hub[1], filename) if hub else None
 
 
-def _resolve_np(spec: str, fetch: bool, offline: bool, path_only: bool) -> Source:
+def _resolve_np(spec: str, fetch: bool, offline: bool, path_only: bool, unreachable: str | None = None) -> Source:
     local = Path(spec).expanduser()
     if not path_only and spec in NOISE_PREDICTOR_NAMES and not local.is_file():  # a file of that name wins
         spec = NOISE_PREDICTOR_NAMES[spec]
@@ -285,7 +312,7 @@ def _resolve_np(spec: str, fetch: bool, offline: bool, path_only: bool) -> Sourc
     cache = hub_cache_dir()
     exc: BaseException | None = None
     path = None
-    if fetch and not offline:
+    if fetch and not offline and unreachable is None:
         from huggingface_hub import hf_hub_download
 
         try:
@@ -296,7 +323,8 @@ def _resolve_np(spec: str, fetch: bool, offline: bool, path_only: bool) -> Sourc
     repo = f"{repo_id}{'@' + revision if revision else ''}"
     where = f"the Hugging Face cache {cache} (repo {repo}{', offline mode' if offline else ''})"
     return Source("noise_predictor", spec, repo_id, _snapshot_commit(path) if path else None, path,
-                  ((filename, path, True),), where, _cause(exc, offline and fetch))
+                  ((filename, path, True),), where, _cause(exc, offline and fetch, unreachable if fetch else None),
+                  offline)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -310,15 +338,41 @@ def resolve(
     fetch: bool = False,
     offline: bool | None = None,
 ) -> Weights:
-    """Find the weights: local paths as given, Hub ids in huggingface_hub's cache. ``fetch=True`` downloads
-    what the cache lacks first (unless offline); ``fetch=False`` never touches the network. Never raises for
-    missing files: :meth:`Weights.require` does. A :class:`~pathlib.Path` argument is always a local path."""
+    """Find the weights: local paths as given, Hub ids in huggingface_hub's cache. ``fetch=False`` never
+    touches the network. ``fetch=True`` looks locally first too, then, unless offline and only for the sources
+    that are incomplete, asks the Hub once whether it answers (:data:`REACH_TIMEOUT` seconds, no retries) and
+    downloads only if it does. Never raises for missing files: :meth:`Weights.require` does. A
+    :class:`~pathlib.Path` argument is always a local path."""
     off = is_offline(offline)
+    sd_spec = os.fspath(sd_model)
     np_spec = DEFAULT_NOISE_PREDICTOR if noise_predictor is None else os.fspath(noise_predictor)
-    return Weights(
-        _resolve_sd(os.fspath(sd_model), fetch, off, isinstance(sd_model, Path)),
-        _resolve_np(np_spec, fetch, off, isinstance(noise_predictor, Path)),
-    )
+    sd_path, np_path = isinstance(sd_model, Path), isinstance(noise_predictor, Path)
+    found = Weights(_resolve_sd(sd_spec, False, off, sd_path), _resolve_np(np_spec, False, off, np_path))
+    missing = [s for s in (found.sd_model, found.noise_predictor) if not s.complete and s.repo_id is not None]
+    if not fetch or not missing:
+        return found
+    unreachable = None if off else hub_unreachable()
+    sd, np_ = found.sd_model, found.noise_predictor
+    if not sd.complete and sd.repo_id is not None:
+        sd = _resolve_sd(sd_spec, True, off, sd_path, unreachable)
+    if not np_.complete and np_.repo_id is not None:
+        np_ = _resolve_np(np_spec, True, off, np_path, unreachable)
+    return Weights(sd, np_)
+
+
+def hub_unreachable(timeout: float = REACH_TIMEOUT) -> str | None:
+    """None when the Hub (``huggingface_hub.constants.ENDPOINT``, so ``HF_ENDPOINT``) answers one request within
+    ``timeout`` seconds (any HTTP status counts), else why not, in a few words. One try: huggingface_hub's own
+    downloads retry a dead connection five times with back-off, about 20 s, before they give up."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout, follow_redirects=False)
+    except Exception as e:  # any connection failure: the reason goes into the message
+        reason = " ".join(str(e).split())[:120] or type(e).__name__
+        return f"cannot reach {constants.ENDPOINT} within {timeout:g} s ({reason})"
+    return None
 
 
 def download_models(
@@ -336,16 +390,22 @@ def models_info(
     sd_model: str | os.PathLike = DEFAULT_SD_MODEL,
     noise_predictor: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
-    """What is where, without downloading: one dict per file (``name``, ``where``, ``present``, ``size`` bytes)."""
+    """What is where, without downloading: one dict per file (``name``, ``where``, ``present``, ``size`` bytes,
+    and ``component``, ``spec``, ``file``, ``required``, ``looked_in``: the source's search place)."""
     weights = resolve(sd_model, noise_predictor)
     rows = []
     for source in (weights.sd_model, weights.noise_predictor):
-        for name, path, _required in source.files:
+        for name, path, required in source.files:
             label = f"{source.spec}/{name}" if source.component == "sd_model" else source.spec
             rows.append({
                 "name": label,
                 "where": str(path) if path else source.where,
                 "present": path is not None,
                 "size": path.stat().st_size if path else None,
+                "component": source.component,
+                "spec": source.spec,
+                "file": name,
+                "required": required,
+                "looked_in": source.where,
             })
     return rows

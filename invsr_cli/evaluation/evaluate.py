@@ -11,8 +11,8 @@
 * Metrics: PSNR and SSIM on BT.601 Y (:mod:`invsr_cli.quality.metrics`), LPIPS-VGG when its weights are in
   the cache (:mod:`invsr_cli.quality.lpips`; otherwise the result says which command fetches them).
 * :class:`EvalResult` holds the per-image rows, the per-configuration means and the auto agreement: for each
-  image an ``auto`` configuration ran on, whether the preset it picked is the preset whose plain configuration
-  (same predictor, no schedule override) scored best on that image, per metric.
+  image an ``auto`` configuration ran on, whether what ``auto`` made scored as well as the best of the plain
+  preset configurations (same predictor, no schedule override) on that image, per metric.
 * Ctrl-C (KeyboardInterrupt) ends the loop: the result so far comes back with ``interrupted`` set.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -86,7 +86,9 @@ class EvalResult:
     lpips: str = "ok"  # "ok", or why it is missing (naming the command that fetches the weights)
     interrupted: bool = False
     seconds: float = 0.0  # wall time of the whole evaluation
-    upscale_seconds: float = 0.0  # wall time inside process_images (the upscaling itself)
+    upscale_seconds: float = 0.0  # wall time inside process_images, scoring excluded (the upscaling itself)
+    score_seconds: float = 0.0  # wall time scoring (PSNR, SSIM, LPIPS)
+    load_seconds: float = 0.0  # wall time loading engines
 
     def summary(self) -> list[dict[str, Any]]:
         """Per configuration: its label, images scored, the mean of each metric (``inf`` stays ``inf``), seconds
@@ -133,7 +135,9 @@ class EvalResult:
                         continue
                     total += 1
                     best = max(v for v, _ in scored) if higher else min(v for v, _ in scored)
-                    agree += row["preset"] in {p for v, p in scored if v == best}
+                    # what auto made scores as well as the best plain preset (the same preset, or one with the
+                    # same settings: `noisy` and `default` share a schedule)
+                    agree += (row[name] >= best) if higher else (row[name] <= best)
                 if total:
                     result[f"{auto.label}:{name}"] = {"agree": agree, "images": total}
         return result
@@ -148,7 +152,8 @@ class EvalResult:
                 "failures": [{"input": f.input, "error": f.reason} for f in self.failures],
                 "images_evaluated": self.images, "model_loads": self.model_loads, "lpips": self.lpips,
                 "interrupted": self.interrupted, "seconds": round(self.seconds, 3),
-                "upscale_seconds": round(self.upscale_seconds, 3)}
+                "upscale_seconds": round(self.upscale_seconds, 3), "score_seconds": round(self.score_seconds, 3),
+                "load_seconds": round(self.load_seconds, 3)}
 
 
 class _TaskPolicy:
@@ -205,7 +210,7 @@ def _lpips_score(model: Any, out8: np.ndarray, hr8: np.ndarray) -> float:
 
 
 def run_eval(
-    pairs: Iterable[Pair | Failure],
+    pairs: Iterable[Pair | Failure] | Callable[[], Iterable[Pair | Failure]],
     configs: Sequence[Config],
     *,
     flags: Mapping[str, Any] | None = None,
@@ -213,12 +218,18 @@ def run_eval(
     lpips_model: Any = None,
     lpips_note: str = "ok",
     on_row: Callable[[dict[str, Any]], None] = lambda r: None,
+    on_output: Callable[[Pair, Config, np.ndarray, dict[str, Any]], None] | None = None,
 ) -> EvalResult:
     """Evaluate ``configs`` on ``pairs`` (see the module docstring).
 
+    ``pairs``: a callable returning a fresh iterable of pairs (called once per noise predictor: pairs are made
+    again rather than held, so memory stays bounded; the degradation is deterministic), or the pairs themselves
+    (then held for every predictor).
+
     ``flags``: settings every configuration shares (device, dtype, sd_model, tile, ...); a configuration's own
     flags and noise predictor go on top. ``load_engine(noise_predictor)`` loads one engine (called once per
-    predictor). ``lpips_model``: a loaded LPIPS-VGG, or None (then ``lpips_note`` says why).
+    predictor). ``lpips_model``: a loaded LPIPS-VGG, or None (then ``lpips_note`` says why). ``on_row`` hears
+    each scored row, ``on_output`` each output (uint8) with its pair, configuration and row (the HTML report).
     """
     from invsr_cli.settings.preset_files import load_policy
 
@@ -228,66 +239,119 @@ def run_eval(
     policies = {c.label: load_policy(c.preset, {**base, **c.flags,
                                                 **({"noise_predictor": c.noise_predictor} if c.noise_predictor
                                                    else {})}) for c in configs}
-    good: list[Pair] = []
+    source = pairs if callable(pairs) else _replay(pairs)
+    groups: dict[str | None, list[Config]] = {}
+    for c in configs:
+        groups.setdefault(c.noise_predictor, []).append(c)
     try:
-        for item in pairs:
-            if isinstance(item, Failure):
-                result.failures.append(item)
-            else:
-                good.append(item)
-        result.images = len(good)
-        groups: dict[str | None, list[Config]] = {}
-        for c in configs:
-            groups.setdefault(c.noise_predictor, []).append(c)
-        for np_spec, group in groups.items():
-            if not good:
+        for first, (np_spec, group) in enumerate(groups.items()):
+            stream = _Stream(source(), result if first == 0 else None)
+            if not stream.any():  # nothing to evaluate: no engine load
                 break
+            t0 = time.perf_counter()
             engine = load_engine(np_spec)
+            result.load_seconds += time.perf_counter() - t0
             result.model_loads += 1
-            _run_group(result, good, group, [policies[c.label] for c in group], engine, lpips_model, on_row)
+            _run_group(result, stream, group, [policies[c.label] for c in group], engine, lpips_model, on_row,
+                       on_output)
     except KeyboardInterrupt:
         result.interrupted = True
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _run_group(result: EvalResult, good: Sequence[Pair], group: Sequence[Config], policies: Sequence[Any],
-               engine: Any, lpips_model: Any, on_row: Callable[[dict[str, Any]], None]) -> None:
-    """Every (pair, configuration) of one noise predictor through one process_images call, scored as it ends."""
+def _replay(pairs: Iterable[Pair | Failure]) -> Callable[[], Iterable[Pair | Failure]]:
+    """A one-shot iterable, kept so every noise predictor sees the same pairs (a sequence is used as it is)."""
+    kept = pairs if isinstance(pairs, Sequence) else list(pairs)
+    return lambda: kept
+
+
+class _Stream:
+    """The pairs of one pass, one at a time; the first pass records the failures and the image count."""
+
+    def __init__(self, items: Iterable[Pair | Failure], result: EvalResult | None) -> None:
+        self.items = iter(items)
+        self.result = result
+        self.head: Pair | None = None
+
+    def _next_pair(self) -> Pair | None:
+        for item in self.items:
+            if isinstance(item, Failure):
+                if self.result is not None:
+                    self.result.failures.append(item)
+                continue
+            if self.result is not None:
+                self.result.images += 1
+            return item
+        return None
+
+    def any(self) -> bool:
+        self.head = self._next_pair()
+        return self.head is not None
+
+    def __iter__(self) -> Iterator[Pair]:
+        pair = self.head
+        while pair is not None:
+            yield pair
+            pair = self._next_pair()
+
+
+def _run_group(result: EvalResult, pairs: Iterable[Pair], group: Sequence[Config], policies: Sequence[Any],
+               engine: Any, lpips_model: Any, on_row: Callable[[dict[str, Any]], None],
+               on_output: Callable[..., None] | None) -> None:
+    """Every (pair, configuration) of one noise predictor through one process_images call, scored as each ends.
+    Tasks are made as the unit of work asks for them (it reads a bounded number ahead) and a pair is dropped once
+    all its outputs are scored, so memory stays bounded whatever the number of photos."""
     from invsr_cli.work.job import Job
     from invsr_cli.work.process import ImageTask, process_images
 
     policy = _TaskPolicy(policies)
-    tasks, meta = [], {}
-    for pi, pair in enumerate(good):
-        for ci, c in enumerate(group):
-            index = pi * len(group) + ci
-            loaded = _loaded(pair.lr)
-            policy.by_pixels[id(loaded.rgb)] = ci
-            name = f"{pair.rel} [{c.label}]"
-            job = Job(Path(name), Path(name), PurePosixPath(str(pair.rel)), "png")
-            tasks.append(ImageTask(job=job, index=index, image=loaded))
-            meta[index] = (pair, c)
-    by_input = {name: t.index for t in tasks for name in (str(t.job.input), display_path(t.job.input))}
+    meta: dict[int, tuple[Pair, Config]] = {}
+    by_input: dict[str, int] = {}
+
+    def tasks() -> Iterator[Any]:
+        for pi, pair in enumerate(pairs):
+            for ci, c in enumerate(group):
+                index = pi * len(group) + ci
+                loaded = _loaded(pair.lr)
+                policy.by_pixels[id(loaded.rgb)] = ci
+                name = f"{pair.rel} [{c.label}]"
+                if name in by_input:  # the same relative path from two inputs
+                    name = f"{name} #{pi}"
+                job = Job(Path(name), Path(name), PurePosixPath(str(pair.rel)), "png")
+                by_input[str(job.input)] = by_input[display_path(job.input)] = index
+                meta[index] = (pair, c)
+                yield ImageTask(job=job, index=index, image=loaded)
+
     outputs: dict[int, np.ndarray] = {}
 
     def keep(img: Any, rgb: Any, models: Any) -> tuple[int, int]:
         out8 = outputs[img.task.index] = _to8(rgb)
         return out8.shape[1], out8.shape[0]
 
-    t0 = time.perf_counter()
+    t0, scored_before = time.perf_counter(), result.score_seconds
     try:
-        for outcome in process_images(tasks, policy, engine, write=keep):
+        for outcome in process_images(tasks(), policy, engine, write=keep):
             index = by_input[outcome.input]
-            pair, c = meta[index]
+            pair, c = meta.pop(index)
             if outcome.status != "done" or index not in outputs:
+                outputs.pop(index, None)
                 result.failures.append(Failure(f"{pair.source} [{c.label}]", outcome.reason or outcome.status))
                 continue
-            row = _score(pair, c, outputs.pop(index), outcome, lpips_model)
+            t1 = time.perf_counter()
+            out8 = outputs.pop(index)
+            try:
+                row = _score(pair, c, out8, outcome, lpips_model)
+            except InvSRError as e:
+                result.failures.append(Failure(f"{pair.source} [{c.label}]", str(e)))
+                continue
+            result.score_seconds += time.perf_counter() - t1
             result.rows.append(row)
             on_row(row)
+            if on_output is not None:
+                on_output(pair, c, out8, row)
     finally:
-        result.upscale_seconds += time.perf_counter() - t0
+        result.upscale_seconds += time.perf_counter() - t0 - (result.score_seconds - scored_before)
 
 
 def _score(pair: Pair, c: Config, out8: np.ndarray, outcome: Any, lpips_model: Any) -> dict[str, Any]:

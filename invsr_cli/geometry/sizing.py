@@ -9,7 +9,7 @@ again, and that resized down to the target. Above x16 no number of passes helps:
 
 Before any of that, ``max_input_side`` reduces an input whose long side is larger (area averaging): the model
 works best on small, degraded inputs. ``scale`` then counts from the reduced input; the absolute targets do not
-depend on it.
+depend on it: their free side follows the original image's aspect ratio, not the rounded reduced one.
 
 Every computation is integer arithmetic (round half up), so a side asked for is exact and a box is never
 exceeded; the other side is the exact aspect ratio rounded to the nearest pixel, at least 1.
@@ -91,7 +91,9 @@ def input_size(w: int, h: int, max_input_side: int | None) -> tuple[int, int]:
     return _scaled(w, max_input_side, h), max_input_side
 
 
-def _output(w: int, h: int, s: Any) -> tuple[int, int]:
+def _output(w: int, h: int, iw: int, ih: int, s: Any) -> tuple[int, int]:
+    """The output size: an absolute target from the original ``w`` x ``h`` (its exact aspect ratio, never that of
+    the rounded, reduced input); ``scale`` from the model's input ``iw`` x ``ih``."""
     if s.width is not None:
         return s.width, _scaled(h, s.width, w)
     if s.height is not None:
@@ -107,7 +109,7 @@ def _output(w: int, h: int, s: Any) -> tuple[int, int]:
     if s.short_side is not None:
         n = s.short_side
         return (n, _scaled(h, n, w)) if w <= h else (_scaled(w, n, h), n)
-    return scaled_size(w, h, s.scale)
+    return scaled_size(iw, ih, s.scale)
 
 
 def target_size(w: int, h: int, settings: Any) -> SizePlan:
@@ -116,7 +118,7 @@ def target_size(w: int, h: int, settings: Any) -> SizePlan:
     if w < 1 or h < 1:
         raise ValueError(f"image size must be positive, got {w}x{h}")
     iw, ih = input_size(w, h, getattr(settings, "max_input_side", None))
-    ow, oh = _output(iw, ih, settings)
+    ow, oh = _output(w, h, iw, ih, settings)
     factor = max(ow / iw, oh / ih)
     passes = 1
     reach = NATIVE

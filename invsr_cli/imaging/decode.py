@@ -55,6 +55,7 @@ __all__ = [
     "TIFF_EXIF_TAGS",
     "probe_image",
     "read_image",
+    "pixel_count",
     "canonical_format",
     "missing_plugin",
     "register_plugins",
@@ -304,9 +305,15 @@ def _n_frames(im: Image.Image) -> int:
     return int(getattr(im, "n_frames", 1) or 1)
 
 
+def pixel_count(n: int) -> str:
+    """A pixel count for messages: exact (``--max-pixels`` is given in pixels), with megapixels beside it from one
+    million on, so two different counts never print alike (``0.0 MP exceeds 0.0 MP``)."""
+    return f"{n} px ({n / 1e6:.1f} MP)" if n >= 1_000_000 else f"{n} px"
+
+
 def _check_pixels(path: Path, w: int, h: int, max_pixels: int | None) -> None:
     if max_pixels is not None and w * h > max_pixels:
-        raise _fail(path, f"{w}x{h} = {w * h / 1e6:.1f} MP exceeds --max-pixels {max_pixels / 1e6:.1f} MP")
+        raise _fail(path, f"{w}x{h} = {pixel_count(w * h)} exceeds --max-pixels {pixel_count(max_pixels)}")
 
 
 def probe_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> ImageInfo:

@@ -7,5 +7,7 @@ from __future__ import annotations
 __all__ = ["WRITE_FORMATS", "OUTPUT_FORMATS", "LOSSY_ONLY_FORMATS"]
 
 WRITE_FORMATS: tuple[str, ...] = ("png", "jpg", "webp", "tiff", "avif", "jxl")
-OUTPUT_FORMATS: tuple[str, ...] = ("auto", *WRITE_FORMATS)  # `auto`: keep the input's format where it can be written
-LOSSY_ONLY_FORMATS: tuple[str, ...] = ("jpg", "avif")
+# `auto`: keep the input's format where it can be written; `gif`: still or animated, written by
+# invsr_cli.imaging.animation (not by the still-image writer), with no metadata
+OUTPUT_FORMATS: tuple[str, ...] = ("auto", *WRITE_FORMATS, "gif")
+LOSSY_ONLY_FORMATS: tuple[str, ...] = ("jpg", "avif", "gif")  # gif: its 256-colour palette is lossy

@@ -2,7 +2,9 @@
 
 The record is a small JSON object (``schema`` 1): the ``invsr`` version, the preset, the schedule
 (``timesteps``, ``steps``), ``seed``, ``posterior``, ``guidance``, ``tile``/``overlap``/``blend``, ``color_fix``,
-``scale``, ``dtype`` and ``models`` (the SD-Turbo and noise-predictor identities). It is stored as the
+the size rule (``scale``, or the one of ``width``/``height``/``fit``/``long_side``/``short_side`` that was asked
+for), ``passes`` (model passes made), ``max_input_side`` (when set), ``dtype`` and ``models`` (the SD-Turbo and
+noise-predictor identities: a Hub repo and commit, or a local file's or folder's SHA-256, never its path). It is stored as the
 ``invsr:record`` property of an XMP packet in the namespace :data:`NAMESPACE`, so every format carries it the
 same way and standard tools show it (``exiftool -xmp-invsr:all``): PNG iTXt ``XML:com.adobe.xmp``, JPEG APP1,
 WebP/AVIF/JPEG XL XMP boxes, TIFF tag 700. No timestamps or paths: the same settings give the same bytes.
@@ -26,25 +28,48 @@ SCHEMA = 1
 # Settings that decide an output's pixels, in the order they are shown.
 RECORD_KEYS = ("preset", "timesteps", "steps", "seed", "posterior", "guidance", "tile", "overlap", "blend",
                "color_fix", "scale", "dtype", "vae_fp32")
+_SIZE_RULES = ("width", "height", "fit", "long_side", "short_side")  # each replaces `scale` when given
 _RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 
 
-def provenance_record(settings: Mapping[str, Any], models: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def provenance_record(settings: Mapping[str, Any], models: Mapping[str, Any] | None = None, *,
+                      passes: int | None = None) -> dict[str, Any]:
     """The record for one output. ``settings``: ``Settings.to_dict()`` (the image's own settings, so ``auto``
-    shows the preset it chose); ``models``: the model identities (e.g. repo, revision, file hash of each
-    component); without them the configured ``sd_model``/``noise_predictor`` names stand in."""
+    shows the preset it chose); ``passes``: the model passes this image's size took (default 1); ``models``: the
+    model identities (e.g. repo, revision, file hash of each component; a local ``path`` is left out, so the same
+    weights anywhere give the same bytes); without them the configured ``sd_model``/``noise_predictor`` names
+    stand in (a local path by its last name only)."""
     from invsr_cli.base.version import __version__
 
     record: dict[str, Any] = {"schema": SCHEMA, "invsr": __version__}
     record.update({k: settings[k] for k in RECORD_KEYS if k in settings})
+    rule = next((k for k in _SIZE_RULES if settings.get(k) is not None), None)
+    if rule is not None:  # the size asked for, in place of the unused default scale
+        record.pop("scale", None)
+        record[rule] = settings[rule]
+    record["passes"] = int(passes or 1)
+    if settings.get("max_input_side") is not None:
+        record["max_input_side"] = settings["max_input_side"]
     if "timesteps" in record:
         record["timesteps"] = [int(t) for t in record["timesteps"]]
     if models is not None:
-        record["models"] = dict(models)
+        record["models"] = {name: _without_path(ident) for name, ident in models.items()}
     else:
-        record["models"] = {k: settings.get(k) for k in ("sd_model", "noise_predictor") if k in settings}
+        record["models"] = {k: _no_folder(settings.get(k)) for k in ("sd_model", "noise_predictor") if k in settings}
     json.dumps(record)  # fail here, not in an encoder thread, if something is not JSON-serialisable
     return record
+
+
+def _without_path(identity: Any) -> Any:
+    """A model identity without where it lies on this machine (the manifest keeps that): its content is enough."""
+    if isinstance(identity, Mapping):
+        return {k: v for k, v in identity.items() if k != "path"}
+    return identity
+
+
+def _no_folder(name: Any) -> Any:
+    """A configured model name as recorded without an identity: a local path loses its folders."""
+    return os.path.basename(os.path.normpath(name)) if isinstance(name, str) and (os.path.isabs(name) or os.path.exists(name)) else name
 
 
 def to_xmp(record: Mapping[str, Any]) -> bytes:

@@ -22,9 +22,11 @@ Output names: ``suffix`` is appended to the stem, and the extension follows the 
 input's own extension (spelling and case) for png/jpg/jpeg/webp/tif/tiff/avif/jxl, writes ``.jpg`` for HEIC/HEIF
 (camera photos, lossy already: JPEG keeps them small and readable everywhere, where PNG would be 5-10 times
 larger for no gain; HEIC itself is not written) and ``.png`` for the other formats we read but do not write
-(bmp, or an unknown extension); a GIF is written as a GIF, still or animated (``auto`` only). With
+(bmp, or an unknown extension); a GIF is written as a GIF, still or animated (and ``--format gif`` writes
+every input as one). With
 ``lossless``, ``auto`` writes ``.png`` for the inputs whose format has no lossless mode (jpg, avif, heic, and gif,
-whose palette is lossy: an animated GIF becomes an APNG). ``png``/``jpg``/``webp``/``tiff``/``avif``/``jxl`` use that extension.
+whose palette is lossy: an animated GIF becomes an APNG). ``png``/``jpg``/``webp``/``tiff``/``avif``/``jxl``/``gif`` use that
+extension.
 Every output must resolve inside OUTPUT_DIR (a symlinked folder inside OUTPUT_DIR pointing elsewhere
 is a per-input error). Two inputs mapping to one output raise :class:`~invsr_cli.base.errors.ConfigError` before any
 work starts.
@@ -64,7 +66,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
      ".heif", ".hif", ".jxl"}
 )
 _EXT_FORMAT = {
-    ".gif": "gif",  # auto only (animations stay GIFs, see invsr_cli.imaging.animation); not a --format choice
+    ".gif": "gif",  # animations stay GIFs (see invsr_cli.imaging.animation)
     ".png": "png",
     ".jpg": "jpg",
     ".jpeg": "jpg",
@@ -78,7 +80,7 @@ _EXT_FORMAT = {
 }
 # Read but not written: what `auto` writes instead (see the module docstring for why HEIC becomes JPEG).
 _AUTO_FALLBACK = {".heic": ("jpg", ".jpg"), ".heif": ("jpg", ".jpg"), ".hif": ("jpg", ".jpg")}
-_LOSSY_AUTO = (*LOSSY_ONLY_FORMATS, "gif")  # `auto` + lossless: these give png (gif: its palette is lossy)
+_LOSSY_AUTO = LOSSY_ONLY_FORMATS  # `auto` + lossless: these give png (gif: its palette is lossy)
 _MAGIC = re.compile(r"[*?[]")
 MAX_COLLISIONS_SHOWN = 10
 

@@ -8,7 +8,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from invsr_cli.base.errors import LockedError
+from invsr_cli.base.errors import ConfigError, LockedError
+from invsr_cli.base.paths import display_path
 
 __all__ = ["LOCK_NAME", "output_lock"]
 
@@ -24,9 +25,13 @@ def output_lock(output_dir: Path, *, wait: bool = False, name: str = LOCK_NAME,
 
     Shards sharing a folder hold the folder's lock ``shared`` (so they exclude a plain run, not each other) and
     their own shard's lock (``name``) exclusively."""
-    output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / name
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a read-only mount or an immutable folder: one line, like every other refusal
+        raise ConfigError(f"cannot write to the output folder {display_path(output_dir)}: "
+                          f"{e.strerror or e} ({display_path(e.filename or path)})") from None
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))

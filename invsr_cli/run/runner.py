@@ -87,11 +87,8 @@ class Recorder:
     def _append(self, o: Outcome, job: Job | None) -> None:
         # What was loaded: e.g. the commit a first run has just fetched (its revision was unknown before the fetch).
         models = o.models if o.models is not None else self.models
-        rec: dict[str, Any] = {**o.to_dict(), "fingerprint": run_fingerprint(self.policy, models)}
-        if o.settings is not None:
-            rec["settings"] = o.settings.to_dict()
-        if models is not None:
-            rec["models"] = models
+        rec: dict[str, Any] = {**replace(o, models=models).to_record(),
+                               "fingerprint": run_fingerprint(self.policy, models)}
         if job is not None:
             with contextlib.suppress(OSError):
                 rec.update(input_stamp(job.input))
@@ -138,15 +135,22 @@ def run_batch(
         input_errors = [(spec, why) for spec, why in input_errors if shard.holds(spec)]
     reporter = reporter or Reporter()
     _refuse_unreachable_sizes(jobs, policy)
-    if dry_run:
+    if dry_run or not jobs:  # nothing to write: no lock, no manifest, no folder
         start = time.perf_counter()
-        rec = Recorder(reporter, None, policy)
+        rec = Recorder(reporter, None, policy, _expected_models(engine, policy) if jobs else None)
         _record_input_errors(input_errors, rec)
-        _plan_only(jobs, policy, rec)
+        if dry_run:  # what the run would skip, from the same manifests (read only)
+            manifest = _read_manifest(output_dir, manifest_path, shard)
+            _plan_only([job for _, job in _skip_existing(jobs, policy, rec, manifest)], policy, rec)
+        else:
+            reporter.start(0, 0, 0)
         rec.summary.wall_seconds = time.perf_counter() - start
         reporter.finish(rec.summary)
         return rec.summary
 
+    refuse_unwritable(output_dir, manifest_path, shard)
+    if engine is None and engine_loader is None and executor is None:
+        _require_weights(jobs, policy, _read_manifest(output_dir, manifest_path, shard))
     with Run(policy, output_dir=output_dir, reporter=reporter, manifest_path=manifest_path, wait=wait,
              engine=engine, engine_loader=engine_loader, executor=executor, handle_signals=handle_signals,
              shard=shard, shard_outputs=[job.output for job in jobs] if shard is not None else None) as run:
@@ -191,6 +195,7 @@ class Run:
         from invsr_cli.run.lock import output_lock
 
         self._start = time.perf_counter()
+        refuse_unwritable(self.output_dir, self.manifest_path, self.shard)
         with contextlib.ExitStack() as stack:
             shard = self.shard
             if shard is None:
@@ -205,8 +210,7 @@ class Run:
             if removed:
                 self.reporter.warning(f"removed {removed} temporary file(s) left by an interrupted run in "
                                       f"{self.output_dir}")
-            manifest = Manifest(self.manifest_path or self.output_dir / manifest_name(shard.tag if shard else None),
-                                also_read=folder_manifests(self.output_dir))
+            manifest = _read_manifest(self.output_dir, self.manifest_path, shard)
             self.rec = Recorder(self.reporter, manifest, self.policy, _expected_models(self.engine, self.policy))
             self._signals = stack.enter_context(_stop_on_signals(self.rec, enabled=self.handle_signals,
                                                                  finish_in_flight=self.finish_in_flight))
@@ -275,8 +279,45 @@ def _expected_models(engine: Any, policy: SettingsPolicy) -> dict[str, Any]:
     return model_identity(policy.settings.sd_model, policy.settings.noise_predictor)
 
 
+def _manifest_file(output_dir: Path, manifest_path: Path | None, shard: Shard | None) -> Path:
+    return Path(manifest_path or Path(output_dir) / manifest_name(shard.tag if shard else None))
+
+
+def _read_manifest(output_dir: Path, manifest_path: Path | None, shard: Shard | None) -> Manifest:
+    """The run's manifest with every other manifest in the folder (reading creates nothing)."""
+    return Manifest(_manifest_file(output_dir, manifest_path, shard), also_read=folder_manifests(Path(output_dir)))
+
+
+def refuse_unwritable(output_dir: Path, manifest_path: Path | None = None, shard: Shard | None = None) -> None:
+    """Before anything is computed or created: ConfigError (exit 2) when the output folder or the manifest cannot
+    be written (a read-only mount, an immutable folder, no permission). A run without its manifest would lose
+    what ``--skip-existing`` needs, so that is an error too, not a warning."""
+    from invsr_cli.base.writable import refuse_unwritable_file, refuse_unwritable_folder
+
+    refuse_unwritable_folder(output_dir)
+    refuse_unwritable_file(_manifest_file(output_dir, manifest_path, shard), "the run manifest",
+                           "; without it --skip-existing cannot tell what is up to date (give a writable --manifest)")
+
+
+def _require_weights(jobs: Sequence[Job], policy: SettingsPolicy, manifest: Manifest) -> None:
+    """Before the output folder is touched: when some job needs computing, find the weights (fetching only what is
+    missing, see :func:`invsr_cli.engine.weights.resolve`); WeightsUnavailableError names every missing file."""
+    s = policy.settings
+    if s.skip_existing:
+        fingerprint = run_fingerprint(policy, _expected_models(None, policy))
+        if all(job.output.is_file() and manifest.is_up_to_date(job.input, job.output, fingerprint) is not False
+               for job in jobs):
+            return  # everything would be skipped: no weights needed
+    from invsr_cli.engine.weights import resolve
+
+    resolve(s.sd_model, s.noise_predictor, fetch=True).require()
+
+
 def _record_input_errors(errors: Sequence[tuple[str, str]], rec: Recorder) -> None:
-    for spec, reason in errors:
+    from invsr_cli.base.paths import display_path
+
+    for spec, reason in errors:  # the outcome names the input: its reason need not repeat it
+        reason = reason.removeprefix(f"{display_path(spec)}: ")
         rec.record(Outcome(spec, "", "failed", reason=reason))
 
 
@@ -322,7 +363,8 @@ def _refuse_unreachable_sizes(jobs: Sequence[Job], policy: SettingsPolicy) -> No
     if not any(c.width or c.height or c.fit or c.long_side or c.short_side for c in options):
         return  # `--scale` is at most 4: always reachable in one pass
     s = policy.settings
-    refused = []
+    refused: list[str] = []
+    beyond: list[str] = []  # above x16: no number of passes helps
     for job in jobs:
         try:
             info = probe_input(job.input, first_frame=s.first_frame)
@@ -333,12 +375,18 @@ def _refuse_unreachable_sizes(jobs: Sequence[Job], policy: SettingsPolicy) -> No
         for c in options:
             plan = target_size(info.width, info.height, replace(c, max_input_side=s.max_input_side))
             if plan.passes > c.passes:
-                refused.append(f"{job.input}: {plan.describe()}")
+                (refused if plan.allowed else beyond).append(f"{job.input}: {plan.describe()}")
                 break
+    if beyond:
+        raise ConfigError(f"{len(beyond)} image(s) need more than x16, which two passes give at most; ask for a "
+                          f"smaller size (or reduce less with --max-input-side): {_shown(beyond)}")
     if refused:
-        shown = "; ".join(refused[:5]) + (f"; and {len(refused) - 5} more" if len(refused) > 5 else "")
         raise ConfigError(f"{len(refused)} image(s) need more than x4, which one pass gives; add --passes 2 (up to "
-                          f"x16) or ask for a smaller size: {shown}")
+                          f"x16) or ask for a smaller size: {_shown(refused)}")
+
+
+def _shown(items: list[str]) -> str:
+    return "; ".join(items[:5]) + (f"; and {len(items) - 5} more" if len(items) > 5 else "")
 
 
 def _skip_larger(jobs: list[tuple[int, Job]], policy: SettingsPolicy, rec: Recorder) -> list[tuple[int, Job]]:
@@ -362,11 +410,15 @@ def _skip_larger(jobs: list[tuple[int, Job]], policy: SettingsPolicy, rec: Recor
     return todo
 
 
-def _skip_existing(jobs: Sequence[Job], policy: SettingsPolicy, rec: Recorder) -> list[tuple[int, Job]]:
+def _skip_existing(jobs: Sequence[Job], policy: SettingsPolicy, rec: Recorder,
+                   manifest: Manifest | None = None) -> list[tuple[int, Job]]:
+    """The jobs to compute (with their index); the rest are recorded as skipped. ``manifest``: where to look up
+    what is up to date (default the recorder's; a dry run reads it without recording into it)."""
+    manifest = manifest or rec.manifest
     todo = []
     for index, job in _skip_larger(list(enumerate(jobs)), policy, rec):
         if policy.settings.skip_existing and job.output.is_file():
-            state = rec.manifest.is_up_to_date(job.input, job.output, rec.fingerprint) if rec.manifest else None
+            state = manifest.is_up_to_date(job.input, job.output, rec.fingerprint) if manifest else None
             if state is not False:
                 why = "up to date" if state else "output exists"
                 rec.record(Outcome(str(job.input), str(job.output), "skipped", reason=why))

@@ -19,10 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from invsr_cli.base.errors import ConfigError
+from invsr_cli.engine.devices import DEVICE_FORMS, canonical_dtype, parse_device
 from invsr_cli.engine.schedules import (
     COLOR_FIXES,
     DTYPES,
@@ -130,11 +131,23 @@ class Settings:
         return (self.timesteps, self.guidance, self.posterior)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON): the record of these settings in the manifest, a Ray row and provenance."""
         d = asdict(self)
         d["steps"] = self.steps
         d["timesteps"] = list(self.timesteps)
         d["fit"] = f"{self.fit[0]}x{self.fit[1]}" if self.fit else None
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Settings:
+        """The settings a :meth:`to_dict` record holds (``Settings.from_dict(s.to_dict()) == s``). Derived keys
+        (``steps``) and keys this version does not know are ignored, missing ones take their defaults: a record
+        is read back as written, not validated again (:func:`resolve_settings` validates what users give)."""
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        if "timesteps" in kw:
+            kw["timesteps"] = tuple(kw["timesteps"])
+        return cls(**kw)
 
 
 DEFAULTS = Settings()
@@ -185,7 +198,7 @@ def _choice(key: str) -> Callable[[Any], str]:
         if key == "format" and s == "jpeg":
             s = "jpg"
         if key == "dtype":
-            s = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}.get(s, s)
+            s = canonical_dtype(s)
         if s not in allowed:
             raise ValueError(f"must be one of {', '.join(allowed)}, got {v!r}")
         return s
@@ -233,11 +246,10 @@ def _box(v: Any) -> tuple[int, int] | None:
 
 
 def _device(v: Any) -> str:
-    s = _str(v).lower()
-    base = s.split(":", 1)[0]
-    if base not in ("auto", "cpu", "cuda", "mps") or (":" in s and (base != "cuda" or not s[5:].isdigit())):
-        raise ValueError(f"must be one of auto, cpu, cuda, cuda:N, mps, got {v!r}")
-    return s
+    try:
+        return parse_device(_str(v))
+    except ValueError:
+        raise ValueError(f"must be one of {DEVICE_FORMS}, got {v!r}") from None
 
 
 def _timesteps(v: Any) -> tuple[int, ...]:

@@ -71,14 +71,15 @@ def check_pixels(path: Path, size: tuple[int, int], frames: int, max_pixels: int
     """``max_pixels`` counts the model's input: all frames (and, for a second pass, its input)."""
     from invsr_cli.base.errors import ImageReadError
     from invsr_cli.base.paths import display_path
+    from invsr_cli.imaging.decode import pixel_count
 
     w, h = size
     total = w * h * frames
     if max_pixels is None or total <= max_pixels:
         return
     lead = f"{what}{frames} frames of {w}x{h}" if frames > 1 else f"{what}{w}x{h}"
-    raise ImageReadError(f"{display_path(path)}: {lead} = {total / 1e6:.1f} MP exceeds --max-pixels "
-                         f"{max_pixels / 1e6:.1f} MP")
+    raise ImageReadError(f"{display_path(path)}: {lead} = {pixel_count(total)} exceeds --max-pixels "
+                         f"{pixel_count(max_pixels)}")
 
 
 def plan_for(path: Path, w: int, h: int, frames: int, settings: Any, read_settings: Any) -> SizePlan:

@@ -25,12 +25,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from invsr_cli.base.errors import InvSRError, reason_of
+from invsr_cli.base.errors import InvSRError, describe_exception, reason_of
 from invsr_cli.settings.settings import ImageSettings, Settings, SettingsPolicy
 from invsr_cli.work.batching import Ran, Split, TileRef, TileScheduler, TooLarge, run_tiles
 from invsr_cli.work.job import Job
-from invsr_cli.work.report import Outcome, Reporter
-from invsr_cli.work.sink import ImageSink, Writer, failure, write_output
+from invsr_cli.work.report import Outcome, Reporter, failed, not_attempted
+from invsr_cli.work.sink import ImageSink, Writer, write_output
 
 __all__ = ["Engine", "ImageTask", "PreparedImage", "Processing", "process_images", "batch_size_for",
            "MIN_OOM_TILE", "fit_batch"]
@@ -308,10 +308,10 @@ class Processing:
         try:
             img = fut.result()
         except InvSRError as e:
-            yield failure(task, reason_of(e, task.job))
+            yield failed(task, reason_of(e, task.job))
             return
         except Exception as e:  # a decoder bug on one hostile file must not end the batch
-            yield failure(task, f"cannot read: {type(e).__name__}: {e}")
+            yield self._failed_by(task, e, "cannot read: ")
             return
         self.inflight[task.index] = img
         self._enqueue(img)
@@ -343,10 +343,12 @@ class Processing:
         return out
 
     def _run_batch(self, refs: list[TileRef]) -> Iterator[Outcome]:
+        ran: set[int] = set()  # id() of the refs computed and blended
         try:
             for event in run_tiles(self._upscale, refs, oom=self.torch.OutOfMemoryError, live=self._live):
                 if isinstance(event, Ran):
                     yield from self._blend(event.items, event.outputs)
+                    ran.update(id(r) for r in event.items)
                 elif isinstance(event, Split):
                     self._empty_cache()
                     self.scheduler.batch = event.new_size
@@ -358,7 +360,31 @@ class Processing:
         except InvSRError as e:
             for index in dict.fromkeys(r.image for r in refs):
                 if index in self.inflight:
-                    yield failure(self.inflight.pop(index), str(e))
+                    yield failed(self.inflight.pop(index), str(e))
+        except Exception as e:  # noqa: BLE001 - the engine failed on this batch: pin it on its image
+            yield from self._batch_failed(refs, ran, e)
+
+    def _batch_failed(self, refs: list[TileRef], ran: set[int], e: Exception) -> Iterator[Outcome]:
+        """An unexpected error computing a batch fails the image it came from, and only that one: a batch of one
+        image's tiles fails that image; a batch shared by several runs the tiles left again one image at a time
+        (a tile's result does not depend on its batch), so the error comes back from the image that causes it."""
+        rest = [r for r in refs if id(r) not in ran and self._live(r)]
+        images = list(dict.fromkeys(r.image for r in rest))
+        if len(images) == 1:
+            yield self._failed_by(self.inflight.pop(images[0]), e)
+            return
+        for index in images:
+            yield from self._run_batch([r for r in rest if r.image == index])
+
+    def _failed_by(self, of: Any, e: BaseException, prefix: str = "") -> Outcome:
+        """The failed outcome of an image an unexpected error stopped: its type and message; the traceback under
+        -v (the reporter's info)."""
+        import traceback
+
+        job = of.job
+        self.reporter.info(f"{job.input}: {describe_exception(e)}\n"
+                           + "".join(traceback.format_exception(e)).rstrip())
+        return failed(of, prefix + describe_exception(e))
 
     def _empty_cache(self) -> None:
         if self.device.type == "cuda":
@@ -368,7 +394,7 @@ class Processing:
         tile = img.plan.tile // 2
         if tile < MIN_OOM_TILE or tile % 16:
             del self.inflight[img.task.index]
-            yield failure(img, f"out of memory even at batch 1 and tile {img.plan.tile}")
+            yield failed(img, f"out of memory even at batch 1 and tile {img.plan.tile}")
             return
         old = img.plan.tile
         img.generation += 1
@@ -385,22 +411,32 @@ class Processing:
             img = self.inflight.get(ref.image)
             if img is None:  # failed by an earlier frame of this batch
                 continue
-            n = len(img.plan.tiles)
-            f = ref.tile // n
-            with self._stage("blend"):
-                if img.accs[f] is None:
-                    img.accs[f] = self._accumulator(img)
-                img.accs[f].add(ref.tile % n, tile_out)
-            img.done_tiles += 1
-            img.frame_tiles[f] += 1
-            if img.frame_tiles[f] == n:  # a frame is done: colour-fix, check and keep it, free its buffers
-                problem = self.sink.frame_result(img, f)
-                if problem:
-                    del self.inflight[ref.image]
-                    yield failure(img, problem if img.frames == 1 else f"frame {f + 1}: {problem}")
-                    continue
-            if img.done_tiles == img.n_tiles:
-                yield from self._image_done(img)
+            try:
+                yield from self._blend_tile(img, ref, tile_out)
+            except InvSRError as e:
+                self.inflight.pop(ref.image, None)
+                yield failed(img, reason_of(e, img.job))
+            except Exception as e:  # noqa: BLE001 - a bug on one image (blending, colour fix, a pass) fails it alone
+                self.inflight.pop(ref.image, None)
+                yield self._failed_by(img, e)
+
+    def _blend_tile(self, img: PreparedImage, ref: TileRef, tile_out: Any) -> Iterator[Outcome]:
+        n = len(img.plan.tiles)
+        f = ref.tile // n
+        with self._stage("blend"):
+            if img.accs[f] is None:
+                img.accs[f] = self._accumulator(img)
+            img.accs[f].add(ref.tile % n, tile_out)
+        img.done_tiles += 1
+        img.frame_tiles[f] += 1
+        if img.frame_tiles[f] == n:  # a frame is done: colour-fix, check and keep it, free its buffers
+            problem = self.sink.frame_result(img, f)
+            if problem:
+                del self.inflight[ref.image]
+                yield failed(img, problem if img.frames == 1 else f"frame {f + 1}: {problem}")
+                return
+        if img.done_tiles == img.n_tiles:
+            yield from self._image_done(img)
 
     def _image_done(self, img: PreparedImage) -> Iterator[Outcome]:
         """Every tile of the pass is done: start the next pass (its input: this pass's result), or write it."""
@@ -454,11 +490,10 @@ class Processing:
             self.sink.close()
 
     def _not_attempted(self) -> Iterator[Outcome]:
-        why = f"not attempted: {self.stopped}"
         for img in list(self.inflight.values()):
-            yield failure(img, why)
+            yield not_attempted(img, self.stopped)
         self.inflight.clear()
         while self.reads:
-            yield failure(self.reads.popleft()[0], why)
+            yield not_attempted(self.reads.popleft()[0], self.stopped)
         for task in self.todo:
-            yield failure(task, why)
+            yield not_attempted(task, self.stopped)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, TextIO
 
 __all__ = [
@@ -97,6 +97,46 @@ class Outcome:
             del d["rule"]
         return d
 
+    def to_record(self) -> dict[str, Any]:
+        """The one record format of an outcome (the manifest's lines, a Ray worker's rows, what the HTML report
+        reads): :meth:`to_dict` with the settings (``Settings.to_dict``) and the models, when known."""
+        d = self.to_dict()
+        if self.settings is not None:
+            d["settings"] = self.settings.to_dict()
+        if self.models is not None:
+            d["models"] = self.models
+        return d
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Outcome:
+        """The outcome a :meth:`to_record` record holds (``Outcome.from_record(o.to_record()) == o``, settings and
+        models too). Keys it does not know (a manifest's fingerprint, time, input stamp) are ignored; missing
+        ones take their defaults."""
+        from invsr_cli.settings.settings import Settings
+
+        kw = {k: rec[k] for k in _RECORD_FIELDS if k in rec}
+        for k in ("timesteps", "batch_sizes"):
+            kw[k] = tuple(kw.get(k) or ())
+        s = rec.get("settings")
+        kw["settings"] = Settings.from_dict(s) if isinstance(s, dict) else None
+        kw["models"] = rec.get("models")
+        return cls(**kw)
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(Outcome) if f.name not in ("settings", "models"))
+
+
+def failed(of: Any, reason: str) -> Outcome:
+    """The failed outcome of one image: ``of`` is its job, or anything holding it as ``.job`` (a task, an image in
+    flight). Every executor builds its failures here."""
+    job = getattr(of, "job", of)
+    return Outcome(str(job.input), str(job.output), "failed", reason=reason)
+
+
+def not_attempted(of: Any, why: str) -> Outcome:
+    """The outcome of an image a run had to leave (``why``: a full disk, no worker left): failed, "not attempted"."""
+    return failed(of, f"not attempted: {why}")
+
 
 @dataclass
 class Summary:
@@ -145,6 +185,10 @@ class Reporter:
         :meth:`start` counts only what was known then, usually 0, since images are tiled as they are read)."""
 
     def tiles_done(self, n: int) -> None: ...
+
+    def stage(self, text: str) -> None:
+        """What the run is doing before its first tile (e.g. ``"loading the models"``); ``""`` when it is done.
+        The progress display shows it; logs need no line for it."""
 
     def info(self, text: str) -> None:
         """A detail shown only with -v (the models being loaded, the device, dtype and model identities)."""
@@ -256,31 +300,49 @@ class RichReporter(PlainReporter):
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
+        from rich.table import Column
 
         self.console = console if console is not None else Console(stderr=True)
         super().__init__(quiet=quiet, verbose=verbose)
+        right = {"table_column": Column(justify="right", no_wrap=True)}  # numbers line up from row to row
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
+            TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)),
             BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            MofNCompleteColumn(**right),
+            TextColumn("{task.fields[rate]}", **right),
+            TimeElapsedColumn(**right),
+            TimeRemainingColumn(**right),
+            TextColumn("{task.fields[note]}", table_column=Column(no_wrap=True)),
             console=self.console,
             transient=True,
         )
         self._images = self._tiles = None
         self._tiles_n = 0
+        self._to_do = 0
+        self._tiles_known = 0  # tiles of the images tiled so far
+        self._images_known = 0  # images tiled (or failed before tiling): the tiles' total is known once all are
 
     def start(self, total: int, to_do: int, tiles: int) -> None:
         self.progress.start()
-        self._images = self.progress.add_task("images", total=to_do, rate="")
-        self._tiles = self.progress.add_task("tiles", total=tiles or None, rate="")
+        self._to_do = to_do
+        self._tiles_known = tiles
+        self._images = self.progress.add_task("images", total=to_do, rate="", note="")
+        # the total grows as images are read: unknown (shown as "?", the bar pulsing) until every image is tiled
+        self._tiles = self.progress.add_task("tiles", total=None, rate="", note="")
+
+    def _tiles_total(self) -> None:
+        if self._tiles is not None and self._images_known >= self._to_do:
+            self.progress.update(self._tiles, total=self._tiles_known)
 
     def tiles_planned(self, n: int) -> None:
-        if self._tiles is not None and n > 0:
-            total = self.progress.tasks[self._tiles].total or 0
-            self.progress.update(self._tiles, total=total + n)
+        if self._tiles is not None:  # one call per image tiled (0 tiles: an image that needs none)
+            self._tiles_known += n
+            self._images_known += 1
+            self._tiles_total()
+
+    def stage(self, text: str) -> None:
+        if self._images is not None:
+            self.progress.update(self._images, note=text)
 
     def tiles_done(self, n: int) -> None:
         if self._tiles is not None:
@@ -301,7 +363,10 @@ class RichReporter(PlainReporter):
                 for line in _detail_lines(o):
                     self.console.print(_clean(line), markup=False, highlight=False)
         if self._images is not None and o.status != "skipped":
-            self.progress.update(self._images, advance=1)
+            self.progress.update(self._images, advance=1, note="")
+            if o.status == "failed" and not o.tiles:  # failed before it was tiled: it adds no tiles
+                self._images_known += 1
+                self._tiles_total()
 
     def warning(self, text: str) -> None:
         from rich.markup import escape

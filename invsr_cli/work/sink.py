@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from invsr_cli.base.errors import DiskFullError, InvSRError, reason_of
-from invsr_cli.work.report import Outcome
+from invsr_cli.base.errors import DiskFullError, InvSRError, describe_exception, reason_of
+from invsr_cli.work.report import Outcome, failed
 
 if TYPE_CHECKING:  # pragma: no cover
     from invsr_cli.work.process import PreparedImage
@@ -22,14 +22,9 @@ if TYPE_CHECKING:  # pragma: no cover
 # write(image, rgb, models) -> (width, height): writes one finished image (models: the engine's weights' identity)
 Writer = Callable[["PreparedImage", Any, "dict[str, Any] | None"], tuple[int, int]]
 
-__all__ = ["ImageSink", "WRITERS", "Writer", "output_problem", "write_output", "failure"]
+__all__ = ["ImageSink", "WRITERS", "Writer", "output_problem", "write_output"]
 
 WRITERS = 2  # background writer threads; at most 2 * WRITERS finished images wait in memory
-
-
-def failure(img_or_task: Any, reason: str) -> Outcome:
-    job = img_or_task.job
-    return Outcome(str(job.input), str(job.output), "failed", reason=reason)
 
 
 def output_problem(torch: Any, hr: Any, lr_rgb: Any) -> str | None:
@@ -70,7 +65,8 @@ def write_output(img: PreparedImage, rgb: Any, models: dict[str, Any] | None = N
     if size != (w, h):
         rgb = resize_rgb(rgb, size)
     alpha = upscale_alpha(img.loaded.alpha, size) if img.loaded.alpha is not None else None
-    record = provenance_record(s.to_dict(), models=models) if s.provenance else None
+    passes = img.size.passes if img.size is not None else None
+    record = provenance_record(s.to_dict(), models=models, passes=passes) if s.provenance else None
     write_image(job.output, rgb, alpha=alpha, source=img.loaded, format=job.format, quality=s.quality,
                 provenance=record, strip_metadata=s.strip_metadata, lossless=s.lossless)
     return size
@@ -123,7 +119,7 @@ class ImageSink:
         for f, done in enumerate(img.results):
             problem = None if done is not None else self.frame_result(img, f)
             if problem:
-                yield failure(img, problem if len(img.results) == 1 else f"frame {f + 1}: {problem}")
+                yield failed(img, problem if len(img.results) == 1 else f"frame {f + 1}: {problem}")
                 return
         rgb = img.results[0] if not hasattr(img.loaded, "frames") else list(img.results)
         img.lr = None  # free the host buffers now, not when the write ends
@@ -157,9 +153,9 @@ class ImageSink:
             (w, h), write_seconds = fut.result()
         except DiskFullError as e:
             self.stopped = f"disk full or I/O error writing {job.output}"
-            return failure(img, reason_of(e, job))
+            return failed(img, reason_of(e, job))
         except InvSRError as e:
-            return failure(img, reason_of(e, job))
+            return failed(img, reason_of(e, job))
         except Exception as e:  # an encoder bug on one image must not end the batch
-            return failure(img, f"cannot write: {type(e).__name__}: {e}")
+            return failed(img, f"cannot write: {describe_exception(e)}")
         return img.outcome(w, h, write_seconds, self.models)

@@ -19,7 +19,7 @@ from invsr_cli.settings.settings import Settings, SettingsPolicy
 from invsr_cli.work.process import ImageTask
 from invsr_cli.work.report import Outcome, Reporter
 
-__all__ = ["Executor", "LocalExecutor", "RunContext"]
+__all__ = ["Executor", "LocalExecutor", "RunContext", "load_engine", "engine_line", "models_line", "verbose_timer"]
 
 
 @dataclass
@@ -63,9 +63,12 @@ class LocalExecutor:
         if self.engine is None:
             s = policy.settings
             with ctx.loading():  # a stop signal from the announcement on abandons the load
-                ctx.reporter.info(f"loading the models: {s.sd_model}, "
-                                  f"noise predictor {s.noise_predictor or 'default'}")
-                self.engine = self.loader(s)
+                ctx.reporter.info(f"loading the models: {models_line(s)}")
+                ctx.reporter.stage("loading the models")
+                try:
+                    self.engine = self.loader(s)
+                finally:
+                    ctx.reporter.stage("reading images")
 
     def run(self, tasks: Sequence[ImageTask], policy: SettingsPolicy, ctx: RunContext) -> Iterator[Outcome]:
         from invsr_cli.work.process import process_images
@@ -74,15 +77,9 @@ class LocalExecutor:
             return
         reporter = ctx.reporter
         self.load(policy, ctx)
-        timer = None
-        if getattr(reporter, "verbose", False):
-            from invsr_cli.engine.timing import StageTimer
-
-            timer = StageTimer(self.engine.device)
-            timer.attach(self.engine)
-            if not self._announced:  # once per engine, however many runs it serves (`invsr watch`)
-                self._announced = True
-                reporter.info(engine_line(self.engine, policy))
+        # -v: stage seconds; the engine line once per engine, however many runs it serves (`invsr watch`)
+        timer = verbose_timer(self.engine, policy, reporter, announce=not self._announced)
+        self._announced = self._announced or timer is not None
         processing = process_images(tasks, policy, self.engine, reporter=reporter, should_stop=ctx.should_stop,
                                     timer=timer, finish_in_flight=ctx.finish_in_flight)
         try:
@@ -93,6 +90,26 @@ class LocalExecutor:
         self.stopped = processing.stopped
 
 
+def models_line(settings: Settings) -> str:
+    """The weights a run loads, for its announcement (every executor's)."""
+    return f"{settings.sd_model}, noise predictor {settings.noise_predictor or 'default'}"
+
+
+def verbose_timer(engine: Any, policy: SettingsPolicy, reporter: Reporter, *, announce: bool = True) -> Any:
+    """The -v set-up every executor's worker loop makes: with a verbose reporter, a
+    :class:`~invsr_cli.engine.timing.StageTimer` attached to ``engine`` (per-image stage seconds) and, when
+    ``announce``, the engine line (:func:`engine_line`) said; None without -v."""
+    if not getattr(reporter, "verbose", False):
+        return None
+    from invsr_cli.engine.timing import StageTimer
+
+    timer = StageTimer(engine.device)
+    timer.attach(engine)
+    if announce:
+        reporter.info(engine_line(engine, policy))
+    return timer
+
+
 def engine_line(engine: Any, policy: SettingsPolicy) -> str:
     """-v, once per engine: where and how it computes, and with which weights."""
     import json
@@ -100,6 +117,8 @@ def engine_line(engine: Any, policy: SettingsPolicy) -> str:
     load = getattr(engine, "load_seconds", None)
     models = getattr(engine, "identity", None) or {"sd_model": policy.settings.sd_model,
                                                    "noise_predictor": policy.settings.noise_predictor}
-    return (f"engine: device {engine.device}, dtype {getattr(engine, 'dtype', policy.settings.dtype)}, "
+    from invsr_cli.engine.devices import dtype_name
+
+    return (f"engine: device {engine.device}, dtype {dtype_name(getattr(engine, 'dtype', policy.settings.dtype))}, "
             f"load {f'{load:.1f} s' if load is not None else 'n/a (given loaded)'}; "
             f"models {json.dumps(models, sort_keys=True, default=str)}")

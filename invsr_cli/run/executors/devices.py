@@ -28,35 +28,28 @@ How it runs
   A worker whose parent is gone stops at the next batch.
 * A full disk on any worker stops the run; every image not done gets a failed outcome "not attempted: ...".
 
-Test hook
----------
-``INVSR_TEST_WORKER_EXIT_ON=NAME`` (read only in a worker): the worker calls ``os._exit(1)`` when the output of
-the input file named ``NAME`` is about to be written, i.e. mid-image, as a crash would. With
-``INVSR_TEST_WORKER_EXIT_ONCE=PATH`` as well, only the worker that creates the file ``PATH`` exits (the retry then
-succeeds). For tests only; never set it otherwise.
+The worker process is :mod:`invsr_cli.run.executors.devices_worker`. Tests inject faults by passing a ``loader``
+(an engine that raises) or a ``write`` (a worker that dies mid-image), both picklable, never by environment.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from invsr_cli.base.errors import ConfigError
-from invsr_cli.run.executors import RunContext, load_engine
+from invsr_cli.run.executors import RunContext, load_engine, models_line
 from invsr_cli.settings.settings import Settings, SettingsPolicy
 from invsr_cli.work.process import ImageTask
-from invsr_cli.work.report import Outcome
+from invsr_cli.work.report import Outcome, failed, not_attempted
+from invsr_cli.work.sink import Writer
 
 __all__ = ["DevicesExecutor", "parse_devices", "cuda_device_count"]
 
-EXIT_ON_ENV = "INVSR_TEST_WORKER_EXIT_ON"
-EXIT_ONCE_ENV = "INVSR_TEST_WORKER_EXIT_ONCE"
 POLL_SECONDS = 0.2  # how often the parent looks at the stop signal while it waits for workers
-PROGRESS_SECONDS = 0.25  # a worker sends its tile counts at most this often (and with each outcome)
 DEATHS_BEFORE_FAILED = 2  # an image held by this many dying workers is marked failed
 MAX_RESTARTS = 2  # a slot whose worker died this many times is not restarted again (a broken device)
 
@@ -79,14 +72,18 @@ def parse_devices(text: str, count_cuda: Callable[[], int] = cuda_device_count) 
             raise ConfigError("`devices` all: no CUDA device is visible (check CUDA_VISIBLE_DEVICES and the driver); "
                               "name the devices, e.g. --devices cpu,cpu")
         return [f"cuda:{i}" for i in range(n)]
+    from invsr_cli.engine.devices import parse_device
+
     out = []
     for entry in (e.strip() for e in text.split(",")):
-        base, _, num = entry.partition(":")
-        if entry in ("cpu", "mps", "cuda") or (base == "cuda" and num.isdigit()):
-            out.append("cuda:0" if entry == "cuda" else entry)
-        else:
+        try:
+            device = parse_device(entry)
+        except ValueError:
+            device = "auto"  # refused just below, with this list's own message
+        if device == "auto":
             raise ConfigError(f"`devices` entries must be cpu, mps, cuda or cuda:N (or the whole list `all`), got "
                               f"{entry!r} in {text!r}")
+        out.append("cuda:0" if device == "cuda" else device)
     return out
 
 
@@ -116,15 +113,18 @@ class DevicesExecutor:
 
     ``loader(settings)`` loads a worker's engine (``settings.device`` is the worker's); it must be picklable (a
     module-level function). ``threads``: torch threads per CPU worker (default: the cores split between them).
+    ``write``: the workers' writer (picklable; default :func:`invsr_cli.work.sink.write_output`), for tests that
+    make a worker die mid-image.
     """
 
     def __init__(self, devices: Sequence[str], *, loader: Callable[[Settings], Any] = load_engine,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, write: Writer | None = None) -> None:
         if not devices:
             raise ConfigError("`devices` needs at least one device")
         self.devices = list(devices)
         self.loader = loader
         self.threads = threads
+        self.write = write
         self.stopped: str | None = None
         # What the workers spent on messages (and on restarting process_images) rather than computing, summed
         # over the workers, and the images they finished: the executor's own cost per image.
@@ -171,8 +171,7 @@ class _Run:
         verbose = bool(getattr(self.reporter, "verbose", False))
         names = ", ".join(self.ex.devices)
         self.reporter.info(f"starting {len(self.ex.devices)} worker(s): {names}; loading the models in each: "
-                           f"{self.policy.settings.sd_model}, noise predictor "
-                           f"{self.policy.settings.noise_predictor or 'default'}")
+                           f"{models_line(self.policy.settings)}")
         try:
             self.spawn, self.verbose = spawn, verbose
             for wid, device in enumerate(self.ex.devices):
@@ -195,16 +194,18 @@ class _Run:
                 self.reporter.info(f"workers' messaging cost: {1000 * cost['worker_seconds'] / cost['images']:.2f} ms "
                                    "per image")
             if self.ex.stopped is not None:
-                yield from self._not_attempted(f"not attempted: {self.ex.stopped}")
+                yield from self._not_attempted(self.ex.stopped)
         finally:
             self._shutdown()
 
     def _start(self, wid: int, device: str, restarts: int = 0) -> None:
+        from invsr_cli.run.executors.devices_worker import worker_main
+
         parent_end, child_end = self.spawn.Pipe()
         proc = self.spawn.Process(
-            target=_worker_main, name=f"invsr-worker-{wid}-{device}", daemon=True,
+            target=worker_main, name=f"invsr-worker-{wid}-{device}", daemon=True,
             args=(wid, device, self.ex._threads(device), self.policy, self.ex.loader, child_end, self.flag,
-                  self.verbose))
+                  self.verbose, self.ex.write))
         proc.start()
         child_end.close()
         self.workers.append(_Worker(wid, device, proc, parent_end, restarts=restarts))
@@ -350,7 +351,7 @@ class _Run:
             item.deaths.append(f"{w.device} (exit {code})")
             if len(item.deaths) >= DEATHS_BEFORE_FAILED:
                 self.unresolved -= 1
-                yield _failed(item, f"worker died twice holding it: on {' and on '.join(item.deaths)}")
+                yield failed(item.task, f"worker died twice holding it: on {' and on '.join(item.deaths)}")
             else:
                 self.retries.append(item)
         self._wake_waiting()
@@ -359,7 +360,7 @@ class _Run:
     def _nobody_left(self) -> Iterator[Outcome]:
         if self.unresolved and self.ex.stopped is None:
             self.reporter.warning("no worker is left; the images not done are failed")
-            yield from self._not_attempted("not attempted: no worker left (every worker died)")
+            yield from self._not_attempted("no worker left (every worker died)")
 
     def _not_attempted(self, why: str) -> Iterator[Outcome]:
         items = [*self.retries, *self.queue] + [i for w in self.workers for i in w.held.values()]
@@ -369,12 +370,7 @@ class _Run:
             w.held.clear()
         for item in sorted(items, key=lambda i: i.task.index):
             self.unresolved -= 1
-            yield _failed(item, why)
-
-
-def _failed(item: _Item, reason: str) -> Outcome:
-    job = item.task.job
-    return Outcome(str(job.input), str(job.output), "failed", reason=reason)
+            yield not_attempted(item.task, why)
 
 
 def _largest_first(tasks: Sequence[ImageTask], max_pixels: int | None) -> list[_Item]:
@@ -390,211 +386,3 @@ def _largest_first(tasks: Sequence[ImageTask], max_pixels: int | None) -> list[_
         items.append(_Item(task, size))
     items.sort(key=lambda i: (-i.size, i.task.index))
     return items
-
-
-# -- the worker process ------------------------------------------------------------------------------------------
-
-
-class _PipeReporter:
-    """Sends a worker's progress and warnings to the parent's reporter. Tile counts are gathered and go with the
-    next outcome, or every ``PROGRESS_SECONDS``: a message per batch would cost more than the batch on a small
-    model (each one wakes the parent)."""
-
-    def __init__(self, conn: Any, verbose: bool) -> None:
-        self.conn = conn
-        self.verbose = verbose
-        self.planned = self.done = 0
-        self.last = time.monotonic()
-
-    def tiles_planned(self, n: int) -> None:
-        self.planned += n
-        self._maybe_flush()
-
-    def tiles_done(self, n: int) -> None:
-        self.done += n
-        self._maybe_flush()
-
-    def take(self) -> tuple[int, int]:
-        counts = (self.planned, self.done)
-        self.planned = self.done = 0
-        self.last = time.monotonic()
-        return counts
-
-    def _maybe_flush(self) -> None:
-        if time.monotonic() - self.last >= PROGRESS_SECONDS:
-            self.conn.send(("tiles", *self.take()))
-
-    def warning(self, text: str) -> None:
-        self.conn.send(("warning", text))
-
-    def info(self, text: str) -> None:
-        if self.verbose:
-            self.conn.send(("info", text))
-
-    def __getattr__(self, name: str) -> Any:  # the other Reporter callbacks: nothing to send
-        return lambda *a, **k: None
-
-
-def _worker_main(wid: int, device: str, threads: int, policy: SettingsPolicy, loader: Callable[[Settings], Any],
-                 conn: Any, flag: Any, verbose: bool) -> None:
-    import multiprocessing as mp
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    parent = mp.parent_process()
-
-    def should_stop() -> bool:
-        return bool(flag.value) or (parent is not None and not parent.is_alive())
-
-    try:
-        import torch
-
-        torch.set_num_threads(threads)
-        try:
-            engine = loader(replace(policy.settings, device=device))
-        except BaseException as e:  # noqa: BLE001 - sent to the parent, which raises it
-            conn.send(("load_failed", _picklable(e)))
-            return
-        if should_stop():
-            conn.send(("bye",))
-            return
-        conn.send(("ready",))
-        _serve(engine, policy, conn, should_stop, _PipeReporter(conn, verbose), verbose)
-        conn.send(("bye",))
-    except (BrokenPipeError, EOFError, ConnectionResetError):
-        pass  # the parent is gone
-    finally:
-        conn.close()
-
-
-def _serve(engine: Any, policy: SettingsPolicy, conn: Any, should_stop: Callable[[], bool], reporter: Any,
-           verbose: bool) -> None:
-    """Pull images and process them until the parent says end (or stop)."""
-    from invsr_cli.run.executors import engine_line
-    from invsr_cli.work.process import process_images
-
-    timer = None
-    if verbose:
-        from invsr_cli.engine.timing import StageTimer
-
-        timer = StageTimer(engine.device)
-        timer.attach(engine)
-        reporter.info(engine_line(engine, policy))
-    write = _test_hook_write()
-    timed = _TimedConn(conn)
-    reporter.conn = timed
-    try:
-        while not should_stop():
-            conn.send(("want", True))  # idle until the parent has work: not counted as overhead
-            msg = conn.recv()
-            if msg[0] != "task":
-                return
-            feed = _Feed(timed, msg[1], msg[2], should_stop)
-            start = time.perf_counter()
-            processing = feed.processing = process_images(feed, policy, engine, reporter=reporter,
-                                                          should_stop=should_stop, write=write, timer=timer)
-            timed.seconds += time.perf_counter() - start
-            for outcome in processing:
-                timed.send(("outcome", feed.index_of(outcome), outcome, *reporter.take()))
-                timed.images += 1
-            if processing.stopped is not None:
-                conn.send(("stopped", processing.stopped))
-                return
-            if feed.ended:
-                return
-    finally:
-        conn.send(("cost", timed.seconds, timed.images))
-
-
-class _TimedConn:
-    """The worker's end of its pipe, counting the seconds its messages keep it from computing: what this
-    executor costs per image beyond :func:`process_images` itself (reported to the parent, see
-    :attr:`DevicesExecutor.cost`)."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.seconds = 0.0
-        self.images = 0
-
-    def send(self, msg: tuple) -> None:
-        start = time.perf_counter()
-        self.conn.send(msg)
-        self.seconds += time.perf_counter() - start
-
-    def recv(self) -> Any:
-        start = time.perf_counter()
-        try:
-            return self.conn.recv()
-        finally:
-            self.seconds += time.perf_counter() - start
-
-
-class _Feed:
-    """The images one ``process_images`` call takes: the first handed over, then one more each time it wants
-    one, until the parent has none now (``none``: finish these, then ask again) or no more (``end``). A retried
-    image (``solo``) is processed alone."""
-
-    def __init__(self, conn: Any, first: ImageTask, solo: bool, should_stop: Callable[[], bool]) -> None:
-        self.conn = conn
-        self.first = first
-        self.solo = solo
-        self.should_stop = should_stop
-        self.ended = False
-        self.held: dict[tuple[str, str], list[int]] = {}
-        self.processing: Any = None  # set once made: a full disk there stops the asking too
-
-    def __iter__(self) -> Iterator[ImageTask]:
-        task = self.first
-        while True:
-            self.held.setdefault((str(task.job.input), str(task.job.output)), []).append(task.index)
-            # Ask for the next image before handing this one over, so the reply comes while this one is read and
-            # computed, and the engine never waits on a round trip to the parent.
-            asked = not self.solo and not self.should_stop() and getattr(self.processing, "stopped", None) is None
-            if asked:
-                self.conn.send(("want", False))
-            yield task
-            if not asked:
-                return
-            reply = self.conn.recv()
-            if reply[0] != "task":
-                self.ended = reply[0] == "end"
-                return
-            task = reply[1]
-
-    def index_of(self, outcome: Outcome) -> int:
-        indices = self.held.get((outcome.input, outcome.output))
-        return indices.pop(0) if indices else -1
-
-
-def _test_hook_write() -> Callable[..., tuple[int, int]]:
-    """The sink's writer, with the test hook of the module docstring when its variable is set."""
-    from invsr_cli.work.sink import write_output
-
-    name = os.environ.get(EXIT_ON_ENV)
-    if not name:
-        return write_output
-    once = os.environ.get(EXIT_ONCE_ENV)
-
-    def write(img: Any, rgb: Any, *rest: Any) -> tuple[int, int]:
-        if img.job.input.name == name:
-            if not once:
-                os._exit(1)
-            try:
-                os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                os._exit(1)
-            except FileExistsError:
-                pass
-        return write_output(img, rgb, *rest)
-
-    return write
-
-
-def _picklable(e: BaseException) -> BaseException:
-    import pickle
-
-    try:
-        pickle.loads(pickle.dumps(e))
-        return e
-    except Exception:
-        return RuntimeError(f"{type(e).__name__}: {e}")

@@ -32,15 +32,15 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from invsr_cli.base.atomic import remove_temps_of
 from invsr_cli.base.errors import ConfigError, InvSRError
-from invsr_cli.settings.settings import Settings, SettingsPolicy
+from invsr_cli.settings.settings import SettingsPolicy
 from invsr_cli.work.process import ImageTask
-from invsr_cli.work.report import Outcome, Reporter
+from invsr_cli.work.report import Outcome, Reporter, not_attempted
 
 __all__ = ["RayExecutor", "RayWorker", "RayRunError", "require_ray", "INSTALL_HINT", "LOCAL_OBJECT_STORE",
            "BATCH_IMAGES", "outcome_from_row"]
@@ -115,7 +115,6 @@ class RayWorker:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         from invsr_cli.work.job import Job
-        from invsr_cli.work.sink import failure
 
         tasks = [
             ImageTask(Job(Path(str(i)), Path(str(o)), PurePosixPath(str(r)), str(f), str(s)), int(x))
@@ -129,12 +128,8 @@ class RayWorker:
         rows: dict[str, list[Any]] = {k: [] for k in ("input", "output", "status", "record", "worker", "warnings",
                                                        "stopped", "call_seconds")}
         for n, task in enumerate(tasks):
-            o = got.get(str(task.job.output)) or failure(task, f"not attempted: {stopped}")  # after a full disk
-            rec = o.to_dict()
-            if o.settings is not None:
-                rec["settings"] = o.settings.to_dict()
-            if o.models is not None:
-                rec["models"] = o.models  # the weights this worker's engine really loaded, for the manifest
+            o = got.get(str(task.job.output)) or not_attempted(task, stopped)  # after a full disk
+            rec = o.to_record()  # with the weights this worker's engine really loaded, for the manifest
             rows["input"].append(o.input)
             rows["output"].append(o.output)
             rows["status"].append(o.status)
@@ -146,26 +141,12 @@ class RayWorker:
         return rows
 
     def _process(self, tasks: list[ImageTask], reporter: Reporter) -> tuple[dict[str, Outcome], str | None]:
-        """Every task's outcome. An error process_images does not turn into a failed outcome itself (a library bug
-        on one hostile file) is pinned on its image by running the batch's remaining images one at a time."""
+        """Every task's outcome, by output. An unexpected error on one image is that image's failed outcome
+        (process_images makes it, as for every executor); a full disk leaves the rest without one."""
         from invsr_cli.work.process import process_images
-        from invsr_cli.work.sink import failure
 
-        got: dict[str, Outcome] = {}
         processing = process_images(tasks, self.policy, self.engine, reporter=reporter)
-        try:
-            for o in processing:
-                got[o.output] = o
-        except Exception as e:
-            rest = [t for t in tasks if str(t.job.output) not in got]
-            if len(tasks) == 1:
-                got[str(tasks[0].job.output)] = failure(tasks[0], f"{type(e).__name__}: {e}")
-            else:
-                for t in rest:
-                    one, stopped = self._process([t], reporter)
-                    got.update(one)
-                    if stopped:
-                        return got, stopped
+        got = {o.output: o for o in processing}
         return got, processing.stopped
 
 
@@ -179,23 +160,10 @@ class _Collect(Reporter):
         self.warnings.append(text)
 
 
-_SETTINGS_FIELDS = tuple(f.name for f in fields(Settings))
-_OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome) if f.name not in ("settings", "models"))
-
-
 def outcome_from_row(row: dict[str, Any]) -> Outcome:
-    """The :class:`Outcome` a status row carries (with the :class:`Settings` and the models it was made with)."""
-    rec = json.loads(row["record"])
-    kw = {k: rec[k] for k in _OUTCOME_FIELDS if k in rec}
-    kw["models"] = rec.get("models")
-    kw["timesteps"] = tuple(kw.get("timesteps", ()))
-    kw["batch_sizes"] = tuple(kw.get("batch_sizes", ()))
-    s = rec.get("settings")
-    if s is not None:
-        s = {k: s[k] for k in _SETTINGS_FIELDS}
-        s["timesteps"] = tuple(s["timesteps"])
-        kw["settings"] = Settings(**s)
-    return Outcome(**kw)
+    """The :class:`Outcome` a status row carries (with the :class:`Settings` and the models it was made with):
+    its record is :meth:`Outcome.to_record`, as in the manifest."""
+    return Outcome.from_record(json.loads(row["record"]))
 
 
 class RayExecutor:
@@ -377,11 +345,9 @@ class RayExecutor:
             if close is not None:
                 close()
         if self.stopped is not None:  # a full disk: as a local run, every image not finished is not attempted
-            from invsr_cli.work.sink import failure
-
             for t in tasks:
                 if str(t.job.output) not in seen:
-                    yield failure(t, f"not attempted: {self.stopped}")
+                    yield not_attempted(t, self.stopped)
 
     def _count(self, worker: str, o: Outcome, reporter: Reporter) -> None:
         if worker not in self.workers_seen:
