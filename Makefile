@@ -10,8 +10,8 @@ install:
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q "torch==2.13.0"
-	# formats: the HEIC and JPEG XL plugins; ray: Ray Data for --ray. The tests exercise both.
-	$(BIN)/pip install -q -e ".[dev,formats,ray]"
+	# formats: the HEIC and JPEG XL plugins; ray: Ray Data for --ray; video: PyAV. The tests exercise all three.
+	$(BIN)/pip install -q -e ".[dev,formats,ray,video]"
 
 test:
 	$(BIN)/python -m pytest -q

@@ -191,7 +191,7 @@ def test_eval_cli_table_json_csv_and_auto_agreement(tiny_models, photos: Path, t
               "--noise-predictor", tiny_models.noise_predictor_path, "--device", "cpu", "--dtype", "fp32",
               "--tile", "32", "--overlap", "8"]
     env = {"TORCH_HOME": str(_lpips_home(tmp_path / "torch"))}
-    p = run([*common, "--csv", tmp_path / "t.csv"], env=env)
+    p = run([*common, "--csv", tmp_path / "t.csv"], env=env, timeout=900)  # 9 tiny runs; a shared CPU is slow
     out = text(p)
     assert p.returncode == 1, out  # bad.png failed, the rest scored
     table = [line.split() for line in p.stdout.decode().splitlines()]
@@ -202,7 +202,7 @@ def test_eval_cli_table_json_csv_and_auto_agreement(tiny_models, photos: Path, t
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["image", "config", "preset", "psnr", "ssim", "lpips", "seconds"] and len(rows) == 6
     assert all(math.isfinite(float(r["psnr"])) and float(r["lpips"]) > 0 for r in rows)
-    p2 = run([*common, "--json"], env=env)
+    p2 = run([*common, "--json"], env=env, timeout=900)
     doc = json.loads(p2.stdout)
     assert p2.returncode == 1 and doc["model_loads"] == 1 and doc["images_evaluated"] == 2 and doc["lpips"] == "ok"
     assert [c["config"] for c in doc["configs"]] == ["auto", "default", "fidelity"]

@@ -18,13 +18,13 @@ from __future__ import annotations
 import errno
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from invsr_cli.base.errors import DiskFullError, OutputError, describe_exception
 from invsr_cli.base.paths import display_path
 
-__all__ = ["TEMP_SUFFIX", "atomic_write_bytes", "cleanup_stale_temps", "remove_temps_of"]
+__all__ = ["TEMP_SUFFIX", "atomic_write_bytes", "atomic_write_with", "cleanup_stale_temps", "remove_temps_of"]
 
 TEMP_SUFFIX = ".invsr-tmp"
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EIO} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
@@ -63,6 +63,29 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _prepare_folder(path: Path) -> Path:
+    """Refuse a folder as the destination and create the destination's parent folders."""
+    if path.is_dir():
+        raise OutputError(f"{display_path(path)}: cannot write: the output path is an existing folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _classify_os_error(path, exc, "create the folder") from exc
+    return path
+
+
+def _discard(tmp: Path, path: Path, exc: BaseException, step: str) -> None:
+    """After a failed ``step``: remove the temporary file (unless it is already renamed into place) and raise an
+    OSError as the :class:`OutputError` naming ``path``; the caller re-raises anything else."""
+    if step != "sync the folder of":
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+    if isinstance(exc, OSError):
+        raise _classify_os_error(path, exc, step) from exc
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> int:
     """Write ``data`` to ``path`` atomically: a temporary file in the same folder (``.NAME.XXXXXXXX.invsr-tmp``),
     written, flushed and fsynced, then renamed over ``path``; the folder is fsynced after the rename. Parent folders
@@ -71,13 +94,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> int:
     Returns the number of bytes written. Raises :class:`DiskFullError` (ENOSPC, EIO, EDQUOT) or
     :class:`OutputError`.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{display_path(path)}: cannot write: the output path is an existing folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _classify_os_error(path, exc, "create the folder") from exc
+    path = _prepare_folder(Path(path))
     fd = -1
     for _ in range(100):
         tmp = _temp_name(path)
@@ -105,15 +122,33 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> int:
     except BaseException as exc:
         if fd >= 0:
             os.close(fd)
-        if step != "sync the folder of":
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        if isinstance(exc, OSError):
-            raise _classify_os_error(path, exc, step) from exc
+        _discard(tmp, path, exc, step)
         raise
     return len(data)
+
+
+def atomic_write_with(path: str | os.PathLike[str], write: Callable[[Path], object]) -> None:
+    """Like :func:`atomic_write_bytes` for a writer that needs a file name (a muxer): ``write(tmp)`` writes the
+    hidden temporary file ``tmp`` in ``path``'s folder, which is then fsynced and renamed over ``path``. On any
+    failure the temporary file is removed and nothing appears under ``path``."""
+    path = _prepare_folder(Path(path))
+    tmp = _temp_name(path)
+    step = "write"
+    try:
+        write(tmp)
+        step = "sync"
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        step = "rename"
+        os.replace(tmp, path)
+        step = "sync the folder of"
+        _fsync_dir(path.parent)
+    except BaseException as exc:
+        _discard(tmp, path, exc, step)
+        raise
 
 
 def cleanup_stale_temps(out_dir: str | os.PathLike[str]) -> int:

@@ -16,6 +16,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "InputError",
     "ImageReadError",
+    "VideoReadError",
     "OutputError",
     "DiskFullError",
     "InvalidOutputError",
@@ -62,6 +63,11 @@ class InputError(InvSRError, ValueError):
 
 class ImageReadError(InputError):
     """An image file cannot be used; ``str(err)`` is a one-line reason naming the file."""
+
+
+class VideoReadError(ImageReadError):
+    """A video file cannot be used (unreadable, corrupt or truncated, a codec the bundled FFmpeg lacks, PyAV
+    missing); ``str(err)`` names the file and, where decoding failed, the time and the frame."""
 
 
 class OutputError(InvSRError):

@@ -195,7 +195,12 @@ def register(app: typer.Typer, read_stdin: Callable[[bool], list[str]]) -> None:
             return source_pairs(paths, profile=profile, size=size, seed=seed, recursive=recursive,
                                 stdin_paths=stdin_paths)
 
-        lpips_model, note = (None, "--no-lpips") if no_lpips else lpips_or_reason()
+        if no_lpips:
+            lpips_model, note = None, "--no-lpips"
+        else:
+            from invsr_cli.engine.devices import resolve_device
+
+            lpips_model, note = lpips_or_reason(resolve_device(device or "auto"))
 
         def load(np_spec: str | None) -> Any:
             from invsr_cli.engine import DEFAULT_SD_MODEL

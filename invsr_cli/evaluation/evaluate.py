@@ -202,8 +202,10 @@ def _to8(rgb: Any) -> np.ndarray:
 def _lpips_score(model: Any, out8: np.ndarray, hr8: np.ndarray) -> float:
     import torch
 
+    device = next(model.parameters()).device  # the engine's device: VGG16 on a CPU takes seconds per image
+
     def t(a: np.ndarray) -> Any:
-        return torch.from_numpy(a.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+        return torch.from_numpy(a.astype(np.float32) / 255.0).permute(2, 0, 1)[None].to(device)
 
     with torch.no_grad():
         return float(model(t(out8), t(hr8))[0])

@@ -87,11 +87,6 @@ class TilePlan:
         """(H, W) of the padded HR canvas."""
         return self.padded_height * self.scale, self.padded_width * self.scale
 
-    @property
-    def hr_shape(self) -> tuple[int, int]:
-        """(H, W) of the final, un-padded HR result."""
-        return self.lr_height * self.scale, self.lr_width * self.scale
-
     def lr_slices(self, index: int) -> tuple[slice, slice]:
         """(rows, cols) of tile ``index`` in the padded LR image."""
         y0, x0 = self.tiles[index]

@@ -98,14 +98,12 @@ class FoundInput:
 class Expansion:
     inputs: list[FoundInput] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)  # (input spec, reason)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # silently skipped (inside OUTPUT_DIR)
 
 
 @dataclass
 class DiscoveryResult:
     jobs: list[Job] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)  # (input spec, reason)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # silently skipped (inside OUTPUT_DIR)
 
 
 def _is_image_name(name: str) -> bool:
@@ -224,10 +222,8 @@ class _Expansion:
         input is an error, others (walks, globs, stdin lists) are skipped silently."""
         real = os.path.realpath(path)
         if self.walker.inside_output(real):
-            if explicit:
+            if explicit:  # (others: skipped silently)
                 self.result.errors.append((spec, f"{display_path(path)}: is inside OUTPUT_DIR, not an input"))
-            else:
-                self.result.skipped.append((spec, f"{display_path(path)}: inside OUTPUT_DIR"))
             return False
         if real not in self.seen:  # a duplicate counts as found
             self.seen.add(real)
@@ -420,4 +416,4 @@ def discover(
         if fold_case is None:
             fold_case = len(jobs) > 1 and case_insensitive(output_dir)
         _check_collisions(jobs, fold_case=fold_case)
-    return DiscoveryResult(jobs, found.errors + errors, found.skipped)
+    return DiscoveryResult(jobs, found.errors + errors)

@@ -4,19 +4,18 @@ Pure numpy + OpenCV: no torch, no model, no file I/O. It measures the LOW-RESOLU
 be upscaled and says which shipped preset suits it. docs/AUTO_PRESET.md explains the estimates, their units,
 the thresholds and how to tune them.
 
-API::
+API: ``analyse_image(rgb) -> Degradation`` (``rgb``: HxWx3 float32/float64 in [0, 1], or uint8 / uint16). The rules
+that turn a :class:`Degradation` into a preset are :mod:`invsr_cli.settings.auto_rules`'s
+(``load_default_auto_rules``, ``parse_auto_rules``, ``choose``, ``choose_preset``)::
 
-    analyse_image(rgb) -> Degradation          # rgb: HxWx3 float32/float64 in [0, 1], or uint8 / uint16
-    load_default_auto_rules() -> AutoRules     # the shipped invsr_cli/presets/auto.yaml
-    parse_auto_rules(mapping, source) -> AutoRules   # a preset file's mapping (or its ``auto`` section)
-    choose(deg, rules) -> Choice               # Choice(preset, rule_index, reason)
-    choose_preset(deg, rules) -> str           # choose(...).preset
+    from invsr_cli.settings.auto_rules import choose, load_default_auto_rules
 
     deg = analyse_image(rgb)
     choice = choose(deg, load_default_auto_rules())
     log(f"{path}: {choice.preset} ({choice.reason})", deg.as_dict())
 
-Estimates (:class:`Degradation`), all measured on the image as given (no resizing):
+Estimates (:class:`Degradation`), all measured on the image as given (no resizing here; ``invsr upscale`` and
+``invsr analyse`` give it the image as read, after any ``--max-input-side`` reduction):
 
 * ``noise_sigma`` -- standard deviation of additive white noise per colour channel, in 8-bit levels (0..255
   scale; the mean over R, G, B). Immerkaer's 3x3 noise operator; per 8x8 block a robust median of its

@@ -1,17 +1,20 @@
 """Settings: one frozen object, resolved by one pure function.
 
 Precedence: built-in defaults < preset < explicit flags. ``resolve_settings`` is pure (no I/O); presets are
-read from YAML by ``load_preset`` and handed to it. Every error names the key, where the value came from
+read from YAML by :func:`invsr_cli.settings.preset_files.load_preset` and handed to it. Every error names the key, where the value came from
 (the preset file or the command-line flag) and the allowed values.
 
 A preset is a YAML mapping that sets any subset of ``PRESET_KEYS`` plus ``description``. The special
 ``auto`` preset instead carries an ``auto:`` section (rules choosing another preset per image, see
-``invsr_cli.settings.analyse``). Preset files are found and read by ``invsr_cli.presets``.
+:mod:`invsr_cli.settings.auto_rules`; what they measure is :mod:`invsr_cli.settings.analyse`'s). Preset files are
+found and read by :mod:`invsr_cli.settings.preset_files` (the shipped ones are package data in
+``invsr_cli/presets/``).
 
 ``Settings`` is flat: one image's settings, nothing conditional. What varies per image lives in a
 :class:`SettingsPolicy`: :class:`FixedPolicy` gives every image the same ``Settings``; :class:`AutoPolicy` measures an
 image when it is prepared and gives it the resolved ``Settings`` of the preset its rules choose.
-``resolve_policy`` (pure) builds them; ``invsr_cli.presets.load_policy`` reads the preset files first.
+``resolve_policy`` (pure) builds them; :func:`invsr_cli.settings.preset_files.load_policy` reads the preset files
+first.
 """
 
 from __future__ import annotations

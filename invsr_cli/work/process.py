@@ -398,7 +398,12 @@ class Processing:
             return
         old = img.plan.tile
         img.generation += 1
-        img.replan(tile, pin=self.pin)
+        try:
+            img.replan(tile, pin=self.pin)
+        except Exception as e:  # noqa: BLE001 - its tiles are stale now: fail it here or it would never end
+            del self.inflight[img.task.index]
+            yield self._failed_by(img, e)
+            return
         self.reporter.warning(f"out of memory at tile {old} on {img.job.input}: retrying with tile {tile} "
                               f"(overlap {img.plan.overlap})")
         self._enqueue(img)
