@@ -419,6 +419,8 @@ def models_download(
                                                         "short names v5 / v5_diftune.")] = None,
     lpips: Annotated[bool, typer.Option("--lpips", help="Also fetch LPIPS-VGG (VGG16 + v0.1 heads) for invsr eval, "
                                         "into torch's hub cache.")] = False,
+    training: Annotated[bool, typer.Option("--training", help="Also fetch the released discriminator and latent "
+                                           "LPIPS for invsr train.")] = False,
 ) -> None:
     """Pre-fetch the weights into the Hugging Face cache (for offline and cron machines).\n
     Example:  invsr models download   (then run jobs with HF_HUB_OFFLINE=1)"""
@@ -429,6 +431,10 @@ def models_download(
         from invsr_cli.quality.lpips import download_lpips
 
         result["lpips"] = ", ".join(map(str, download_lpips()))
+    if training:
+        from invsr_cli.training.weights import download_training
+
+        result.update(download_training())
     for name, where in result.items():
         typer.echo(f"{name}: {where}")
 
@@ -666,6 +672,9 @@ def doctor(
 from invsr_cli.commands.evaluate import register as _register_eval  # noqa: E402 - `degrade` and `eval`
 
 _register_eval(app, _read_stdin)
+from invsr_cli.commands.train import register as _register_train  # noqa: E402 - `train`
+
+_register_train(app)
 
 
 # -- errors -> exit codes, in one place ---------------------------------------------------------------------------

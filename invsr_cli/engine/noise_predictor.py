@@ -157,7 +157,7 @@ def _strip_prefixes(key: str) -> str:
     return key
 
 
-def load_noise_predictor_state(path: str | Path) -> dict[str, torch.Tensor]:
+def load_noise_predictor_state(path: str | Path, component: str = _COMPONENT) -> dict[str, torch.Tensor]:
     """Read a noise-predictor checkpoint into a flat ``{key: tensor}`` dict, without executing any code.
 
     Accepts ``.pth``/``.pt``/``.ckpt``/``.bin`` (``torch.load(weights_only=True)``) and ``.safetensors``; strips
@@ -166,7 +166,7 @@ def load_noise_predictor_state(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelLoadError(f"{_COMPONENT}: checkpoint {path} does not exist or is not a file")
+        raise ModelLoadError(f"{component}: checkpoint {path} does not exist or is not a file")
     if path.suffix.lower() == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -174,7 +174,7 @@ def load_noise_predictor_state(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             raw: Any = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelLoadError(f"{_COMPONENT}: cannot read safetensors file {path}: {exc}") from exc
+            raise ModelLoadError(f"{component}: cannot read safetensors file {path}: {exc}") from exc
     else:
         try:
             raw = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -182,28 +182,28 @@ def load_noise_predictor_state(path: str | Path) -> dict[str, torch.Tensor]:
             m = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\. Please|\n\n|$)", str(exc), re.S)
             reason = m.group(1).strip() if m else "not a plain state dict"
             raise UnsafeCheckpointError(
-                f"{_COMPONENT}: {path} holds objects other than tensors (e.g. pickled code); refused without "
+                f"{component}: {path} holds objects other than tensors (e.g. pickled code); refused without "
                 f"executing anything: only plain state dicts of tensors are accepted ({reason})"
             ) from exc
         except (RuntimeError, OSError, EOFError, ValueError) as exc:
-            raise ModelLoadError(f"{_COMPONENT}: cannot read checkpoint {path}: {exc}") from exc
+            raise ModelLoadError(f"{component}: cannot read checkpoint {path}: {exc}") from exc
 
     if isinstance(raw, Mapping) and "state_dict" in raw and isinstance(raw["state_dict"], Mapping):
         raw = raw["state_dict"]
     if not isinstance(raw, Mapping):
         raise UnsafeCheckpointError(
-            f"{_COMPONENT}: {path} does not hold a mapping of tensors (got {type(raw).__name__})"
+            f"{component}: {path} does not hold a mapping of tensors (got {type(raw).__name__})"
         )
     state: dict[str, torch.Tensor] = {}
     for key, value in raw.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise UnsafeCheckpointError(
-                f"{_COMPONENT}: {path} is not a mapping of tensors: entry {key!r} is a {type(value).__name__}"
+                f"{component}: {path} is not a mapping of tensors: entry {key!r} is a {type(value).__name__}"
             )
         new_key = _strip_prefixes(key)
         if new_key in state:
             raise ModelLoadError(
-                f"{_COMPONENT}: {path} holds key {new_key!r} twice (with and without a prefix)"
+                f"{component}: {path} holds key {new_key!r} twice (with and without a prefix)"
             )
         state[new_key] = value
     return state

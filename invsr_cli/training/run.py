@@ -1,0 +1,217 @@
+"""``invsr train``: the training loop and its run folder.
+
+``RUN_DIR/config.yaml`` (every resolved setting), ``ckpts/model_N.pth`` (the authors' layout: ``iters_start``,
+``state_dict``, ``amp_scaler``, ``state_dict_dis``, ``amp_scaler_dis``; plus the optimiser states, the RNG states
+and the data position they leave out), ``ema_ckpts/ema_model_N.pth`` (the bare EMA state dict, loadable by
+``invsr upscale --noise-predictor`` and the authors' code), ``log.jsonl`` (one JSON object per iteration).
+Every file is written atomically; ``resume=True`` continues from the newest checkpoint exactly (bit-identical on the
+CPU); SIGTERM makes the loop save at the end of the current iteration and stop.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import resource
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from invsr_cli.base.atomic import atomic_write_bytes
+from invsr_cli.base.errors import ConfigError, InvSRError
+
+__all__ = ["TrainOptions", "run_training", "latest_checkpoint", "TrainingStopped"]
+
+_CKPT_RE = re.compile(r"^model_(\d+)\.pth$")
+
+
+class TrainingStopped(InvSRError):
+    """A persistent non-finite loss: the run stopped, the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    inputs: tuple[str, ...]
+    out: str
+    sd_model: str = "stabilityai/sd-turbo"
+    init: str = "v5"  # v5 | FILE (scratch: a freshly initialised predictor)
+    discriminator: str | None = None
+    lpips: str | None = None
+    iterations: int = 2000
+    batch: int = 4
+    microbatch: int = 0  # 0: = batch
+    crop: int = 512
+    lr: float = 1e-5
+    warmup: int = 200
+    ema_rate: float = 0.999
+    gan_after: int = 10_000
+    no_gan: bool = False
+    no_lpips: bool = False
+    dtype: str = "fp32"
+    save_every: int = 500
+    seed: int = 123456
+    grad_checkpointing: bool = True
+    resume: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = [(int(m.group(1)), p) for p in (run_dir / "ckpts").glob("model_*.pth") if (m := _CKPT_RE.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def _save(path: Path, obj: Any) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _check_out(run_dir: Path, opts: TrainOptions) -> None:
+    cfg = run_dir / "config.yaml"
+    if opts.resume:
+        if not cfg.is_file():
+            raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run folder)")
+    elif cfg.exists() or (run_dir / "ckpts").exists():
+        raise ConfigError(f"--out {run_dir} holds another run; pass --resume to continue it or choose a new folder")
+
+
+def _build(opts: TrainOptions, warn: Callable[[str], None]):
+    from invsr_cli.engine.loading import load_components
+    from invsr_cli.engine.noise_predictor import NoisePredictor
+    from invsr_cli.training.nets import load_discriminator, load_latent_lpips
+    from invsr_cli.training.setup import trainer_from_components
+    from invsr_cli.training.step import LossWeights, Optim
+
+    scratch = opts.init == "scratch"
+    np_spec = None if opts.init in ("v5", "scratch") else opts.init
+    comps = load_components(opts.sd_model, np_spec, device="cpu", dtype="fp32")
+    if scratch:
+        comps.noise_predictor = NoisePredictor(comps.noise_predictor.config)
+    lpips = None if opts.no_lpips else load_latent_lpips(_need(opts.lpips, "latent LPIPS", "--lpips"))
+    disc = None if opts.no_gan else load_discriminator(_need(opts.discriminator, "discriminator", "--discriminator"))
+    weights = LossWeights(lpips=0.0 if opts.no_lpips else 2.0, gan=0.0 if opts.no_gan else 0.1,
+                          gan_after=opts.gan_after)
+    autocast = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[opts.dtype]
+    return trainer_from_components(
+        comps, lpips=lpips, discriminator=disc, weights=weights,
+        optim=Optim(lr=opts.lr, warmup=opts.warmup, ema_rate=opts.ema_rate), seed=opts.seed,
+        autocast_dtype=autocast, grad_checkpointing=opts.grad_checkpointing,
+    )
+
+
+def _need(path: str | None, what: str, flag: str) -> str:
+    if path:
+        return path
+    from invsr_cli.training.weights import training_file
+
+    return str(training_file(what))
+
+
+def run_training(opts: TrainOptions, *, on_record: Callable[[dict[str, Any]], None] | None = None,
+                 warn: Callable[[str], None] | None = None, stop_after: int | None = None) -> dict[str, Any]:
+    """Train until ``opts.iterations`` (or ``stop_after`` iterations of this call, or SIGTERM); returns a summary."""
+    import yaml
+
+    from invsr_cli.training.data import PairPool, PairSource, expand_inputs
+
+    warn = warn or (lambda m: None)
+    run_dir = Path(opts.out)
+    _check_out(run_dir, opts)
+    if opts.dtype not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"--dtype must be fp32, bf16 or fp16; got {opts.dtype!r}")
+    if opts.resume:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        opts = TrainOptions(**{**saved, "resume": True, "iterations": opts.iterations or saved["iterations"]})
+    micro = opts.microbatch or opts.batch
+    if opts.batch <= 0 or micro <= 0 or opts.batch % micro:
+        raise ConfigError(f"--batch {opts.batch} must be a positive multiple of --microbatch {micro}")
+    paths = expand_inputs(list(opts.inputs))
+    if not paths:
+        raise ConfigError("no training images found in the inputs")
+    if len(paths) < opts.batch:
+        warn(f"{len(paths)} image(s) for a batch of {opts.batch}: images repeat within a batch")
+
+    trainer = _build(opts, warn)
+    source = PairSource(paths, opts.crop, opts.seed, warn)
+    pool = PairPool(10 * opts.batch)
+    ckpt = latest_checkpoint(run_dir) if opts.resume else None
+    if ckpt is not None:
+        st = torch.load(ckpt, map_location="cpu", weights_only=False)
+        trainer.load_state(st)
+        source.load_state(st["data"])
+        pool.load_state(st["pool"])
+    elif not opts.resume:
+        (run_dir / "ckpts").mkdir(parents=True, exist_ok=True)
+        (run_dir / "ema_ckpts").mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(
+            {**asdict(opts), "inputs": list(opts.inputs), "resume": False}, sort_keys=False).encode())
+
+    stop = {"flag": False}
+    old = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):  # noqa: ARG001
+        stop["flag"] = True
+
+    try:
+        signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        old = None
+
+    def save() -> None:
+        n = trainer.iteration
+        st = trainer.state()
+        st["data"], st["pool"] = source.state(), pool.state()
+        st["log_step"] = {"train": n, "val": 0}
+        _save(run_dir / "ckpts" / f"model_{n}.pth", st)
+        _save(run_dir / "ema_ckpts" / f"ema_model_{n}.pth", trainer.ema.state_dict())
+
+    log = (run_dir / "log.jsonl").open("a", encoding="utf-8")
+    done = 0
+    bad_streak = 0
+    try:
+        while trainer.iteration < opts.iterations and not stop["flag"]:
+            if stop_after is not None and done >= stop_after:
+                break
+            t0 = time.perf_counter()
+            mbs = []
+            for _ in range(opts.batch // micro):
+                pairs = [source.next_pair() for _ in range(micro)]
+                lq = torch.stack([p[0] for p in pairs])
+                gt_latent = trainer.encode(torch.stack([p[1] for p in pairs]))
+                mbs.append(pool.exchange(lq, gt_latent, trainer.gen))
+            rec = trainer.step(mbs)
+            done += 1
+            if not all(v == v and abs(v) != float("inf") for v in rec.values()):
+                bad_streak += 1
+                if bad_streak >= 3 or trainer.scaler.is_enabled() is False:
+                    raise TrainingStopped(
+                        f"non-finite loss at iteration {trainer.iteration}; stopped, the last good checkpoint "
+                        f"in {run_dir / 'ckpts'} is kept")
+            else:
+                bad_streak = 0
+            rec.update(iteration=trainer.iteration, seconds=time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb())
+            rec["it_per_s"] = 1.0 / rec["seconds"]
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            if on_record:
+                on_record(rec)
+            if trainer.iteration % opts.save_every == 0:
+                save()
+        if stop["flag"] or trainer.iteration >= opts.iterations or (stop_after and done >= stop_after):
+            if latest_checkpoint(run_dir) != run_dir / "ckpts" / f"model_{trainer.iteration}.pth":
+                save()
+    finally:
+        log.close()
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+    return {"iteration": trainer.iteration, "run_dir": str(run_dir), "stopped_by_signal": stop["flag"]}
