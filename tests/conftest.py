@@ -14,16 +14,17 @@ def real_weights_missing() -> list[str]:
     """The files of the default weights (SD-Turbo and the noise predictor) that are not in the Hugging Face
     cache, as ``repo/file``. A cache lookup only (huggingface_hub.try_to_load_from_cache): nothing is downloaded."""
     from huggingface_hub import try_to_load_from_cache
-    from invsr_cli.engine.models import (
-        _SD_HUB_FILES,  # the files the loader itself requires, so this list cannot drift from it
-        _SD_OPTIONAL,
+
+    from invsr_cli.engine.weights import (
+        _HUB_FILES,  # the files the loader itself requires, so this list cannot drift from it
+        _OPTIONAL,
         DEFAULT_NP_FILE,
         DEFAULT_NP_REPO,
         DEFAULT_SD_MODEL,
         hub_cache_dir,
     )
 
-    needed = [(DEFAULT_SD_MODEL, f) for f in _SD_HUB_FILES if f not in _SD_OPTIONAL]
+    needed = [(DEFAULT_SD_MODEL, f) for f in _HUB_FILES if f not in _OPTIONAL]
     needed.append((DEFAULT_NP_REPO, DEFAULT_NP_FILE))
     cache = hub_cache_dir()
     return [f"{repo}/{name}" for repo, name in needed
@@ -39,7 +40,7 @@ def pytest_collection_modifyitems(config, items):
     if os.environ.get(REAL_WEIGHTS_ENV) != "1":
         reason = f"real-weight test: opt-in with {REAL_WEIGHTS_ENV}=1 (make test-all)"
     else:
-        from invsr_cli.engine.models import hub_cache_dir
+        from invsr_cli.engine.weights import hub_cache_dir
 
         missing = real_weights_missing()
         if not missing:
@@ -76,3 +77,11 @@ def tiny_engine(tiny_models):
     from invsr_cli.engine.sampler import InvSREngine
 
     return InvSREngine.load(tiny_models.sd_dir, tiny_models.noise_predictor_path, device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_flags(tiny_models) -> list[str]:
+    """The `invsr` flags for the tiny models on the CPU with 32 px tiles (:func:`tests.harness.model_flags`)."""
+    from tests.harness import model_flags
+
+    return model_flags(tiny_models)

@@ -51,9 +51,8 @@ def _photo(device: torch.device) -> torch.Tensor:
 
 
 def _load(device: torch.device, dtype: str):
-    from invsr_cli.engine.models import DEFAULT_NOISE_PREDICTOR, DEFAULT_SD_MODEL
-
     from invsr_cli.engine.sampler import InvSREngine
+    from invsr_cli.engine.weights import DEFAULT_NOISE_PREDICTOR, DEFAULT_SD_MODEL
 
     return InvSREngine.load(DEFAULT_SD_MODEL, DEFAULT_NOISE_PREDICTOR, device=device, dtype=dtype, offline=True)
 
