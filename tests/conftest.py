@@ -85,3 +85,64 @@ def tiny_flags(tiny_models) -> list[str]:
     from tests.harness import model_flags
 
     return model_flags(tiny_models)
+
+
+# -- the pyramid's guard: a test that starts a process is marked slow ---------------------------------------------
+
+_guard: dict = {"item": None, "started": []}
+
+
+def _guarded(name: str, real):
+    def start(*args, **kw):
+        item = _guard["item"]
+        if item is not None and item.get_closest_marker("slow") is None:
+            _guard["started"].append(name)
+            raise RuntimeError(f"{item.nodeid} starts a process ({name}) but is not marked slow: mark it "
+                               "@pytest.mark.slow (tests/README.md), so `make test-fast` stays fast")
+        return real(*args, **kw)
+
+    return start
+
+
+def pytest_configure(config):
+    """Every way a test can start a process (subprocess, multiprocessing, os.fork) goes through one of these."""
+    import _posixsubprocess
+    import platform
+    import subprocess
+
+    platform.processor()  # runs `uname -p` once and caches it: `invsr bench`'s machine line, in process, asks
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(_posixsubprocess, "fork_exec", _guarded("fork_exec", _posixsubprocess.fork_exec))
+    if getattr(subprocess, "_fork_exec", None) is not None:  # subprocess's own binding of it (3.11+)
+        mp.setattr(subprocess, "_fork_exec", _guarded("subprocess", subprocess._fork_exec))
+    for name in ("fork", "posix_spawn", "posix_spawnp"):
+        if hasattr(os, name):
+            mp.setattr(os, name, _guarded(f"os.{name}", getattr(os, name)))
+    config._invsr_process_guard = mp
+
+
+def pytest_unconfigure(config):
+    mp = getattr(config, "_invsr_process_guard", None)
+    if mp is not None:
+        mp.undo()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Watch the test's set-up (its module- and session-scoped fixtures too), call and tear-down."""
+    _guard["item"], _guard["started"] = item, []
+    try:
+        return (yield)
+    finally:
+        _guard["item"] = None
+
+
+@pytest.fixture(autouse=True)
+def _no_process_unless_slow(request):
+    """Fails a test not marked slow that tried to start a process, even if the code under test swallowed the
+    guard's error."""
+    yield
+    if _guard["started"] and request.node.get_closest_marker("slow") is None:
+        pytest.fail(f"starts a process ({', '.join(sorted(set(_guard['started'])))}) but is not marked slow: mark "
+                    "it @pytest.mark.slow (tests/README.md)", pytrace=False)

@@ -23,8 +23,9 @@ from typing import Any
 from invsr_cli.work.report import Reporter
 
 __all__ = [
-    "ENV", "INVSR", "TINY_SETTINGS", "Collect", "env", "image_lines", "invsr", "invsr_popen", "json_lines",
-    "manifest_records", "model_flags", "run_in_process", "temps", "text", "tiny_settings",
+    "ENV", "INVSR", "TINY_SETTINGS", "Collect", "image_lines", "invsr", "invsr_popen", "json_lines",
+    "manifest_records", "model_flags", "run_in_process", "subprocess_env", "temps", "text", "tiny_settings",
+    "upscale_json",
 ]
 
 INVSR = str(Path(sys.executable).parent / "invsr")  # the entry point installed beside this Python
@@ -35,27 +36,33 @@ TINY_SETTINGS = {"device": "cpu", "tile": 32, "overlap": 8}  # small tiles, so a
 # -- the real executable ------------------------------------------------------------------------------------------
 
 
-def env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment with :data:`ENV` and ``extra`` over it."""
     return {**os.environ, **ENV, **(extra or {})}
 
 
 def invsr(args: Iterable[Any], *, cwd: Path | str | None = None, stdin: bytes | str | None = None,
-          env_extra: Mapping[str, str] | None = None, timeout: float = 300, text: bool = False,
+          env: Mapping[str, str] | None = None, timeout: float = 300, text: bool = False,
           environ: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``invsr ARGS...`` (each arg through ``str``) to the end, capturing stdout and stderr (bytes, or str with
-    ``text``). The environment is ``environ`` if given, else :func:`env` of ``env_extra``."""
+    ``text``). The environment is ``environ`` if given, else :func:`subprocess_env` with ``env`` over it."""
     return subprocess.run([INVSR, *map(str, args)], cwd=cwd, input=stdin, capture_output=True, text=text,
-                          env=dict(environ) if environ is not None else env(env_extra), timeout=timeout)
+                          env=dict(environ) if environ is not None else subprocess_env(env), timeout=timeout)
 
 
-def invsr_popen(args: Iterable[Any], *, env_extra: Mapping[str, str] | None = None,
+def upscale_json(*args: Any, **kw: Any) -> subprocess.CompletedProcess:
+    """``invsr upscale ARGS... --json`` (see :func:`invsr` for ``kw``); read it with :func:`image_lines`."""
+    return invsr(["upscale", *args, "--json"], **kw)
+
+
+def invsr_popen(args: Iterable[Any], *, env: Mapping[str, str] | None = None,
                 environ: Mapping[str, str] | None = None, **kw: Any) -> subprocess.Popen:
-    """Start ``invsr ARGS...`` with piped stdout and stderr (unless ``kw`` says otherwise) and return it."""
+    """Start ``invsr ARGS...`` with piped stdout and stderr (unless ``kw`` says otherwise) and return it; the
+    environment as for :func:`invsr`."""
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
-    return subprocess.Popen([INVSR, *map(str, args)], env=dict(environ) if environ is not None else env(env_extra),
-                            **kw)
+    env = dict(environ) if environ is not None else subprocess_env(env)
+    return subprocess.Popen([INVSR, *map(str, args)], env=env, **kw)
 
 
 def text(p: subprocess.CompletedProcess) -> str:
@@ -118,12 +125,15 @@ def temps(folder: Path | str) -> list[str]:
     return [os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs if f.endswith(TEMP_SUFFIX)]
 
 
-def manifest_records(folder: Path | str) -> list[dict]:
-    """Every record of every manifest in ``folder`` (the run's and each shard's), in file then line order; a line
-    that does not parse (cut short by a kill) is left out."""
+def manifest_records(folder: Path | str, *, strict: bool = False) -> list[dict]:
+    """Every record of every manifest in ``folder`` (the run's and each shard's), in file then line order. A line
+    that does not parse (cut short by a kill) is left out, or with ``strict`` raises (every line must be whole)."""
     from invsr_cli.run.manifest import folder_manifests
 
-    return [rec for path in folder_manifests(Path(folder)) for rec in json_lines(path.read_bytes())]
+    paths = folder_manifests(Path(folder))
+    if strict:
+        return [json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()]
+    return [rec for path in paths for rec in json_lines(path.read_bytes())]
 
 
 # -- in process -----------------------------------------------------------------------------------------------
