@@ -4,6 +4,7 @@ for the tests marked ``real_weights``."""
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -94,7 +95,8 @@ _guard: dict = {"item": None, "started": []}
 
 def _guarded(name: str, real):
     def start(*args, **kw):
-        item = _guard["item"]
+        # The main thread only: a background thread (a Ray client's, a previous test's) belongs to no one test.
+        item = _guard["item"] if threading.current_thread() is threading.main_thread() else None
         if item is not None and item.get_closest_marker("slow") is None:
             _guard["started"].append(name)
             raise RuntimeError(f"{item.nodeid} starts a process ({name}) but is not marked slow: mark it "
