@@ -4,6 +4,7 @@ for the tests marked ``real_weights``."""
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -76,3 +77,73 @@ def tiny_engine(tiny_models):
     from invsr_cli.engine.sampler import InvSREngine
 
     return InvSREngine.load(tiny_models.sd_dir, tiny_models.noise_predictor_path, device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_flags(tiny_models) -> list[str]:
+    """The `invsr` flags for the tiny models on the CPU with 32 px tiles (:func:`tests.harness.model_flags`)."""
+    from tests.harness import model_flags
+
+    return model_flags(tiny_models)
+
+
+# -- the pyramid's guard: a test that starts a process is marked slow ---------------------------------------------
+
+_guard: dict = {"item": None, "started": []}
+
+
+def _guarded(name: str, real):
+    def start(*args, **kw):
+        # The main thread only: a background thread (a Ray client's, a previous test's) belongs to no one test.
+        item = _guard["item"] if threading.current_thread() is threading.main_thread() else None
+        if item is not None and item.get_closest_marker("slow") is None:
+            _guard["started"].append(name)
+            raise RuntimeError(f"{item.nodeid} starts a process ({name}) but is not marked slow: mark it "
+                               "@pytest.mark.slow (tests/README.md), so `make test-fast` stays fast")
+        return real(*args, **kw)
+
+    return start
+
+
+def pytest_configure(config):
+    """Every way a test can start a process (subprocess, multiprocessing, os.fork) goes through one of these."""
+    import _posixsubprocess
+    import platform
+    import subprocess
+
+    platform.processor()  # runs `uname -p` once and caches it: `invsr bench`'s machine line, in process, asks
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(_posixsubprocess, "fork_exec", _guarded("fork_exec", _posixsubprocess.fork_exec))
+    if getattr(subprocess, "_fork_exec", None) is not None:  # subprocess's own binding of it (3.11+)
+        mp.setattr(subprocess, "_fork_exec", _guarded("subprocess", subprocess._fork_exec))
+    for name in ("fork", "posix_spawn", "posix_spawnp"):
+        if hasattr(os, name):
+            mp.setattr(os, name, _guarded(f"os.{name}", getattr(os, name)))
+    config._invsr_process_guard = mp
+
+
+def pytest_unconfigure(config):
+    mp = getattr(config, "_invsr_process_guard", None)
+    if mp is not None:
+        mp.undo()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Watch the test's set-up (its module- and session-scoped fixtures too), call and tear-down."""
+    _guard["item"], _guard["started"] = item, []
+    try:
+        return (yield)
+    finally:
+        _guard["item"] = None
+
+
+@pytest.fixture(autouse=True)
+def _no_process_unless_slow(request):
+    """Fails a test not marked slow that tried to start a process, even if the code under test swallowed the
+    guard's error."""
+    yield
+    if _guard["started"] and request.node.get_closest_marker("slow") is None:
+        pytest.fail(f"starts a process ({', '.join(sorted(set(_guard['started'])))}) but is not marked slow: mark "
+                    "it @pytest.mark.slow (tests/README.md)", pytrace=False)

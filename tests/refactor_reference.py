@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 
 from tests import imagegen
+from tests.harness import invsr
 
-INVSR = str(Path(sys.executable).parent / "invsr")
 REFERENCE_DIR = Path(__file__).parent / "data" / "refactor_reference"
 
 # name -> extra flags; every case runs on the same inputs, PNG out, CPU fp32, one torch thread.
@@ -43,9 +43,9 @@ def make_inputs(folder: Path) -> Path:
 
 
 def run_case(name: str, inputs: Path, out: Path, models, env: dict[str, str]) -> subprocess.CompletedProcess:
-    args = [INVSR, "upscale", str(inputs), str(out), "--format", "png", "--device", "cpu", "--dtype", "fp32",
-            "--sd-model", str(models.sd_dir), "--noise-predictor", str(models.noise_predictor_path), *CASES[name]]
-    return subprocess.run(args, capture_output=True, env=env, timeout=600)
+    args = ["upscale", inputs, out, "--format", "png", "--device", "cpu", "--dtype", "fp32",
+            "--sd-model", models.sd_dir, "--noise-predictor", models.noise_predictor_path, *CASES[name]]
+    return invsr(args, environ=env, timeout=600)
 
 
 def main(record_dir: Path) -> None:

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +15,8 @@ from PIL import Image
 from invsr_cli.base.errors import ImageReadError
 from invsr_cli.imaging.animation import read_animation, write_animation
 from tests import imagegen
+from tests.harness import image_lines, upscale_json
 
-INVSR = str(Path(sys.executable).parent / "invsr")
 DURATIONS = [100, 200, 300]
 W, H = 24, 16
 
@@ -49,30 +46,18 @@ def frames_of(path: Path) -> tuple[int, list[int], int | None, tuple[int, int], 
         return im.n_frames, durations, im.info.get("loop"), im.size, disposal
 
 
-@pytest.fixture(scope="module")
-def models(tiny_models):
-    return ["--sd-model", str(tiny_models.sd_dir), "--noise-predictor", str(tiny_models.noise_predictor_path),
-            "--device", "cpu", "--tile", "32", "--overlap", "8"]
 
 
-def run(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([INVSR, "upscale", *map(str, args), "--json"], capture_output=True, env=env, timeout=300)
-
-
-def images(p: subprocess.CompletedProcess) -> dict[str, dict]:
-    return {Path(o["input"]).name: o for o in map(json.loads, p.stdout.decode().splitlines()) if o["type"] == "image"}
-
-
-def test_gif_apng_webp_keep_frames_durations_loop_and_disposal(tmp_path, models):
+@pytest.mark.slow
+def test_gif_apng_webp_keep_frames_durations_loop_and_disposal(tmp_path, tiny_flags):
     src = tmp_path / "in"
     src.mkdir()
     save_animation(src / "a.gif", "GIF")
     save_animation(src / "b.png", "PNG")
     save_animation(src / "c.webp", "WEBP")
-    p = run(src, tmp_path / "out", *models, "--batch-size", "3")
+    p = upscale_json(src, tmp_path / "out", *tiny_flags, "--batch-size", "3")
     assert p.returncode == 0, p.stderr.decode()
-    got = images(p)
+    got = image_lines(p)
     for name, fmt in (("a.gif", "GIF"), ("b.png", "PNG"), ("c.webp", "WEBP")):
         out = tmp_path / "out" / name
         assert Image.open(out).format == fmt
@@ -93,7 +78,8 @@ def test_gif_apng_webp_keep_frames_durations_loop_and_disposal(tmp_path, models)
     assert np.abs(shown[0] - shown[1]).mean() > 5 and np.abs(shown[1] - shown[2]).mean() > 5
 
 
-def test_a_static_area_stays_static(tmp_path, models):
+@pytest.mark.slow
+def test_a_static_area_stays_static(tmp_path, tiny_flags):
     """The same seed for every frame: tiles that see the same pixels in every frame give the same output."""
     base = imagegen._pattern(72, 32, seed=3)
     frames = []
@@ -102,7 +88,7 @@ def test_a_static_area_stays_static(tmp_path, models):
         f[:, 48:] = imagegen._pattern(24, 32, seed=20 + k)  # only the right third moves
         frames.append(Image.fromarray(f))
     save_animation(tmp_path / "in.png", "PNG", frames)
-    p = run(tmp_path / "in.png", tmp_path / "out", *models, "--batch-size", "1")
+    p = upscale_json(tmp_path / "in.png", tmp_path / "out", *tiny_flags, "--batch-size", "1")
     assert p.returncode == 0, p.stderr.decode()
     with Image.open(tmp_path / "out" / "in.png") as im:
         out = []
@@ -115,26 +101,29 @@ def test_a_static_area_stays_static(tmp_path, models):
     assert not np.array_equal(out[0][:, 200:], out[1][:, 200:])
 
 
-def test_first_frame_gives_a_still(tmp_path, models):
+@pytest.mark.slow
+def test_first_frame_gives_a_still(tmp_path, tiny_flags):
     save_animation(tmp_path / "a.gif", "GIF")
-    p = run(tmp_path / "a.gif", tmp_path / "out", *models, "--first-frame")
+    p = upscale_json(tmp_path / "a.gif", tmp_path / "out", *tiny_flags, "--first-frame")
     assert p.returncode == 0, p.stderr.decode()
     with Image.open(tmp_path / "out" / "a.gif") as im:
         assert getattr(im, "n_frames", 1) == 1 and im.size == (4 * W, 4 * H)
-    assert images(p)["a.gif"]["frames"] == 1
+    assert image_lines(p)["a.gif"]["frames"] == 1
 
 
-def test_max_pixels_counts_every_frame(tmp_path, models):
+@pytest.mark.slow
+def test_max_pixels_counts_every_frame(tmp_path, tiny_flags):
     save_animation(tmp_path / "a.gif", "GIF")  # 3 x 24 x 16 = 1152 px
-    p = run(tmp_path / "a.gif", tmp_path / "out", *models, "--max-pixels", 1000)
+    p = upscale_json(tmp_path / "a.gif", tmp_path / "out", *tiny_flags, "--max-pixels", 1000)
     assert p.returncode == 1
-    assert "3 frames of 24x16 = 1152 px exceeds --max-pixels 1000 px" in images(p)["a.gif"]["reason"]
-    p = run(tmp_path / "a.gif", tmp_path / "out2", *models, "--max-pixels", 1000, "--first-frame")
+    assert "3 frames of 24x16 = 1152 px exceeds --max-pixels 1000 px" in image_lines(p)["a.gif"]["reason"]
+    p = upscale_json(tmp_path / "a.gif", tmp_path / "out2", *tiny_flags, "--max-pixels", 1000, "--first-frame")
     assert p.returncode == 0, p.stderr.decode()
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "PNG"])
-def test_a_corrupt_frame_fails_that_file_only(tmp_path, models, fmt):
+@pytest.mark.slow
+def test_a_corrupt_frame_fails_that_file_only(tmp_path, tiny_flags, fmt):
     src = tmp_path / "in"
     src.mkdir()
     ext = fmt.lower()
@@ -142,9 +131,9 @@ def test_a_corrupt_frame_fails_that_file_only(tmp_path, models, fmt):
     data = good.read_bytes()
     (src / f"broken.{ext}").write_bytes(data[:-40])  # the last frame cut short
     imagegen.rgb(src / "still.png", 20, 12)
-    p = run(src, tmp_path / "out", *models)
+    p = upscale_json(src, tmp_path / "out", *tiny_flags)
     assert p.returncode == 1, p.stderr.decode()
-    got = images(p)
+    got = image_lines(p)
     assert got[f"good.{ext}"]["status"] == "done" and got["still.png"]["status"] == "done"
     assert got[f"broken.{ext}"]["status"] == "failed"
     assert got[f"broken.{ext}"]["reason"].startswith("frame 3 of 3 cannot be decoded (OSError: image file is "
@@ -152,17 +141,18 @@ def test_a_corrupt_frame_fails_that_file_only(tmp_path, models, fmt):
     assert not (tmp_path / "out" / f"broken.{ext}").exists()
 
 
-def test_an_animated_gif_written_as_apng_or_webp_keeps_its_timing(tmp_path, models):
+@pytest.mark.slow
+def test_an_animated_gif_written_as_apng_or_webp_keeps_its_timing(tmp_path, tiny_flags):
     save_animation(tmp_path / "a.gif", "GIF")
     for fmt, want in (("png", "PNG"), ("webp", "WEBP")):
-        p = run(tmp_path / "a.gif", tmp_path / fmt, *models, "--format", fmt)
+        p = upscale_json(tmp_path / "a.gif", tmp_path / fmt, *tiny_flags, "--format", fmt)
         assert p.returncode == 0, p.stderr.decode()
         out = tmp_path / fmt / f"a.{fmt}"
         assert Image.open(out).format == want
         assert frames_of(out)[:4] == (3, DURATIONS, 0, (4 * W, 4 * H))
-    p = run(tmp_path / "a.gif", tmp_path / "jpg", *models, "--format", "jpg")
-    assert p.returncode == 1 and "jpg cannot hold an animation" in images(p)["a.gif"]["reason"]
-    dry = images(run(tmp_path / "a.gif", tmp_path / "jpg", *models, "--format", "jpg", "--dry-run"))
+    p = upscale_json(tmp_path / "a.gif", tmp_path / "jpg", *tiny_flags, "--format", "jpg")
+    assert p.returncode == 1 and "jpg cannot hold an animation" in image_lines(p)["a.gif"]["reason"]
+    dry = image_lines(upscale_json(tmp_path / "a.gif", tmp_path / "jpg", *tiny_flags, "--format", "jpg", "--dry-run"))
     assert dry["a.gif"]["status"] == "failed" and "cannot hold an animation" in dry["a.gif"]["reason"]
 
 
@@ -264,10 +254,10 @@ def test_max_tiles_bounds_the_work_before_compute_and_dry_run_counts_the_same(tm
     frames[0].save(tmp_path / "many.gif", save_all=True, append_images=frames[1:], duration=20, loop=0)
     models = ["--sd-model", str(tiny_models.sd_dir), "--noise-predictor", str(tiny_models.noise_predictor_path),
               "--device", "cpu"]
-    planned = images(run(tmp_path / "many.gif", tmp_path / "plan", *models, "--dry-run"))["many.gif"]
+    planned = image_lines(upscale_json(tmp_path / "many.gif", tmp_path / "plan", *models, "--dry-run"))["many.gif"]
     assert (planned["status"], planned["tiles"], planned["tile"], planned["frames"]) == ("planned", 60, 16, 60)
-    p = run(tmp_path / "many.gif", tmp_path / "out", *models, "--max-tiles", "50")
-    o = images(p)["many.gif"]
+    p = upscale_json(tmp_path / "many.gif", tmp_path / "out", *models, "--max-tiles", "50")
+    o = image_lines(p)["many.gif"]
     assert p.returncode != 0 and o["status"] == "failed"
     assert o["reason"] == "60 tiles of work exceeds --max-tiles 50 (raise --max-tiles to run it anyway)", o
     assert not (tmp_path / "out" / "many.gif").exists()

@@ -13,7 +13,7 @@ from invsr_cli.run.discover import discover
 from invsr_cli.run.runner import run_batch
 from invsr_cli.settings.preset_files import load_policy
 from invsr_cli.work.report import Reporter
-from tests.test_cli import run, text
+from tests.harness import invsr, text
 
 
 def _photo(kind: str, seed: int) -> np.ndarray:
@@ -39,22 +39,23 @@ def degraded(tmp_path):
     return d
 
 
+@pytest.mark.slow
 def test_analyse_command_reports_estimates_and_choice(degraded):
-    p = run(["analyse", degraded, "--json"])
+    p = invsr(["analyse", degraded, "--json"])
     assert p.returncode == 0, text(p)
     rows = {r["input"].rsplit("/", 1)[-1]: r for r in map(json.loads, p.stdout.decode().splitlines())}
     assert set(rows) == {"0_noisy.png", "1_noisy.png", "0_blur.png", "1_blur.png"}
     for name, r in rows.items():
         assert r["preset"] == name.split("_")[1].removesuffix(".png"), r
         assert {"noise_sigma", "blur", "blockiness", "reason"} <= set(r)
-    table = run(["analyse", degraded / "0_noisy.png"])
+    table = invsr(["analyse", degraded / "0_noisy.png"])
     assert table.returncode == 0 and "noisy" in table.stdout.decode() and "rule" in table.stdout.decode()
 
 
 @pytest.mark.slow
 def test_preset_auto_logs_choice_per_image_and_records_it(degraded, tmp_path, tiny_models):
     out = tmp_path / "out"
-    p = run(["upscale", degraded, out, "--preset", "auto", "--json", "--sd-model", tiny_models.sd_dir,
+    p = invsr(["upscale", degraded, out, "--preset", "auto", "--json", "--sd-model", tiny_models.sd_dir,
              "--noise-predictor", tiny_models.noise_predictor_path, "--device", "cpu", "--tile", "48",
              "--overlap", "0"])
     assert p.returncode == 0, text(p)

@@ -107,6 +107,7 @@ print(json.dumps({"ok": ok and _reset_peak_rss(), "with_big": with_big, "after":
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM reset is Linux-only")
+@pytest.mark.slow
 def test_peak_rss_is_per_path_on_linux():
     """After a reset the high-water mark forgets an earlier, larger peak: each path gets its own figure.
     In a fresh process with glibc's default allocator, so the freed 400 MB really leave the process."""

@@ -13,24 +13,7 @@ import pytest
 from PIL import Image
 
 from tests import imagegen
-
-INVSR = str(Path(sys.executable).parent / "invsr")
-
-
-def run(args, *, cwd=None, stdin: bytes | None = None, env=None, timeout=300) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", **(env or {})}
-    return subprocess.run([INVSR, *map(str, args)], cwd=cwd, input=stdin, capture_output=True, env=full_env,
-                          timeout=timeout)
-
-
-def text(p: subprocess.CompletedProcess) -> str:
-    return p.stdout.decode(errors="replace") + p.stderr.decode(errors="replace")
-
-
-@pytest.fixture(scope="module")
-def models(tiny_models):
-    return ["--sd-model", tiny_models.sd_dir, "--noise-predictor", tiny_models.noise_predictor_path,
-            "--device", "cpu", "--tile", "32", "--overlap", "8"]
+from tests.harness import invsr, text
 
 
 @pytest.fixture
@@ -49,9 +32,9 @@ def mixed(tmp_path) -> Path:
 
 
 @pytest.mark.slow
-def test_folder_of_every_kind_end_to_end(mixed, tmp_path, models):
+def test_folder_of_every_kind_end_to_end(mixed, tmp_path, tiny_flags):
     out = tmp_path / "out"
-    p = run(["upscale", mixed, out, "-r", *models], cwd=tmp_path)
+    p = invsr(["upscale", mixed, out, "-r", *tiny_flags], cwd=tmp_path)
     assert p.returncode == 0, text(p)
     a = Image.open(out / "a.png")
     assert a.size == (128, 96) and a.mode == "RGB"
@@ -79,23 +62,23 @@ def test_folder_of_every_kind_end_to_end(mixed, tmp_path, models):
 
 
 @pytest.mark.slow
-def test_glob_and_stdin_lists(mixed, tmp_path, models):
-    p = run(["upscale", "in/*.png", "out_glob", *models], cwd=tmp_path)
+def test_glob_and_stdin_lists(mixed, tmp_path, tiny_flags):
+    p = invsr(["upscale", "in/*.png", "out_glob", *tiny_flags], cwd=tmp_path)
     assert p.returncode == 0, text(p)
     assert sorted(x.name for x in (tmp_path / "out_glob").glob("*.png")) == ["a.png", "c_rgba.png", "d_gray.png",
                                                                              "e16.png"]
-    p = run(["upscale", "-0", "-", "out_stdin", *models], cwd=tmp_path, stdin=b"in/a.png\0in/sub/g.png\0")
+    p = invsr(["upscale", "-0", "-", "out_stdin", *tiny_flags], cwd=tmp_path, stdin=b"in/a.png\0in/sub/g.png\0")
     assert p.returncode == 0, text(p)
     assert (tmp_path / "out_stdin" / "in" / "a.png").is_file()
     assert (tmp_path / "out_stdin" / "in" / "sub" / "g.png").is_file()
-    p = run(["upscale", "-", "-o", "out_lines", *models], cwd=tmp_path, stdin=f"{mixed / 'a.png'}\n".encode())
+    p = invsr(["upscale", "-", "-o", "out_lines", *tiny_flags], cwd=tmp_path, stdin=f"{mixed / 'a.png'}\n".encode())
     assert p.returncode == 0, text(p)
     assert (tmp_path / "out_lines" / "a.png").is_file()  # absolute stdin path: its basename
 
 
 @pytest.mark.slow
-def test_json_output_and_summary(mixed, tmp_path, models):
-    p = run(["upscale", mixed / "a.png", mixed / "d_gray.png", tmp_path / "o", "--json", *models])
+def test_json_output_and_summary(mixed, tmp_path, tiny_flags):
+    p = invsr(["upscale", mixed / "a.png", mixed / "d_gray.png", tmp_path / "o", "--json", *tiny_flags])
     assert p.returncode == 0, text(p)
     objs = [json.loads(line) for line in p.stdout.decode().splitlines()]
     assert [o["type"] for o in objs] == ["image", "image", "summary"]
@@ -104,11 +87,11 @@ def test_json_output_and_summary(mixed, tmp_path, models):
 
 
 @pytest.mark.slow
-def test_corrupt_file_among_good_ones(mixed, tmp_path, models):
+def test_corrupt_file_among_good_ones(mixed, tmp_path, tiny_flags):
     (mixed / "bad.png").write_bytes(b"this is not a png")
     (mixed / "trunc.jpg").write_bytes((mixed / "b.jpg").read_bytes()[:200])
     out = tmp_path / "out"
-    p = run(["upscale", mixed, out, *models])
+    p = invsr(["upscale", mixed, out, *tiny_flags])
     assert p.returncode == 1, text(p)
     out_text = text(p)
     assert "bad.png" in out_text and "trunc.jpg" in out_text
@@ -119,24 +102,25 @@ def test_corrupt_file_among_good_ones(mixed, tmp_path, models):
 
 
 @pytest.mark.slow
-def test_skip_existing_overwrite_and_stale_outputs(mixed, tmp_path, models):
+def test_skip_existing_overwrite_and_stale_outputs(mixed, tmp_path, tiny_flags):
     out = tmp_path / "out"
-    args = ["upscale", mixed / "a.png", out, *models]
-    assert run(args).returncode == 0
+    args = ["upscale", mixed / "a.png", out, *tiny_flags]
+    assert invsr(args).returncode == 0
     mtime = (out / "a.png").stat().st_mtime_ns
-    p = run(args)
+    p = invsr(args)
     assert p.returncode == 0 and "skipped" in p.stdout.decode(), text(p)
     assert (out / "a.png").stat().st_mtime_ns == mtime
-    p = run([*args, "--overwrite"])
+    p = invsr([*args, "--overwrite"])
     assert p.returncode == 0 and (out / "a.png").stat().st_mtime_ns != mtime, text(p)
     mtime = (out / "a.png").stat().st_mtime_ns
-    p = run([*args, "--steps", "2"])  # other settings: the manifest says the output is stale
+    p = invsr([*args, "--steps", "2"])  # other settings: the manifest says the output is stale
     assert p.returncode == 0 and "stale" in text(p) and (out / "a.png").stat().st_mtime_ns != mtime
 
 
-def test_dry_run_computes_and_writes_nothing(mixed, tmp_path, models):
+@pytest.mark.slow
+def test_dry_run_computes_and_writes_nothing(mixed, tmp_path, tiny_flags):
     out = tmp_path / "out"
-    p = run(["upscale", mixed, out, "--dry-run", "--tile", "16", "--overlap", "0"])  # no models needed
+    p = invsr(["upscale", mixed, out, "--dry-run", "--tile", "16", "--overlap", "0"])  # no models needed
     assert p.returncode == 0, text(p)
     lines = p.stdout.decode().splitlines()
     plan = [line for line in lines if line.startswith("plan")]
@@ -144,12 +128,13 @@ def test_dry_run_computes_and_writes_nothing(mixed, tmp_path, models):
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_collisions_are_reported_before_any_work(tmp_path, models):
+@pytest.mark.slow
+def test_collisions_are_reported_before_any_work(tmp_path, tiny_flags):
     d = tmp_path / "in"
     d.mkdir()
     imagegen.rgb(d / "x.jpg")
     imagegen.rgb(d / "x.png")
-    p = run(["upscale", d, tmp_path / "out", "--format", "png", *models])
+    p = invsr(["upscale", d, tmp_path / "out", "--format", "png", *tiny_flags])
     assert p.returncode == 2, text(p)
     assert "x.jpg" in text(p) and "x.png" in text(p)
     assert not (tmp_path / "out" / "x.png").exists()
@@ -165,9 +150,10 @@ def test_collisions_are_reported_before_any_work(tmp_path, models):
         (["--no-such-flag"], "No such option"),
     ],
 )
+@pytest.mark.slow
 def test_usage_and_config_errors_exit_2(tmp_path, args, fragment):
     imagegen.rgb(tmp_path / "a.png")
-    p = run(["upscale", tmp_path / "a.png", tmp_path / "out", *args])
+    p = invsr(["upscale", tmp_path / "a.png", tmp_path / "out", *args])
     assert p.returncode == 2, text(p)
     assert fragment in text(p)
 
@@ -175,23 +161,23 @@ def test_usage_and_config_errors_exit_2(tmp_path, args, fragment):
 @pytest.mark.slow
 def test_missing_weights_offline_exit_3(tmp_path):
     imagegen.rgb(tmp_path / "a.png")
-    p = run(["upscale", tmp_path / "a.png", tmp_path / "out"], env={"HF_HOME": str(tmp_path / "hf")})
+    p = invsr(["upscale", tmp_path / "a.png", tmp_path / "out"], env={"HF_HOME": str(tmp_path / "hf")})
     assert p.returncode == 3, text(p)
     assert "invsr models download" in text(p)
     assert "Traceback" not in text(p)
 
 
 @pytest.mark.slow
-def test_nonexistent_input_is_a_failure_not_a_crash(tmp_path, models):
+def test_nonexistent_input_is_a_failure_not_a_crash(tmp_path, tiny_flags):
     imagegen.rgb(tmp_path / "a.png")
-    p = run(["upscale", tmp_path / "a.png", tmp_path / "missing.png", tmp_path / "out", *models])
+    p = invsr(["upscale", tmp_path / "a.png", tmp_path / "missing.png", tmp_path / "out", *tiny_flags])
     assert p.returncode == 1, text(p)
     assert "missing.png" in text(p) and (tmp_path / "out" / "a.png").is_file()
     assert "processed 1, skipped 0, failed 1" in p.stdout.decode().splitlines()[-1]  # the summary counts it
 
 
 @pytest.mark.slow
-def test_batch_size_does_not_change_results(tmp_path, models):
+def test_batch_size_does_not_change_results(tmp_path, tiny_flags):
     d = tmp_path / "in"
     d.mkdir()
     for i, (w, h) in enumerate([(48, 40), (32, 32), (64, 24)]):
@@ -199,7 +185,7 @@ def test_batch_size_does_not_change_results(tmp_path, models):
     outs = {}
     for bs in (1, 7):
         out = tmp_path / f"out{bs}"
-        p = run(["upscale", d, out, "--batch-size", bs, "--posterior", "mean", *models])
+        p = invsr(["upscale", d, out, "--batch-size", bs, "--posterior", "mean", *tiny_flags])
         assert p.returncode == 0, text(p)
         outs[bs] = {f.name: np.asarray(Image.open(f)).astype(int) for f in sorted(out.glob("*.png"))}
     assert outs[1].keys() == outs[7].keys() and len(outs[1]) == 3
@@ -210,24 +196,27 @@ def test_batch_size_does_not_change_results(tmp_path, models):
         assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (name, diff.max(), (diff > 0).mean())
 
 
+@pytest.mark.slow
 def test_presets_command_lists_and_shows():
-    p = run(["presets"])
+    p = invsr(["presets"])
     assert p.returncode == 0, text(p)
     names = [line.split()[0] for line in p.stdout.decode().splitlines()]
     assert {"default", "noisy", "blur", "fidelity", "perceptual", "large", "auto"} <= set(names)
-    p = run(["presets", "show", "blur"])
+    p = invsr(["presets", "show", "blur"])
     assert p.returncode == 0 and "- 250" in p.stdout.decode(), text(p)
 
 
+@pytest.mark.slow
 def test_version_and_help_have_examples():
-    p = run(["--version"])
+    p = invsr(["--version"])
     assert p.returncode == 0 and p.stdout.decode().startswith("invsr ")
     for cmd in (["--help"], ["upscale", "--help"], ["presets", "--help"], ["models", "--help"],
                 ["analyse", "--help"], ["doctor", "--help"], ["report", "--help"]):
-        p = run(cmd)
+        p = invsr(cmd)
         assert p.returncode == 0 and "Example" in p.stdout.decode(), (cmd, text(p))
 
 
+@pytest.mark.slow
 def test_help_is_fast_and_imports_nothing_heavy():
     code = ("import sys, invsr_cli.commands.cli; heavy = [m for m in ('torch', 'diffusers', 'transformers', 'cv2', 'PIL',"
             " 'numpy') if m in sys.modules]; print(heavy)")
@@ -235,6 +224,7 @@ def test_help_is_fast_and_imports_nothing_heavy():
     assert p.stdout.strip() == "[]", p.stdout + p.stderr
 
 
+@pytest.mark.slow
 def test_wheel_ships_presets(tmp_path):
     """Build the wheel, install it alone in a fresh venv, and list the presets from there."""
     root = Path(__file__).resolve().parents[1]
@@ -265,18 +255,20 @@ def test_wheel_ships_presets(tmp_path):
         assert name in p.stdout
 
 
+@pytest.mark.slow
 def test_overlap_above_half_the_tile_is_refused_before_any_work(tmp_path, tiny_models):
     imagegen.rgb(tmp_path / "a.png")
-    p = run(["upscale", tmp_path / "a.png", tmp_path / "out", "--tile", "128", "--overlap", "96",
+    p = invsr(["upscale", tmp_path / "a.png", tmp_path / "out", "--tile", "128", "--overlap", "96",
              "--sd-model", tiny_models.sd_dir, "--noise-predictor", tiny_models.noise_predictor_path])
     assert p.returncode == 2, text(p)
     assert "`overlap` must be at most half of `tile` (128 LR px), so at most 64; got 96" in text(p)
     assert not (tmp_path / "out").exists()
 
 
-def test_verbose_prints_plan_schedule_batches_stages_and_the_engine(tmp_path, models):
+@pytest.mark.slow
+def test_verbose_prints_plan_schedule_batches_stages_and_the_engine(tmp_path, tiny_flags):
     imagegen.rgb(tmp_path / "a.png", 48, 40, seed=3)
-    p = run(["upscale", tmp_path / "a.png", tmp_path / "out", "-v", "--steps", "2", "--batch-size", "2", *models])
+    p = invsr(["upscale", tmp_path / "a.png", tmp_path / "out", "-v", "--steps", "2", "--batch-size", "2", *tiny_flags])
     assert p.returncode == 0, text(p)
     out, err = p.stdout.decode(), p.stderr.decode()
     assert "loading the models:" in err
@@ -287,5 +279,5 @@ def test_verbose_prints_plan_schedule_batches_stages_and_the_engine(tmp_path, mo
         assert f"{stage} " in stages, stages
     seconds = [float(v) for v in stages.split("seconds:")[1].replace(",", "").split()[1::2]]
     assert all(v >= 0 for v in seconds) and sum(seconds) > 0
-    quiet = run(["upscale", tmp_path / "a.png", tmp_path / "out2", *models])
+    quiet = invsr(["upscale", tmp_path / "a.png", tmp_path / "out2", *tiny_flags])
     assert "plan:" not in text(quiet) and "engine:" not in text(quiet)

@@ -9,22 +9,15 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from invsr_cli.commands.doctor import FAIL, PASS, SUPPORTED, format_line, is_ready, run_checks
+from tests.harness import invsr
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _invsr(args, env=None, timeout=120):
-    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-                "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "invsr_cli.commands.cli", *map(str, args)], capture_output=True,
-                          text=True, env=full_env, timeout=timeout)
 
 
 def _fake_dist(folder: Path, name: str, version: str) -> Path:
@@ -64,10 +57,11 @@ def _lines(p) -> dict[str, str]:
     return {line[6:30].strip(): line for line in p.stdout.splitlines() if line[:4] in (PASS, "warn", FAIL)}
 
 
+@pytest.mark.slow
 def test_ready_with_local_weights_exit_0(tiny_models, tmp_path):
     t0 = time.perf_counter()
-    p = _invsr(["doctor", "--json", "--sd-model", tiny_models.sd_dir, "--noise-predictor",
-                tiny_models.noise_predictor_path, tmp_path / "out"])
+    p = invsr(["doctor", "--json", "--sd-model", tiny_models.sd_dir, "--noise-predictor",
+               tiny_models.noise_predictor_path, tmp_path / "out"], text=True, timeout=120)
     seconds = time.perf_counter() - t0
     assert p.returncode == 0, p.stdout + p.stderr
     report = json.loads(p.stdout)
@@ -89,12 +83,13 @@ def test_ready_with_local_weights_exit_0(tiny_models, tmp_path):
     print(f"invsr doctor (subprocess, CPU): {seconds:.1f} s")
 
 
+@pytest.mark.slow
 def test_missing_weights_read_only_output_and_old_dependency_exit_1(tmp_path):
     """Through the real executable: three faults, three failed lines, each naming its fix; the rest still runs."""
     shim = _fake_dist(tmp_path / "shim", "accelerate", "0.1.0")
     with _read_only_dir(tmp_path) as ro:
-        p = _invsr(["doctor", ro], env={"HF_HOME": str(tmp_path / "empty-hf"),
-                                       "PYTHONPATH": os.pathsep.join([str(shim), str(ROOT)])})
+        p = invsr(["doctor", ro], text=True, timeout=120,
+                  env={"HF_HOME": str(tmp_path / "empty-hf"), "PYTHONPATH": os.pathsep.join([str(shim), str(ROOT)])})
     assert p.returncode == 1, p.stdout + p.stderr
     lines = _lines(p)
     assert lines["weights: SD-Turbo"].startswith("fail") and "invsr models download" in lines["weights: SD-Turbo"]
@@ -111,6 +106,7 @@ def test_missing_weights_read_only_output_and_old_dependency_exit_1(tmp_path):
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_each_fault_alone_makes_it_not_ready(tiny_models, tmp_path, monkeypatch):
     """In process, without the self-test: with good weights and folder, exactly the injected fault fails."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

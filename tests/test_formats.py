@@ -27,13 +27,13 @@ from invsr_cli.imaging.encode import write_image
 from invsr_cli.imaging.provenance import NAMESPACE, from_xmp, provenance_record, read_provenance, to_xmp
 from invsr_cli.run.discover import IMAGE_EXTENSIONS, output_name
 from invsr_cli.settings.settings import resolve_settings
+from tests.harness import invsr
 
 pillow_heif.register_heif_opener()  # the fixtures below save HEIF; pillow_jxl registers itself on import
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 RNG = np.random.default_rng(12)
 FORMATS = ("png", "jpg", "webp", "tiff", "avif", "jxl")
 LOSSY_TOLERANCE = {"jpg": 6, "webp": 8, "avif": 8, "jxl": 6}  # mean abs error in 8-bit levels, at quality 95
-INVSR = str(Path(sys.executable).parent / "invsr")
 
 
 def _smooth(h: int, w: int, c: int) -> np.ndarray:
@@ -406,6 +406,7 @@ def _write_plugin_files(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("extra", ["heif", "jxl"])
+@pytest.mark.slow
 def test_missing_extra_is_reported_with_the_pip_command(tmp_path, extra):
     """In a fresh interpreter where the plugin cannot be imported (as if not installed)."""
     path = _write_plugin_files(tmp_path)[extra]
@@ -420,6 +421,7 @@ def test_missing_extra_is_reported_with_the_pip_command(tmp_path, extra):
     assert path.name in out.stdout and "corrupt" not in out.stdout
 
 
+@pytest.mark.slow
 def test_missing_extra_through_the_cli(tmp_path):
     """`invsr upscale --dry-run` with a shim on PYTHONPATH that makes both plugins unimportable."""
     files = _write_plugin_files(tmp_path)
@@ -427,9 +429,9 @@ def test_missing_extra_through_the_cli(tmp_path):
     shim.mkdir()
     for module in ("pillow_heif", "pillow_jxl"):
         (shim / f"{module}.py").write_text("raise ImportError('hidden by the test')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")])}
-    p = subprocess.run([INVSR, "upscale", files["heif"], files["jxl"], tmp_path / "out", "--dry-run"],
-                       capture_output=True, text=True, env=env, timeout=120)
+    env = {"PYTHONPATH": os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")])}
+    p = invsr(["upscale", files["heif"], files["jxl"], tmp_path / "out", "--dry-run"], text=True, env=env,
+              timeout=120)
     assert p.returncode == 1, p.stdout + p.stderr
     text = p.stdout + p.stderr
     assert "a.heic: HEIC/HEIF image: needs `pip install 'invsr-cli[heif]'`" in text
@@ -468,10 +470,10 @@ def test_extensions_and_auto_output_formats():
 
 
 def _run(*args, env=None):
-    return subprocess.run([INVSR, *map(str, args)], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+    return invsr(args, text=True, timeout=120, env=env)
 
 
+@pytest.mark.slow
 def test_inspect_reads_every_format(tmp_path):
     src = _source(tmp_path, _smooth(8, 8, 3))
     files = [tmp_path / f"p.{fmt}" for fmt in FORMATS]
@@ -484,6 +486,7 @@ def test_inspect_reads_every_format(tmp_path):
     assert all(r["provenance"] == REC and r["error"] is None for r in rows), rows
 
 
+@pytest.mark.slow
 def test_inspect_prints_the_record_and_json(tmp_path):
     src = _source(tmp_path, _smooth(8, 8, 3))
     write_image(tmp_path / "p.webp", src.rgb, source=src, format="webp", provenance=REC)
@@ -498,6 +501,7 @@ def test_inspect_prints_the_record_and_json(tmp_path):
     assert rows[1]["provenance"] is None and "gone.png: no such file" in rows[1]["error"]
 
 
+@pytest.mark.slow
 def test_upscale_records_provenance_end_to_end(tmp_path, tiny_models):
     """The real executable with the tiny models: the record names the settings; the flags drop it or all."""
     Image.fromarray(_smooth(16, 16, 3)).save(tmp_path / "in.png", icc_profile=SRGB)

@@ -17,7 +17,7 @@ from PIL import Image
 from invsr_cli.engine import model_identity
 from invsr_cli.engine.identity import file_sha256, hash_cache_path
 from tests import imagegen
-from tests.test_cli import run, text
+from tests.harness import invsr, manifest_records, text
 
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
 
@@ -144,9 +144,11 @@ def test_hub_identity_is_the_cached_revision_and_never_the_network(tmp_path, mon
 
 
 def _records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / ".invsr-manifest.jsonl").read_text().splitlines()]
+    assert (out / ".invsr-manifest.jsonl").is_file()  # the one plain manifest, every line whole
+    return manifest_records(out, strict=True)
 
 
+@pytest.mark.slow
 def test_swapped_weights_make_outputs_stale_under_skip_existing(tmp_path, tiny_models):
     from invsr_cli.engine.testing import build_tiny_models
 
@@ -164,7 +166,7 @@ def test_swapped_weights_make_outputs_stale_under_skip_existing(tmp_path, tiny_m
             "--tile", "32", "--overlap", "8", "--posterior", "mean"]
 
     def upscale() -> tuple[str, np.ndarray]:
-        p = run(args, env=env)
+        p = invsr(args, env=env)
         assert p.returncode == 0, text(p)
         return text(p), np.asarray(Image.open(out / "a.png"))
 

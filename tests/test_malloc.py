@@ -47,6 +47,7 @@ def test_keep_freed_memory_avoids_refaulting_large_blocks():
     assert keep["faults"] < PAGES // 10, keep  # the freed blocks are reused
 
 
+@pytest.mark.slow
 def test_env_turns_it_off():
     r = _probe("keep", INVSR_MALLOC="system")
     assert (r["applied"], r["mode"]) == (False, "system")

@@ -45,6 +45,7 @@ def test_manifest_survives_a_line_cut_short_by_a_crash(tmp_path):
     assert Manifest(path).lookup(type(tmp_path)("/o/c.png"))["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_second_lock_holder_is_refused_then_admitted(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; from invsr_cli.run.lock import output_lock\n"

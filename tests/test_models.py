@@ -85,6 +85,7 @@ def test_hub_cache_and_offline_mode_are_huggingface_hubs_own(tmp_path, monkeypat
     assert W.is_offline() is False and W.is_offline(True) is True
 
 
+@pytest.mark.slow
 def test_the_environment_sets_them_in_a_fresh_process(tmp_path):
     """What the monkeypatching above stands for: a fresh process (as `invsr` is) reads the variables."""
     import subprocess
@@ -412,18 +413,19 @@ def test_fetch_failure_online_is_explained(hf_env, monkeypatch):
         W.resolve("stabilityai/sd-turbo", fetch=True).require()
 
 
+@pytest.mark.slow
 def test_models_info_command_shows_what_loading_would_read(tmp_path, tiny_models):
     """`invsr models info` through the executable: the same resolve as loading, nothing downloaded."""
-    from tests.test_cli import run, text
+    from tests.harness import invsr, text
 
     env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "0"}
-    p = run(["models", "info", "--json", "--sd-model", tiny_models.sd_dir, "--noise-predictor",
-             tiny_models.noise_predictor_path], env=env)
+    p = invsr(["models", "info", "--json", "--sd-model", tiny_models.sd_dir, "--noise-predictor",
+               tiny_models.noise_predictor_path], env=env)
     assert p.returncode == 0, text(p)
     rows = json.loads(p.stdout)
     assert rows == W.models_info(tiny_models.sd_dir, tiny_models.noise_predictor_path)
     assert all(r["present"] for r in rows)
-    p = run(["models", "info"], env=env)  # Hub ids, empty cache, online: listed as missing, not fetched
+    p = invsr(["models", "info"], env=env)  # Hub ids, empty cache, online: listed as missing, not fetched
     assert p.returncode == 3, text(p)  # the exit code says the weights are not there (issue 19, item 8)
     assert "missing" in text(p) and str(tmp_path / "hub") in text(p)
     # a table a person can read: the cache path once per source, not on every file's line

@@ -12,8 +12,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,16 +27,15 @@ from invsr_cli.work.process import ImageTask
 from invsr_cli.work.report import Reporter
 from tests import imagegen
 from tests.faults import flat_tile_bomb_loader
+from tests.harness import invsr, invsr_popen, manifest_records, model_flags, subprocess_env, tiny_settings
 from tests.threads import torch_threads
 
-INVSR = str(Path(sys.executable).parent / "invsr")
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {"HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8:strict",
-       "RAY_ADDRESS": ""}
 
 
 def _env(extra=None) -> dict[str, str]:
-    env = {**os.environ, **ENV, **(extra or {})}
+    """The harness's environment with no Ray cluster to join and this source tree importable by Ray's workers."""
+    env = subprocess_env({"RAY_ADDRESS": "", **(extra or {})})
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return env
 
@@ -55,9 +52,7 @@ needs_ray = pytest.mark.skipif(not _has_ray(), reason="the ray extra is not inst
 
 
 def _settings(tiny_models, **flags):
-    return resolve_settings(None, {"sd_model": str(tiny_models.sd_dir),
-                                   "noise_predictor": str(tiny_models.noise_predictor_path),
-                                   "device": "cpu", "dtype": "fp32", "tile": 32, "overlap": 8, **flags})
+    return tiny_settings(tiny_models, **{"dtype": "fp32", **flags})
 
 
 def _inputs(folder: Path, n: int = 6) -> Path:
@@ -71,7 +66,8 @@ def _inputs(folder: Path, n: int = 6) -> Path:
 
 
 def _manifest(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / MANIFEST_NAME).read_text().splitlines() if line.strip()]
+    assert (out / MANIFEST_NAME).is_file()
+    return manifest_records(out, strict=True)
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -119,6 +115,7 @@ def single_process(tiny_models, tmp_path_factory):
 
 
 @needs_ray
+@pytest.mark.slow
 def test_ray_writes_the_same_bytes_and_every_input_ends_in_exactly_one_record(fake_gpu_cluster, tiny_models,
                                                                               single_process, tmp_path):
     """One run on the module's cluster (2 fake GPUs, settings `device: auto`): GPU workers are planned, each
@@ -166,6 +163,7 @@ def test_ray_writes_the_same_bytes_and_every_input_ends_in_exactly_one_record(fa
 
 
 @needs_ray
+@pytest.mark.slow
 def test_an_error_outside_the_per_file_handling_fails_only_its_image(fake_gpu_cluster, tiny_models,
                                                                      single_process, tmp_path):
     """An unexpected exception (here: the engine raising a plain RuntimeError on one image's tiles) fails that
@@ -193,6 +191,7 @@ def test_an_error_outside_the_per_file_handling_fails_only_its_image(fake_gpu_cl
 
 
 @needs_ray
+@pytest.mark.slow
 def test_weights_a_worker_cannot_load_raise_as_themselves(fake_gpu_cluster, tiny_models, tmp_path):
     """An engine that cannot load in the workers ends the run with the loader's own error (exit 3 in the CLI), not
     Ray's ActorDiedError wrapping it."""
@@ -335,6 +334,7 @@ def test_an_address_where_nothing_listens_fails_fast_and_names_it(tmp_path):
 # -- the real executable ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_missing_extra_exits_2_with_the_install_line(tmp_path):
     """Ray made unimportable by a `ray` module on PYTHONPATH that raises ImportError, as when it is absent."""
     shim = tmp_path / "shim"
@@ -344,8 +344,7 @@ def test_missing_extra_exits_2_with_the_install_line(tmp_path):
     imagegen.rgb(tmp_path / "in" / "a.png")
     env = _env()
     env["PYTHONPATH"] = os.pathsep.join((str(shim), env["PYTHONPATH"]))
-    p = subprocess.run([INVSR, "upscale", str(tmp_path / "in"), str(tmp_path / "out"), "--ray", "local"],
-                       capture_output=True, env=env, timeout=120)
+    p = invsr(["upscale", tmp_path / "in", tmp_path / "out", "--ray", "local"], environ=env, timeout=120)
     err = p.stderr.decode()
     assert p.returncode == 2, err
     assert "pip install 'invsr-cli[ray]'" in err
@@ -359,9 +358,7 @@ def _ray_local_run(tiny_models, tmp_path: Path) -> tuple[Path, Path, list[str]]:
     for i in range(16):
         imagegen.rgb(inp / f"img{i:02d}.png", w=48, h=40, seed=i)
     out = tmp_path / "out"
-    return inp, out, [INVSR, "upscale", str(inp), str(out), "--ray", "local", "--json", "--sd-model",
-                      str(tiny_models.sd_dir), "--noise-predictor", str(tiny_models.noise_predictor_path),
-                      "--device", "cpu", "--dtype", "fp32", "--tile", "32", "--overlap", "8"]
+    return inp, out, ["upscale", inp, out, "--ray", "local", "--json", *model_flags(tiny_models), "--dtype", "fp32"]
 
 
 @needs_ray
@@ -370,8 +367,7 @@ def test_driver_killed_then_rerun_computes_only_what_is_missing(tiny_models, tmp
     """`invsr upscale --ray local` killed (SIGKILL) after its first images; the re-run skips what the manifest
     records as done and computes only the rest, each input ending done exactly once across the two runs."""
     inp, out, args = _ray_local_run(tiny_models, tmp_path)
-    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
-                             start_new_session=True)
+    first = invsr_popen(args, environ=_env(), start_new_session=True)
     done_first = []
     try:
         for line in first.stdout:
@@ -389,7 +385,7 @@ def test_driver_killed_then_rerun_computes_only_what_is_missing(tiny_models, tmp
     kept = {str(inp / p.name) for p in out.iterdir() if not p.name.startswith(".")}
     assert set(done_first[:1]) <= recorded <= kept and len(kept) < 16
 
-    second = subprocess.run(args, capture_output=True, env=_env(), timeout=300)
+    second = invsr(args, environ=_env(), timeout=300)
     assert second.returncode == 0, second.stderr.decode()[-2000:]
     rows = [json.loads(line) for line in second.stdout.decode().splitlines()]
     images = [r for r in rows if r.get("type") == "image"]
@@ -432,7 +428,7 @@ def test_sigterm_stops_after_the_rows_in_flight_and_shuts_the_local_cluster_down
     """SIGTERM to `invsr upscale --ray local`: exit 143, every recorded image recorded once, every output
     complete, no temporary files, and the local cluster's processes gone with the driver."""
     _, out, args = _ray_local_run(tiny_models, tmp_path)
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), start_new_session=True)
+    p = invsr_popen(args, environ=_env(), start_new_session=True)
     lines = []
     for line in p.stdout:
         lines.append(json.loads(line))
@@ -475,10 +471,11 @@ def _session_processes(sid: int) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_devices_and_ray_together_are_refused_before_any_work(tmp_path):
     (tmp_path / "in").mkdir()
     imagegen.rgb(tmp_path / "in" / "a.png")
-    p = subprocess.run([INVSR, "upscale", str(tmp_path / "in"), str(tmp_path / "out"), "--ray", "local",
-                        "--devices", "cpu,cpu"], capture_output=True, env=_env(), timeout=120)
+    p = invsr(["upscale", tmp_path / "in", tmp_path / "out", "--ray", "local", "--devices", "cpu,cpu"],
+              environ=_env(), timeout=120)
     assert p.returncode == 2 and "--devices and --ray both given" in p.stderr.decode(), p.stderr.decode()
     assert not (tmp_path / "out").exists()

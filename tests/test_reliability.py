@@ -17,7 +17,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -30,49 +29,19 @@ from PIL import Image
 
 from invsr_cli.base.atomic import TEMP_SUFFIX
 from invsr_cli.imaging.decode import read_image
-from invsr_cli.run.discover import discover
 from invsr_cli.run.lock import output_lock
-from invsr_cli.run.runner import run_batch
-from invsr_cli.settings.settings import resolve_settings
-from invsr_cli.work.report import Reporter
 from tests import imagegen
+from tests.harness import (
+    invsr,
+    invsr_popen,
+    json_lines,
+    manifest_records,
+    run_in_process,
+    temps,
+    text,
+    tiny_settings,
+)
 from tests.hostile import build_corpus
-
-INVSR = str(Path(sys.executable).parent / "invsr")
-ENV = {"HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8:strict"}
-
-
-def _env(extra=None) -> dict[str, str]:
-    return {**os.environ, **ENV, **(extra or {})}
-
-
-def run(args, *, cwd=None, stdin: bytes | None = None, timeout=240) -> subprocess.CompletedProcess:
-    return subprocess.run([INVSR, *map(str, args)], cwd=cwd, input=stdin, capture_output=True, env=_env(),
-                          timeout=timeout)
-
-
-def popen(args, **kw) -> subprocess.Popen:
-    return subprocess.Popen([INVSR, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
-                            **kw)
-
-
-def text(p) -> str:
-    return p.stdout.decode(errors="replace") + p.stderr.decode(errors="replace")
-
-
-def json_lines(data: bytes) -> list[dict]:
-    """The JSON objects of a --json stdout; a last line cut short by a kill is ignored."""
-    objs = []
-    for line in data.decode("utf-8").splitlines():
-        try:
-            objs.append(json.loads(line))
-        except ValueError:
-            continue
-    return objs
-
-
-def temps(folder: Path) -> list[str]:
-    return [os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs if f.endswith(TEMP_SUFFIX)]
 
 
 def check_image(path, size) -> None:
@@ -80,12 +49,6 @@ def check_image(path, size) -> None:
     with Image.open(path) as im:
         im.load()
         assert im.size == (4 * size[0], 4 * size[1]), (path, im.size, size)
-
-
-@pytest.fixture(scope="module")
-def models(tiny_models):
-    return ["--sd-model", tiny_models.sd_dir, "--noise-predictor", tiny_models.noise_predictor_path,
-            "--device", "cpu", "--tile", "32", "--overlap", "8"]
 
 
 def _folder(d: Path, n: int, w: int = 48, h: int = 40) -> dict[str, tuple[int, int]]:
@@ -99,7 +62,7 @@ def _folder(d: Path, n: int, w: int = 48, h: int = 40) -> dict[str, tuple[int, i
 
 
 @pytest.mark.slow
-def test_hostile_corpus(tmp_path, models):
+def test_hostile_corpus(tmp_path, tiny_flags):
     corpus = build_corpus(tmp_path / "corpus", seed=5)
     root = corpus.root
     out = tmp_path / "out"
@@ -111,7 +74,7 @@ def test_hostile_corpus(tmp_path, models):
     assert n_bad >= 300 and len(corpus.by_expect("good")) >= 20
 
     start = time.perf_counter()
-    p = run(["upscale", "-r", root, out, "--json", *models], timeout=240)  # a hang fails here
+    p = invsr(["upscale", "-r", root, out, "--json", *tiny_flags], timeout=240)  # a hang fails here
     wall = time.perf_counter() - start
     err = p.stderr.decode(errors="replace")
     assert p.returncode == 1, text(p)[-3000:]
@@ -209,17 +172,12 @@ def _complete_outputs(out: Path, sizes: dict[str, tuple[int, int]]) -> dict[str,
     return found
 
 
-def _manifest_records(out: Path) -> list[dict]:
-    path = out / ".invsr-manifest.jsonl"
-    return json_lines(path.read_bytes()) if path.exists() else []
-
-
 def _run_and_kill(args, delay: float, *, after_first_done: bool, stderr_path: Path):
     """Start `invsr args`; SIGKILL it ``delay`` s after its start, or after its first new image (``--json``
     line with status done). -> (stdout bytes, return code, killed, stderr text)."""
     with open(stderr_path, "wb") as err:
         start = time.perf_counter()
-        p = subprocess.Popen([INVSR, *map(str, args)], stdout=subprocess.PIPE, stderr=err, env=_env())
+        p = invsr_popen(args, stderr=err)
         lines: list[bytes] = []
         reader = threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, b"")), daemon=True)
         reader.start()
@@ -242,16 +200,16 @@ def _run_and_kill(args, delay: float, *, after_first_done: bool, stderr_path: Pa
 
 
 @pytest.mark.slow
-def test_sigkill_crash_trials(tmp_path, models):
+def test_sigkill_crash_trials(tmp_path, tiny_flags):
     src = tmp_path / "in"
     sizes = _folder(src, 8)
     names = set(sizes)
     out = tmp_path / "out"
-    args = ["upscale", src, out, "--json", *models]
+    args = ["upscale", src, out, "--json", *tiny_flags]
 
     # calibrate: when does the first image land, how long does each take after that
     start = time.perf_counter()
-    p = popen(args)
+    p = invsr_popen(args)
     landed = [time.perf_counter() - start for line in p.stdout if b'"done"' in line]
     p.wait(timeout=120)
     t_end = time.perf_counter() - start
@@ -272,7 +230,7 @@ def test_sigkill_crash_trials(tmp_path, models):
         # a quarter of the kills during start-up or model loading (from the process start); the rest while images
         # are computed and written: after this run's first new image, within the time the rest would take
         delay = rng.uniform(0.3, t_first) if startup else rng.uniform(0.0, per_image * (remaining - 0.5))
-        records_before = len(_manifest_records(out))
+        records_before = len(manifest_records(out))
         if 0 < len(complete) < len(names):
             resumed_partial += 1
         stdout, returncode, killed, stderr = _run_and_kill(args, delay, after_first_done=not startup,
@@ -286,7 +244,7 @@ def test_sigkill_crash_trials(tmp_path, models):
         reported = {Path(o["output"]).name: o["status"] for o in json_lines(stdout) if o.get("type") == "image"}
         for name in complete:
             assert reported.get(name, "skipped") == "skipped", (trial, name, reported.get(name))
-        new_records = _manifest_records(out)[records_before:]
+        new_records = manifest_records(out)[records_before:]
         assert not {Path(r["output"]).name for r in new_records if r["status"] == "done"} & set(complete), trial
         if not killed:
             assert set(after) == names
@@ -303,17 +261,17 @@ def test_sigkill_crash_trials(tmp_path, models):
         shutil.rmtree(out)
         complete = {}
     before = dict(complete)
-    records_before = len(_manifest_records(out))
+    records_before = len(manifest_records(out))
     out.mkdir(exist_ok=True)  # what a kill in the middle of a write leaves (the trials' writes are too short to hit)
     (out / f".img_00.png.0badf00d{TEMP_SUFFIX}").write_bytes(b"\x89PNG\r\n\x1a\n half an image")
-    p = run(args, timeout=120)
+    p = invsr(args, timeout=120)
     assert p.returncode == 0, text(p)[-2000:]
     assert "removed 1 temporary file(s) left by an interrupted run" in p.stderr.decode()
     objs = json_lines(p.stdout)
     reported = {Path(o["output"]).name: o["status"] for o in objs if o["type"] == "image"}
     assert {n for n, s in reported.items() if s == "skipped"} == set(before)
     assert {n for n, s in reported.items() if s == "done"} == names - set(before)
-    new_done = {Path(r["output"]).name for r in _manifest_records(out)[records_before:] if r["status"] == "done"}
+    new_done = {Path(r["output"]).name for r in manifest_records(out)[records_before:] if r["status"] == "done"}
     assert new_done == names - set(before)
     assert set(_complete_outputs(out, sizes)) == names
     assert not temps(out)  # the next run cleaned what the kills left
@@ -328,11 +286,11 @@ def test_sigkill_crash_trials(tmp_path, models):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_stops_cleanly(tmp_path, models, sig, code):
+def test_signal_stops_cleanly(tmp_path, tiny_flags, sig, code):
     src = tmp_path / "in"
     sizes = _folder(src, 10)
     out = tmp_path / "out"
-    p = popen(["upscale", src, out, *models])
+    p = invsr_popen(["upscale", src, out, *tiny_flags])
     lines = []
     for line in p.stdout:  # wait for the first image: the run is then inside its signal handling
         lines.append(line.decode())
@@ -351,12 +309,12 @@ def test_signal_stops_cleanly(tmp_path, models, sig, code):
 
 
 @pytest.mark.slow
-def test_sigterm_while_the_models_load_still_prints_the_summary(tmp_path, models):
+def test_sigterm_while_the_models_load_still_prints_the_summary(tmp_path, tiny_flags):
     """-v announces the load before it starts (torch and diffusers are imported inside it, seconds even for the
     tiny models): a SIGTERM then abandons the load, prints the summary and exits 143."""
     src = tmp_path / "in"
     _folder(src, 2)
-    p = popen(["upscale", src, tmp_path / "out", "-v", *models])
+    p = invsr_popen(["upscale", src, tmp_path / "out", "-v", *tiny_flags])
     for line in p.stderr:
         if line.startswith(b"loading the models"):
             break
@@ -371,12 +329,12 @@ def test_sigterm_while_the_models_load_still_prints_the_summary(tmp_path, models
 
 @pytest.mark.slow
 @pytest.mark.parametrize("presses", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])
-def test_sigint_with_json_exits_130_after_the_summary_object(tmp_path, models, presses):
+def test_sigint_with_json_exits_130_after_the_summary_object(tmp_path, tiny_flags, presses):
     """Once: finish the writes in flight, then stop. Twice: abandon at once (a KeyboardInterrupt out of the run).
     Either way exit 130, the summary object last, no traceback."""
     src = tmp_path / "in"
     sizes = _folder(src, 10)
-    p = popen(["upscale", src, tmp_path / "out", "--json", *models])
+    p = invsr_popen(["upscale", src, tmp_path / "out", "--json", *tiny_flags])
     first = json.loads(p.stdout.readline())  # one image done: the run is inside its signal handling
     assert first["type"] == "image" and first["status"] == "done"
     for _ in range(presses):
@@ -390,12 +348,12 @@ def test_sigint_with_json_exits_130_after_the_summary_object(tmp_path, models, p
 
 
 @pytest.mark.slow
-def test_stdout_closed_by_its_reader_ends_quietly(tmp_path, models):
+def test_stdout_closed_by_its_reader_ends_quietly(tmp_path, tiny_flags):
     """`invsr upscale ... --json | head -n 1`: no traceback, no "Exception ignored ... BrokenPipeError" at exit."""
     src = tmp_path / "in"
     sizes = _folder(src, 10)
     out = tmp_path / "out"
-    p = popen(["upscale", src, out, "--json", *models])
+    p = invsr_popen(["upscale", src, out, "--json", *tiny_flags])
     first = json.loads(p.stdout.readline())
     p.stdout.close()  # what head does after its first line
     err = p.stderr.read().decode(errors="replace")
@@ -418,16 +376,16 @@ def _blocked_on_lock(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_second_run_exits_75_or_waits(tmp_path, models):
+def test_second_run_exits_75_or_waits(tmp_path, tiny_flags):
     imagegen.rgb(tmp_path / "a.png")
     out = tmp_path / "out"
-    args = ["upscale", tmp_path / "a.png", out, *models]
+    args = ["upscale", tmp_path / "a.png", out, *tiny_flags]
     with output_lock(out):
-        p = run(args)
+        p = invsr(args, timeout=240)
         assert p.returncode == 75, text(p)
         assert "another invsr run" in text(p) and "--wait" in text(p)
         assert not (out / "a.png").exists()
-        waiting = popen([*args, "--wait"])
+        waiting = invsr_popen([*args, "--wait"])
         deadline = time.monotonic() + 60
         while not _blocked_on_lock(waiting.pid) and waiting.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -443,28 +401,10 @@ def test_second_run_exits_75_or_waits(tmp_path, models):
 # -- in-process runs with a wrapped engine --------------------------------------------------------------------------
 
 
-class Recorder(Reporter):
-    def __init__(self):
-        self.outcomes, self.warnings = [], []
-
-    def outcome(self, o):
-        self.outcomes.append(o)
-
-    def warning(self, text):
-        self.warnings.append(text)
-
-    def status(self, name):
-        (o,) = [o for o in self.outcomes if Path(o.input).name == name]
-        return o.status, o.reason
-
-
 def _run_in_process(folder: Path, names, engine, out=None, **flags):
-    out = out or folder / "out"
-    found = discover([str(folder / n) for n in names], out)
-    settings = resolve_settings(None, {"device": "cpu", "tile": 32, "overlap": 8, **flags})
-    rec = Recorder()
-    summary = run_batch(found.jobs, settings, output_dir=out, reporter=rec, engine=engine, handle_signals=False)
-    return rec, summary
+    """-> (the Collect reporter, the summary) of ``names`` in ``folder`` run with ``engine`` into ``folder/out``."""
+    return run_in_process([folder / n for n in names], out or folder / "out", engine=engine,
+                          settings=tiny_settings(**flags))
 
 
 class WrappedEngine:
@@ -611,7 +551,7 @@ def _tree(root: Path, skip: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_stdin_paths_cannot_escape_output_dir(tmp_path, models):
+def test_stdin_paths_cannot_escape_output_dir(tmp_path, tiny_flags):
     w = tmp_path / "w"
     cwd = w / "a" / "b"
     (cwd / "sub").mkdir(parents=True)
@@ -633,7 +573,7 @@ def test_stdin_paths_cannot_escape_output_dir(tmp_path, models):
     before = _tree(tmp_path, out)
     listing = "\n".join(["../../etc/x.png", "sub/../../b.png", str(tmp_path / "elsewhere" / "abs.png"),
                          "./inner/y.png", "inner/../inner/z.png", "link/q.png"]) + "\n"
-    p = run(["upscale", "-", "out", "--json", *models], cwd=cwd, stdin=listing.encode())
+    p = invsr(["upscale", "-", "out", "--json", *tiny_flags], cwd=cwd, stdin=listing.encode(), timeout=240)
     assert p.returncode == 1, text(p)
     objs = {o["input"]: o for o in json_lines(p.stdout) if o["type"] == "image"}
     assert objs["link/q.png"]["status"] == "failed" and "outside OUTPUT_DIR" in objs["link/q.png"]["reason"]
@@ -665,8 +605,8 @@ def test_pickle_checkpoint_with_code_is_refused_by_the_cli(tmp_path, tiny_models
     with open(evil, "wb") as f:
         pickle.dump({"encoder.conv_in.weight": _Payload(marker)}, f, protocol=2)
     imagegen.rgb(tmp_path / "a.png")
-    p = run(["upscale", tmp_path / "a.png", tmp_path / "out", "--sd-model", tiny_models.sd_dir,
-             "--noise-predictor", evil, "--device", "cpu"])
+    p = invsr(["upscale", tmp_path / "a.png", tmp_path / "out", "--sd-model", tiny_models.sd_dir,
+             "--noise-predictor", evil, "--device", "cpu"], timeout=240)
     assert p.returncode == 3, text(p)
     assert "evil.pth" in text(p) and "Traceback" not in text(p)
     assert not marker.exists()

@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,16 +16,9 @@ from PIL import Image
 from invsr_cli.commands.htmlreport import page_path, write_report
 from tests import imagegen
 from tests.cdp import Browser, find_chromium
+from tests.harness import invsr
 
-ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = "<b>x&y\"'.png"  # a legal file name that is also markup
-
-
-def _invsr(args, cwd):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "invsr_cli.commands.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=300)
 
 
 @pytest.fixture
@@ -102,8 +93,9 @@ def test_pages_shards_escaping_and_reuse(tmp_path):
     assert "the output file is no longer there" in html.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_report_command_needs_a_manifest(tmp_path):
-    p = _invsr(["report", tmp_path], cwd=tmp_path)
+    p = invsr(["report", tmp_path], cwd=tmp_path, text=True)
     assert p.returncode == 2 and "no run manifest" in p.stderr, p.stdout + p.stderr
 
 
@@ -114,6 +106,7 @@ def _all_images_loaded(b: Browser) -> list[int]:
                       .then(() => [...document.images].map(i => i.naturalWidth))""")
 
 
+@pytest.mark.slow
 def test_report_renders_in_chromium_and_the_slider_moves(tiny_models, tmp_path, chromium):
     d = tmp_path / "in"
     d.mkdir()
@@ -122,11 +115,12 @@ def test_report_renders_in_chromium_and_the_slider_moves(tiny_models, tmp_path, 
     imagegen.rgba(d / "ñ 日本.png", 32, 32)
     (d / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "out"
-    p = _invsr(["upscale", d, out, "--sd-model", tiny_models.sd_dir, "--noise-predictor",
-                tiny_models.noise_predictor_path, "--preset", "auto", "--report", out / "report.html"], tmp_path)
+    p = invsr(["upscale", d, out, "--sd-model", tiny_models.sd_dir, "--noise-predictor",
+               tiny_models.noise_predictor_path, "--preset", "auto", "--report", out / "report.html"], cwd=tmp_path,
+              text=True)
     assert p.returncode == 1, p.stdout + p.stderr  # one input failed; the report is written anyway
     assert (out / "report.html").is_file() and len(list((out / "report_files").glob("*.webp"))) == 12
-    p = _invsr(["report", out, "-o", tmp_path / "again.html"], tmp_path)  # later, from the manifest alone
+    p = invsr(["report", out, "-o", tmp_path / "again.html"], cwd=tmp_path, text=True)  # later, from the manifest alone
     assert p.returncode == 0 and "3 image(s), 1 failed" in p.stdout, p.stdout + p.stderr
     page = (tmp_path / "again.html").read_text(encoding="utf-8")
     assert "not recorded in the manifest" not in page and "noise σ" in page  # auto: estimates and the rule

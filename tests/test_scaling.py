@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -30,38 +29,28 @@ from invsr_cli.run.lock import output_lock
 from invsr_cli.run.manifest import Manifest, folder_manifests
 from invsr_cli.run.runner import run_batch
 from invsr_cli.run.shard import Shard, parse_shard, resolve_shard, shard_from_env, shard_of
-from invsr_cli.settings.settings import resolve_settings
 from invsr_cli.work.report import Reporter
 from tests import imagegen
 from tests.faults import exit_on_write
+from tests.harness import (
+    invsr,
+    invsr_popen,
+    manifest_records,
+    model_flags,
+    subprocess_env,
+    temps,
+    tiny_settings,
+)
 from tests.threads import torch_threads
-
-INVSR = str(Path(sys.executable).parent / "invsr")
-ENV = {"HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8:strict"}
 
 
 def _env(extra=None) -> dict[str, str]:
-    env = {**os.environ, **ENV, **(extra or {})}
+    """The harness's environment without this shell's SLURM_ variables (they would pick a shard)."""
+    env = subprocess_env(extra)
     for k in [k for k in env if k.startswith("SLURM_")]:
         if k not in (extra or {}):
             del env[k]
     return env
-
-
-def temps(folder: Path) -> list[str]:
-    return [os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs if f.endswith(TEMP_SUFFIX)]
-
-
-def records(folder: Path) -> list[dict]:
-    """Every record of every manifest in ``folder``."""
-    out = []
-    for path in folder_manifests(folder):
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
 
 
 def _inputs(src: Path, n: int = 6, *, corrupt: bool = True) -> list[str]:
@@ -77,15 +66,13 @@ def _inputs(src: Path, n: int = 6, *, corrupt: bool = True) -> list[str]:
 
 @pytest.fixture(scope="module")
 def models(tiny_models):
-    return ["--sd-model", tiny_models.sd_dir, "--noise-predictor", tiny_models.noise_predictor_path,
-            "--tile", "32", "--overlap", "8"]
+    """The tiny models' flags without --device (these runs choose --devices)."""
+    return model_flags(tiny_models, device=None)
 
 
 @pytest.fixture(scope="module")
 def settings(tiny_models):
-    return resolve_settings(None, {"sd_model": str(tiny_models.sd_dir),
-                                   "noise_predictor": str(tiny_models.noise_predictor_path),
-                                   "device": "cpu", "tile": 32, "overlap": 8})
+    return tiny_settings(tiny_models)
 
 
 # -- shards: pure --------------------------------------------------------------------------------------------------
@@ -219,7 +206,7 @@ def test_same_bytes_and_exactly_once_across_executors(tmp_path, settings, tiny_e
         assert [n for n in got if got[n] != reference[n]] == [], f"{kind}: not byte-identical"
         assert not temps(outs[kind])
     for kind, out in outs.items():
-        recs = records(out)
+        recs = manifest_records(out)
         per_input = Counter(Path(r["input"]).name for r in recs)
         assert per_input == Counter(names), (kind, per_input)  # exactly once
         status = {Path(r["input"]).name: r["status"] for r in recs}
@@ -269,7 +256,7 @@ def test_disk_full_on_a_worker_stops_the_run_and_every_input_has_one_outcome(tmp
     assert all("No space left on device" in o.reason or o.reason.startswith("not attempted: disk full")
                for o in failed), [o.reason for o in failed]
     assert any(o.reason.startswith("not attempted") for o in failed)  # it stopped instead of trying every file
-    assert Counter(Path(r["input"]).name for r in records(out)) == Counter(names)  # and in the manifest
+    assert Counter(Path(r["input"]).name for r in manifest_records(out)) == Counter(names)  # and in the manifest
     assert not temps(out)
     done = {Path(o.input).name for o in summary.outcomes if o.status == "done"}
     assert sorted(x.name for x in out.glob("*.png")) == sorted(done)
@@ -279,7 +266,7 @@ def test_disk_full_on_a_worker_stops_the_run_and_every_input_has_one_outcome(tmp
 
 
 def _cli(args, extra_env=None, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([INVSR, *map(str, args)], capture_output=True, env=_env(extra_env), timeout=timeout)
+    return invsr(args, environ=_env(extra_env), timeout=timeout)
 
 
 class _Heard(Reporter):
@@ -311,7 +298,7 @@ def test_worker_killed_mid_image_is_retried_then_failed(tmp_path, settings):
     assert all(o.status == "done" for n, o in outcomes.items() if n != "img_02.png"), outcomes
     assert any("worker on cpu died (exit 1)" in w for w in heard.warnings), heard.warnings
     assert not temps(out) and not (out / "img_02.png").exists()
-    assert Counter(Path(r["input"]).name for r in records(out)) == Counter(names)
+    assert Counter(Path(r["input"]).name for r in manifest_records(out)) == Counter(names)
 
     # Only the first worker dies: the retry on another worker writes it.
     out2 = tmp_path / "out2"
@@ -323,7 +310,7 @@ def test_worker_killed_mid_image_is_retried_then_failed(tmp_path, settings):
     assert summary.failed == 0 and summary.processed == len(names)  # exit 0
     assert any("worker on cpu died (exit 1)" in w for w in heard.warnings), heard.warnings
     assert sorted(x.name for x in out2.glob("*.png")) == sorted(names) and not temps(out2)
-    assert Counter((Path(r["input"]).name, r["status"]) for r in records(out2)) == Counter(
+    assert Counter((Path(r["input"]).name, r["status"]) for r in manifest_records(out2)) == Counter(
         (n, "done") for n in names)
     from PIL import Image
 
@@ -335,7 +322,7 @@ def test_worker_killed_mid_image_is_retried_then_failed(tmp_path, settings):
 
 
 def _start_and_wait_first_done(args):
-    p = subprocess.Popen([INVSR, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    p = invsr_popen(args, environ=_env())
     lines: list[bytes] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, b"")), daemon=True)
     reader.start()
@@ -367,7 +354,7 @@ def test_sigterm_stops_the_workers_after_their_writes(tmp_path, models):
     for name in written:  # every output there is complete
         with Image.open(out / name) as im:
             im.load()
-    recs = records(out)
+    recs = manifest_records(out)
     assert Counter(Path(r["input"]).name for r in recs) == Counter(written)  # recorded once, only what was written
 
 
@@ -381,7 +368,7 @@ def test_driver_killed_then_rerun_computes_only_what_is_missing(tmp_path, models
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=60)
     time.sleep(3)  # orphaned workers notice their parent is gone and stop
-    first = {Path(r["input"]).name for r in records(out) if r["status"] == "done"}
+    first = {Path(r["input"]).name for r in manifest_records(out) if r["status"] == "done"}
     assert first
     p = _cli(args)
     err = p.stderr.decode(errors="replace")
@@ -397,6 +384,7 @@ def test_driver_killed_then_rerun_computes_only_what_is_missing(tmp_path, models
 # -- the command line -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_devices_with_device_is_an_error(tmp_path):
     imagegen.rgb(tmp_path / "a.png")
     p = _cli(["upscale", tmp_path / "a.png", tmp_path / "out", "--devices", "cpu,cpu", "--device", "cpu"])
@@ -408,6 +396,7 @@ def test_cli_devices_with_device_is_an_error(tmp_path):
     assert p.returncode == 2 and "shard" in p.stderr.decode()
 
 
+@pytest.mark.slow
 def test_cli_shard_from_slurm(tmp_path, models):
     src = tmp_path / "in"
     names = _inputs(src, 7, corrupt=False)

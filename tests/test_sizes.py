@@ -4,10 +4,6 @@ portrait inputs."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -23,8 +19,8 @@ from invsr_cli.geometry.sizing import input_size, parse_box, target_size
 from invsr_cli.geometry.tiling import plan_tiles
 from invsr_cli.settings.settings import DEFAULTS, Preset, resolve_settings
 from tests import imagegen
+from tests.harness import image_lines, invsr, upscale_json
 
-INVSR = str(Path(sys.executable).parent / "invsr")
 sides = st.integers(1, 5000)
 
 
@@ -178,18 +174,8 @@ def inputs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def models(tiny_models):
-    return ["--sd-model", str(tiny_models.sd_dir), "--noise-predictor", str(tiny_models.noise_predictor_path),
-            "--device", "cpu", "--tile", "32", "--overlap", "8", "--posterior", "mean"]
-
-
-def run(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([INVSR, "upscale", *map(str, args), "--json"], capture_output=True, env=env, timeout=300)
-
-
-def images(p: subprocess.CompletedProcess) -> dict[str, dict]:
-    return {Path(o["input"]).name: o for o in map(json.loads, p.stdout.decode().splitlines()) if o["type"] == "image"}
+def models(tiny_flags):
+    return [*tiny_flags, "--posterior", "mean"]
 
 
 def sizes(folder: Path) -> dict[str, tuple[int, int]]:
@@ -203,37 +189,40 @@ def sizes(folder: Path) -> dict[str, tuple[int, int]]:
     (["--long-side", 120], {"land.png": (120, 72), "port.png": (72, 120)}),
     (["--short-side", 60], {"land.png": (100, 60), "port.png": (60, 100)}),
 ], ids=["width", "height", "fit", "long-side", "short-side"])
+@pytest.mark.slow
 def test_each_size_option_end_to_end(flags, want, inputs, models, tmp_path):
     """Every case is at most x4 on both inputs except --width 100 on the portrait (x4.17): refused without
     --passes 2, so each case runs with it; the one-pass ones report one pass."""
-    p = run(inputs, tmp_path, *models, "--passes", "2", *flags)
+    p = upscale_json(inputs, tmp_path, *models, "--passes", "2", *flags)
     assert p.returncode == 0, p.stderr.decode()
     assert sizes(tmp_path) == want
-    got = images(p)
+    got = image_lines(p)
     for name, (w, h) in want.items():
         assert (got[name]["width"], got[name]["height"]) == (w, h)
         src = (40, 24) if name == "land.png" else (24, 40)
         assert got[name]["passes"] == (1 if w <= 4 * src[0] and h <= 4 * src[1] else 2)
 
 
+@pytest.mark.slow
 def test_above_x4_is_refused_before_any_work_naming_image_and_factor(inputs, models, tmp_path):
-    p = run(inputs, tmp_path / "out", *models, "--long-side", 200)
+    p = upscale_json(inputs, tmp_path / "out", *models, "--long-side", 200)
     err = p.stderr.decode()
     assert p.returncode == 2, err
     assert "land.png: x5 (40x24 -> 200x120)" in err and "port.png: x5 (24x40 -> 120x200)" in err
     assert "--passes 2" in err and not (tmp_path / "out").exists()
-    p = run(inputs, tmp_path / "out", *models, "--long-side", 700, "--passes", "2")  # x17.5: beyond two passes
+    p = upscale_json(inputs, tmp_path / "out", *models, "--long-side", 700, "--passes", "2")  # x17.5: beyond two passes
     err = p.stderr.decode()
     assert p.returncode == 2 and "x17.5" in err
     # --passes 2 is given already: the refusal says x16 is the limit, and never "add --passes 2" (issue 19, item 6)
     assert "more than x16" in err and "add --passes" not in err, err
 
 
+@pytest.mark.slow
 def test_passes_2_upscales_the_first_result_again(inputs, models, tmp_path):
-    p = run(inputs, tmp_path, *models, "--long-side", 200, "--passes", "2", "-v")
+    p = upscale_json(inputs, tmp_path, *models, "--long-side", 200, "--passes", "2", "-v")
     assert p.returncode == 0, p.stderr.decode()
     assert sizes(tmp_path) == {"land.png": (200, 120), "port.png": (120, 200)}
-    got = images(p)
+    got = image_lines(p)
     # pass 1 tiles 40x24; pass 2 tiles 50x30 (a quarter of 200x120: the x4 result reduced, then x4 again)
     tiles = len(plan_tiles(24, 40, 32, 8).tiles) + len(plan_tiles(30, 50, 32, 8).tiles)
     assert got["land.png"]["passes"] == 2 and got["land.png"]["tiles"] == tiles
@@ -241,60 +230,65 @@ def test_passes_2_upscales_the_first_result_again(inputs, models, tmp_path):
     assert out.std() > 5  # a picture, not a flat fill
 
 
+@pytest.mark.slow
 def test_dry_run_shows_final_sizes_and_passes(inputs, models, tmp_path):
-    p = run(inputs, tmp_path / "out", *models, "--long-side", 200, "--passes", "2", "--dry-run")
+    p = upscale_json(inputs, tmp_path / "out", *models, "--long-side", 200, "--passes", "2", "--dry-run")
     assert p.returncode == 0, p.stderr.decode()
-    got = images(p)
+    got = image_lines(p)
     assert {n: (o["status"], o["width"], o["height"], o["passes"]) for n, o in got.items()} == {
         "land.png": ("planned", 200, 120, 2), "port.png": ("planned", 120, 200, 2)}
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    plain = subprocess.run([INVSR, "upscale", inputs, tmp_path / "out", *models, "--fit", "80x80", "--dry-run"],
-                           capture_output=True, env=env, timeout=60).stdout.decode()
+    plain = invsr(["upscale", inputs, tmp_path / "out", *models, "--fit", "80x80", "--dry-run"],
+                  timeout=60).stdout.decode()
     assert "land.png 80x48" in plain and "port.png 48x80" in plain and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_max_input_side_reduces_first(inputs, models, tmp_path):
-    p = run(inputs, tmp_path, *models, "--max-input-side", 20)
+    p = upscale_json(inputs, tmp_path, *models, "--max-input-side", 20)
     assert p.returncode == 0, p.stderr.decode()
     assert sizes(tmp_path) == {"land.png": (80, 48), "port.png": (48, 80)}  # 20x12 and 12x20, x4
-    assert all(o["tiles"] == 1 for o in images(p).values())
+    assert all(o["tiles"] == 1 for o in image_lines(p).values())
 
 
+@pytest.mark.slow
 def test_max_pixels_counts_the_reduced_input(inputs, models, tmp_path):
     """A 40x24 input over --max-pixels 500 is refused; reduced to 20x12 = 240 px it runs."""
-    p = run(inputs / "land.png", tmp_path / "a", *models, "--max-pixels", 500)
-    assert p.returncode == 1 and "exceeds --max-pixels" in images(p)["land.png"]["reason"]
-    p = run(inputs / "land.png", tmp_path / "b", *models, "--max-pixels", 500, "--max-input-side", 20)
+    p = upscale_json(inputs / "land.png", tmp_path / "a", *models, "--max-pixels", 500)
+    assert p.returncode == 1 and "exceeds --max-pixels" in image_lines(p)["land.png"]["reason"]
+    p = upscale_json(inputs / "land.png", tmp_path / "b", *models, "--max-pixels", 500, "--max-input-side", 20)
     assert p.returncode == 0, p.stderr.decode()
 
 
+@pytest.mark.slow
 def test_a_second_pass_input_over_max_pixels_fails_that_image(inputs, models, tmp_path):
-    p = run(inputs, tmp_path, *models, "--long-side", 200, "--passes", "2", "--max-pixels", 1200)
-    got = images(p)
+    p = upscale_json(inputs, tmp_path, *models, "--long-side", 200, "--passes", "2", "--max-pixels", 1200)
+    got = image_lines(p)
     assert p.returncode == 1
     assert "the second pass's input: 50x30 = " in got["land.png"]["reason"], got
     assert "the second pass's input: 30x50 = " in got["port.png"]["reason"], got
     assert all(o["status"] == "failed" and "exceeds --max-pixels" in o["reason"] for o in got.values())
 
 
+@pytest.mark.slow
 def test_skip_if_larger_leaves_large_inputs_untouched(inputs, models, tmp_path):
     (tmp_path / "in").mkdir()
     imagegen.rgb(tmp_path / "in" / "small.png", 20, 12, seed=3)
     imagegen.rgb(tmp_path / "in" / "big.png", 48, 30, seed=4)
-    p = run(tmp_path / "in", tmp_path / "out", *models, "--skip-if-larger", 40)
+    p = upscale_json(tmp_path / "in", tmp_path / "out", *models, "--skip-if-larger", 40)
     assert p.returncode == 0, p.stderr.decode()
-    got = images(p)
+    got = image_lines(p)
     assert got["big.png"]["status"] == "skipped"
     assert got["big.png"]["reason"] == "long side 48 px is at least --skip-if-larger 40"
     assert got["small.png"]["status"] == "done" and sizes(tmp_path / "out") == {"small.png": (80, 48)}
-    dry = images(run(tmp_path / "in", tmp_path / "out2", *models, "--skip-if-larger", 40, "--dry-run"))
+    dry = image_lines(upscale_json(tmp_path / "in", tmp_path / "out2", *models, "--skip-if-larger", 40, "--dry-run"))
     assert dry["big.png"]["status"] == "skipped" and dry["small.png"]["status"] == "planned"
 
 
+@pytest.mark.slow
 def test_presets_may_set_the_size(inputs, models, tmp_path):
     preset = tmp_path / "thumbs.yaml"
     preset.write_text("description: small\nfit: 60x60\nmax_input_side: 30\n")
-    p = run(inputs, tmp_path / "out", *models, "--preset", preset)
+    p = upscale_json(inputs, tmp_path / "out", *models, "--preset", preset)
     assert p.returncode == 0, p.stderr.decode()
     assert sizes(tmp_path / "out") == {"land.png": (60, 36), "port.png": (36, 60)}
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,14 +21,9 @@ from invsr_cli.run.watch import PARTIAL_SUFFIXES, Settler, ignored_name, watch_f
 from invsr_cli.settings.settings import resolve_settings
 from invsr_cli.work.report import Reporter
 from tests import imagegen
+from tests.harness import invsr, invsr_popen
 
-INVSR = str(Path(sys.executable).parent / "invsr")
-ENV = {"HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8:strict"}
 SETTLE = 0.8  # seconds; the chunked writer below pauses 0.3 s between chunks, well inside it
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, **ENV}
 
 
 # -- the bookkeeping ----------------------------------------------------------------------------------------------
@@ -105,18 +98,11 @@ def test_every_upscale_option_watch_takes_sets_a_settings_key():
 # -- the real executable ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def models(tiny_models):
-    return ["--sd-model", tiny_models.sd_dir, "--noise-predictor", tiny_models.noise_predictor_path,
-            "--device", "cpu", "--tile", "32", "--overlap", "8"]
-
-
 class Watcher:
     """A running `invsr watch --json`: its JSON lines (stdout) and stderr, collected as they come."""
 
     def __init__(self, *args) -> None:
-        self.p = subprocess.Popen([INVSR, "watch", "--json", *map(str, args)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, env=_env())
+        self.p = invsr_popen(["watch", "--json", *args])
         self.objs: list[dict] = []
         self.err: list[str] = []
         self._threads = [threading.Thread(target=self._read_out, daemon=True),
@@ -182,7 +168,7 @@ def _png(path: Path, seed: int, w: int = 48, h: int = 40) -> bytes:
 
 
 @pytest.mark.slow
-def test_watch_picks_up_a_slow_copy_once_ignores_hidden_and_partial_files_and_stops_on_sigterm(tmp_path, models):
+def test_watch_picks_up_a_slow_copy_once_ignores_hidden_and_partial_files_and_stops_on_sigterm(tmp_path, tiny_flags):
     """One watcher, with its output folder nested inside the watched folder:
     the file already there is done at start; a file copied in chunks over 2.1 s is done exactly once, after it
     settled; hidden, temporary and partial files and our own outputs are ignored; a partial download renamed to
@@ -194,7 +180,7 @@ def test_watch_picks_up_a_slow_copy_once_ignores_hidden_and_partial_files_and_st
     scratch.mkdir()
     imagegen.rgb(inbox / "a.png", 48, 40, seed=1)
     _old(inbox / "a.png")
-    w = Watcher(inbox, out, "--settle", SETTLE, *models)
+    w = Watcher(inbox, out, "--settle", SETTLE, *tiny_flags)
     try:
         w.wait_for("the file already there", lambda: w.count("done")["a.png"] == 1)
 
@@ -241,16 +227,16 @@ def test_watch_picks_up_a_slow_copy_once_ignores_hidden_and_partial_files_and_st
 
 
 @pytest.mark.slow
-def test_polling_works_a_second_watcher_or_upscale_exits_75_and_sigint_is_a_clean_stop(tmp_path, models):
+def test_polling_works_a_second_watcher_or_upscale_exits_75_and_sigint_is_a_clean_stop(tmp_path, tiny_flags):
     inbox, out = tmp_path / "in", tmp_path / "out"
     inbox.mkdir()
     imagegen.rgb(inbox / "a.png", 48, 40, seed=1)
     _old(inbox / "a.png")
-    w = Watcher(inbox, out, "--poll", 0.3, "--settle", 0.5, *models)
+    w = Watcher(inbox, out, "--poll", 0.3, "--settle", 0.5, *tiny_flags)
     try:
         w.wait_for("the file already there", lambda: w.count("done")["a.png"] == 1)
-        for cmd in (["watch", inbox, out, *models], ["upscale", inbox, out, *models]):
-            second = subprocess.run([INVSR, *map(str, cmd)], capture_output=True, env=_env(), timeout=120)
+        for cmd in (["watch", inbox, out, *tiny_flags], ["upscale", inbox, out, *tiny_flags]):
+            second = invsr(cmd, timeout=120)
             assert second.returncode == 75, second.stderr.decode(errors="replace")
             assert b"another invsr run" in second.stderr
         imagegen.rgb(tmp_path / "b.png", 40, 32, seed=2)
@@ -304,9 +290,10 @@ def test_start_up_scan_names_and_skips_as_upscale_r_does(tmp_path, tiny_engine):
     (lambda t: (t / "in").mkdir(), ["in", "out", "--settle", "-1"], "--settle"),
     (lambda t: (t / "in").mkdir(), ["in", "out", "--poll", "0"], "--poll"),
 ])
+@pytest.mark.slow
 def test_usage_errors_exit_2(tmp_path, make, args, fragment):
     make(tmp_path)
-    p = subprocess.run([INVSR, "watch", *args], cwd=tmp_path, capture_output=True, env=_env(), timeout=60)
+    p = invsr(["watch", *args], cwd=tmp_path, timeout=60)
     assert p.returncode == 2, p.stderr.decode(errors="replace")
     assert fragment in p.stderr.decode(errors="replace")
     assert not (tmp_path / "out").exists()  # refused before taking the lock (which makes the folder)
