@@ -16,7 +16,8 @@ from invsr_cli.base.errors import ConfigError
 from invsr_cli.evaluation.evaluate import Config, EvalResult, build_configs, run_eval
 from invsr_cli.evaluation.pairs import Failure, Pair, read_pairs, source_pairs
 from invsr_cli.quality.lpips import HEADS_FILE, VGG_FILE, expected_keys
-from tests.test_cli import run, text
+from tests.harness import invsr as run
+from tests.harness import text
 from tests.test_report import chromium  # noqa: F401 - the fixture
 
 
@@ -237,7 +238,7 @@ def test_eval_cli_ctrl_c_prints_the_partial_table(tiny_models, photos: Path) -> 
     import signal
     import subprocess
 
-    from tests.test_cli import INVSR
+    from tests.harness import INVSR
 
     args = [INVSR, "eval", str(photos), "--size", "64", "--preset", "default,fidelity,blur,perceptual,auto",
             "--sd-model", str(tiny_models.sd_dir), "--noise-predictor", str(tiny_models.noise_predictor_path),

@@ -196,6 +196,7 @@ def test_an_animated_output_shows_its_first_frame_with_frame_count_and_timing(tm
         assert np.abs(np.asarray(im.convert("RGB"), np.float32) - np.asarray(want, np.float32)).mean() < 6
 
 
+@pytest.mark.slow
 def test_an_animated_entry_renders_in_chromium(tmp_path, chromium):
     out = _animated_run(tmp_path)
     write_report(out, tmp_path / "r.html")

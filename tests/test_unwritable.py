@@ -36,6 +36,7 @@ def _immutable(base: Path):
         subprocess.run(["chattr", "-i", str(d)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_the_checks_create_nothing_and_name_the_place(tmp_path):
     with _read_only_mount(tmp_path) as ro:
         for folder, verb in [(ro, "cannot write to"), (ro / "a" / "b", "cannot create")]:

@@ -181,6 +181,7 @@ def _peak_rss_kib(tmp_path: Path, frames: int) -> int:
     return int(done.stdout.split()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc (Linux)")
 def test_peak_memory_does_not_grow_with_length(tmp_path):
     short, long = _peak_rss_kib(tmp_path, 60), _peak_rss_kib(tmp_path, 600)
@@ -189,6 +190,7 @@ def test_peak_memory_does_not_grow_with_length(tmp_path):
     print(f"peak RSS: 60 frames {short} KiB, 600 frames {long} KiB")
 
 
+@pytest.mark.slow
 def test_missing_extra_names_the_pip_line(tmp_path):
     code = ("import sys; sys.modules['av'] = None\n"
             "from invsr_cli.imaging import video as V\n"
