@@ -80,7 +80,9 @@ def require_av() -> Any:
         import av
     except ImportError as exc:
         raise VideoReadError("video needs PyAV: `pip install 'invsr-cli[video]'`") from exc
-    av.logging.set_level(av.logging.FATAL)  # errors come back as exceptions; FFmpeg's log lines would only repeat them
+    # FFmpeg's log stays off (PyAV's default, level None): errors come back as exceptions anyway, and a log callback
+    # makes FFmpeg's decoder threads take the GIL, which can deadlock against a main thread closing the container
+    # after a corrupt frame (PyAV issues 909 and 1849).
     return av
 
 
@@ -303,7 +305,9 @@ def iter_frames(info: VideoInfo, segment: Segment | None = None) -> Iterator[Vid
     where = info.seconds(lo)
     with _open_input(av, info.path) as container:
         stream = container.streams[info.stream_index]
-        stream.thread_type = "AUTO"
+        # FFmpeg's default slice threading, not frame threading ("AUTO"/"FRAME"): stopping a frame-threaded decoder
+        # early (a segment's end, a corrupt frame) can hang in close (PyAV issues 367 and 1849); decoding is a
+        # negligible part of a frame's time next to the upscale.
         try:
             if first > 0:
                 container.seek(lo, stream=stream, backward=True, any_frame=False)
