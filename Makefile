@@ -13,14 +13,18 @@ install:
 	# formats: the HEIC and JPEG XL plugins; ray: Ray Data for --ray; video: PyAV. The tests exercise all three.
 	$(BIN)/pip install -q -e ".[dev,formats,ray,video]"
 
+# -n 2: two pytest workers (pytest-xdist), one per core; most of the time is spent in `invsr` processes the tests
+# start, one thread each. --dist loadgroup keeps a group (the Ray tests: one local cluster at a time) on one worker.
+XDIST := -n 2 --dist loadgroup
+
 test:
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
 test-fast:  # the inner loop: everything except the end-to-end trials marked slow
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow"
 
 test-all:
-	INVSR_REAL_WEIGHTS=1 $(BIN)/python -m pytest -q
+	INVSR_REAL_WEIGHTS=1 $(BIN)/python -m pytest -q $(XDIST)
 
 lint:  # style, then the layers: nothing imports upward (the contracts in pyproject.toml)
 	$(BIN)/ruff check invsr_cli tests

@@ -32,6 +32,9 @@ from tests.threads import torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Under `make test` (pytest-xdist, --dist loadgroup) these run on one worker: one local Ray cluster at a time.
+pytestmark = pytest.mark.xdist_group("ray")
+
 
 def _env(extra=None) -> dict[str, str]:
     """The harness's environment with no Ray cluster to join and this source tree importable by Ray's workers."""

@@ -147,6 +147,7 @@ def _has_ray() -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # with tests/test_ray.py: one local Ray cluster at a time
 @pytest.mark.skipif(not _has_ray(), reason="the ray extra is not installed (pip install 'invsr-cli[ray]')")
 def test_ray_local_an_engine_error_fails_only_its_image(tiny_models, reference, tmp_path, monkeypatch):
     from invsr_cli.run.executors.ray_data import RayExecutor

@@ -236,7 +236,10 @@ class RayExecutor:
         if self.address == "local":
             reporter.info(f"ray: starting a local cluster ({os.cpu_count()} CPUs, object store "
                           f"{self.object_store_memory // 2**20} MiB)")
-            ray.init(num_cpus=os.cpu_count(), object_store_memory=self.object_store_memory, **common)
+            # address="local": always a new cluster of this run's own, even when another runs on this machine (a
+            # second `--ray local` run, say); without it ray.init joins that one and refuses num_cpus
+            ray.init(address="local", num_cpus=os.cpu_count(), object_store_memory=self.object_store_memory,
+                     **common)
         else:
             address = "auto" if self.address == "auto" else self.address
             if address != "auto":
