@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
-from invsr_cli.base.atomic import atomic_write_bytes
+from invsr_cli.base.atomic import atomic_write_bytes, cleanup_stale_temps
 from invsr_cli.base.errors import ConfigError, InvSRError
+from invsr_cli.training.runlog import rewind_log
 
 __all__ = ["TrainOptions", "run_training", "latest_checkpoint", "TrainingStopped"]
 
@@ -150,6 +151,8 @@ def run_training(opts: TrainOptions, *, on_record: Callable[[dict[str, Any]], No
         trainer.load_state(st)
         source.load_state(st["data"])
         pool.load_state(st["pool"])
+        rewind_log(run_dir / "log.jsonl", trainer.iteration)  # a kill after the checkpoint left later lines
+        cleanup_stale_temps(run_dir)
     elif not opts.resume:
         (run_dir / "ckpts").mkdir(parents=True, exist_ok=True)
         (run_dir / "ema_ckpts").mkdir(parents=True, exist_ok=True)
@@ -199,7 +202,8 @@ def run_training(opts: TrainOptions, *, on_record: Callable[[dict[str, Any]], No
                         f"in {run_dir / 'ckpts'} is kept")
             else:
                 bad_streak = 0
-            rec.update(iteration=trainer.iteration, seconds=time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb())
+            rec.update(kind="train", iteration=trainer.iteration, iterations=opts.iterations,
+                       seconds=time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb())
             rec["it_per_s"] = 1.0 / rec["seconds"]
             log.write(json.dumps(rec) + "\n")
             log.flush()
