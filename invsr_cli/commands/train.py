@@ -135,6 +135,12 @@ def register(app: typer.Typer) -> None:
         dtype: Annotated[str, typer.Option("--dtype", help="fp32, bf16 (autocast) or fp16 (CUDA).")] = "fp32",
         save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N iterations.")] = 500,
         seed: Annotated[int, typer.Option("--seed", help="Seed of every random draw.")] = 123456,
+        val: Annotated[list[str] | None, typer.Option("--val", help="Validation HR images or folder (repeatable; "
+                                                      "default: held out from the inputs).")] = None,
+        val_every: Annotated[int, typer.Option("--val-every", help="Validate every N iterations (0: never).")]
+        = 500,
+        val_holdout: Annotated[int, typer.Option("--val-holdout", help="Without --val: training images held "
+                                                 "out for validation (-1: one in 20, at most 4).")] = -1,
         json_output: Annotated[bool, typer.Option("--json", help="One JSON object per record.")] = False,
         iteration: Annotated[int | None, typer.Option("--iteration", help="export: the checkpoint's iteration "
                                                       "(default: the newest).")] = None,
@@ -159,7 +165,8 @@ def register(app: typer.Typer) -> None:
                 inputs=tuple(inputs), out=out, sd_model=sd_model, init=init, discriminator=discriminator,
                 lpips=lpips, iterations=iterations or 2000, batch=batch, microbatch=microbatch, crop=crop, lr=lr,
                 warmup=warmup, gan_after=gan_after, no_gan=no_gan, no_lpips=no_lpips, dtype=dtype,
-                save_every=save_every, seed=seed)
+                save_every=save_every, seed=seed, val=tuple(val or ()), val_every=val_every,
+                val_holdout=val_holdout)
 
         show = _display(json_output)
         try:

@@ -10,6 +10,7 @@ CPU); SIGTERM makes the loop save at the end of the current iteration and stop.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -25,7 +26,9 @@ import torch
 
 from invsr_cli.base.atomic import atomic_write_bytes, cleanup_stale_temps
 from invsr_cli.base.errors import ConfigError, InvSRError
-from invsr_cli.training.runlog import rewind_log
+from invsr_cli.training.page import write_page
+from invsr_cli.training.runlog import read_log, rewind_log
+from invsr_cli.training.validate import Validator, split_validation
 
 __all__ = ["TrainOptions", "run_training", "latest_checkpoint", "TrainingStopped"]
 
@@ -59,6 +62,9 @@ class TrainOptions:
     seed: int = 123456
     grad_checkpointing: bool = True
     resume: bool = False
+    val: tuple[str, ...] = ()  # validation HR images or folders (default: held out from the inputs)
+    val_every: int = 500  # 0: no validation
+    val_holdout: int = -1  # without --val: images held out (-1: one in twenty, at most four)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -103,7 +109,7 @@ def _build(opts: TrainOptions, warn: Callable[[str], None]):
     weights = LossWeights(lpips=0.0 if opts.no_lpips else 2.0, gan=0.0 if opts.no_gan else 0.1,
                           gan_after=opts.gan_after)
     autocast = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[opts.dtype]
-    return trainer_from_components(
+    return comps, trainer_from_components(
         comps, lpips=lpips, discriminator=disc, weights=weights,
         optim=Optim(lr=opts.lr, warmup=opts.warmup, ema_rate=opts.ema_rate), seed=opts.seed,
         autocast_dtype=autocast, grad_checkpointing=opts.grad_checkpointing,
@@ -139,10 +145,19 @@ def run_training(opts: TrainOptions, *, on_record: Callable[[dict[str, Any]], No
     paths = expand_inputs(list(opts.inputs))
     if not paths:
         raise ConfigError("no training images found in the inputs")
+    val_paths: list[Path] = []
+    if opts.val_every > 0:
+        if opts.val:
+            val_paths = expand_inputs(list(opts.val))
+        else:
+            paths, val_paths = split_validation(paths, opts.val_holdout)
+        if not val_paths:
+            warn("no validation: no --val images and none held out (fewer than 20 training images; "
+                 "--val DIR or --val-holdout N)")
     if len(paths) < opts.batch:
         warn(f"{len(paths)} image(s) for a batch of {opts.batch}: images repeat within a batch")
 
-    trainer = _build(opts, warn)
+    comps, trainer = _build(opts, warn)
     source = PairSource(paths, opts.crop, opts.seed, warn)
     pool = PairPool(10 * opts.batch)
     ckpt = latest_checkpoint(run_dir) if opts.resume else None
@@ -157,7 +172,10 @@ def run_training(opts: TrainOptions, *, on_record: Callable[[dict[str, Any]], No
         (run_dir / "ckpts").mkdir(parents=True, exist_ok=True)
         (run_dir / "ema_ckpts").mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(
-            {**asdict(opts), "inputs": list(opts.inputs), "resume": False}, sort_keys=False).encode())
+            {**asdict(opts), "inputs": list(opts.inputs), "val": list(opts.val), "resume": False},
+            sort_keys=False).encode())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    validator = Validator(val_paths, opts.crop, trainer, comps, run_dir, warn) if val_paths else None
 
     stop = {"flag": False}
     old = signal.getsignal(signal.SIGTERM)
@@ -179,9 +197,29 @@ def run_training(opts: TrainOptions, *, on_record: Callable[[dict[str, Any]], No
         _save(run_dir / "ema_ckpts" / f"ema_model_{n}.pth", trainer.ema.state_dict())
 
     log = (run_dir / "log.jsonl").open("a", encoding="utf-8")
+
+    def emit(rec: dict[str, Any]) -> None:
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        if on_record:
+            on_record(rec)
+
+    validated = {"at": -1}
+
+    def validate() -> None:
+        if validator is None or validated["at"] == trainer.iteration:
+            return
+        rec = validator.run(trainer.iteration)
+        validated["at"] = trainer.iteration
+        if rec is not None:
+            emit(rec)
+            write_page(run_dir, read_log(run_dir / "log.jsonl"), config)
+
     done = 0
     bad_streak = 0
     try:
+        if trainer.iteration == 0:
+            validate()  # the starting predictor: the baseline of the scores and the strips' "before"
         while trainer.iteration < opts.iterations and not stop["flag"]:
             if stop_after is not None and done >= stop_after:
                 break
@@ -205,17 +243,20 @@ def run_training(opts: TrainOptions, *, on_record: Callable[[dict[str, Any]], No
             rec.update(kind="train", iteration=trainer.iteration, iterations=opts.iterations,
                        seconds=time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb())
             rec["it_per_s"] = 1.0 / rec["seconds"]
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            if on_record:
-                on_record(rec)
+            emit(rec)
+            if opts.val_every > 0 and trainer.iteration % opts.val_every == 0:
+                validate()
             if trainer.iteration % opts.save_every == 0:
                 save()
+        if trainer.iteration >= opts.iterations:
+            validate()  # the final weights are scored even off the --val-every grid
         if stop["flag"] or trainer.iteration >= opts.iterations or (stop_after and done >= stop_after):
             if latest_checkpoint(run_dir) != run_dir / "ckpts" / f"model_{trainer.iteration}.pth":
                 save()
     finally:
         log.close()
+        with contextlib.suppress(InvSRError, OSError):
+            write_page(run_dir, read_log(run_dir / "log.jsonl"), config)
         if old is not None:
             signal.signal(signal.SIGTERM, old)
     return {"iteration": trainer.iteration, "run_dir": str(run_dir), "stopped_by_signal": stop["flag"]}
