@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import re
 import resource
 import signal
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 
 from invsr_cli.base.atomic import atomic_write_bytes, cleanup_stale_temps
-from invsr_cli.base.errors import ConfigError, InvSRError
+from invsr_cli.base.errors import ConfigError, InvSRError, OutputError
 from invsr_cli.training.page import write_page
 from invsr_cli.training.runlog import read_log, rewind_log
 from invsr_cli.training.validate import Validator, split_validation
@@ -71,6 +72,17 @@ class TrainOptions:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = [(int(m.group(1)), p) for p in (run_dir / "ckpts").glob("model_*.pth") if (m := _CKPT_RE.match(p.name))]
     return max(found)[1] if found else None
+
+
+def _kept(run_dir: Path) -> str:
+    """What a stopped run leaves to resume from, for its message."""
+    last = latest_checkpoint(run_dir)
+    return f"the last good checkpoint {last} is kept" if last else "no checkpoint was saved yet"
+
+
+def _finite(trainer: Any) -> bool:
+    mods = [trainer.model, trainer.ema] + ([trainer.disc] if trainer.disc is not None else [])
+    return all(bool(torch.isfinite(p).all()) for m in mods for p in m.parameters())
 
 
 def _save(path: Path, obj: Any) -> None:
@@ -139,6 +151,8 @@ def run_training(opts: TrainOptions, *, on_record: Callable[[dict[str, Any]], No
     if opts.resume:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
         opts = TrainOptions(**{**saved, "resume": True, "iterations": opts.iterations or saved["iterations"]})
+    if not (math.isfinite(opts.lr) and opts.lr > 0):
+        raise ConfigError(f"--lr must be a positive number, got {opts.lr}")
     micro = opts.microbatch or opts.batch
     if opts.batch <= 0 or micro <= 0 or opts.batch % micro:
         raise ConfigError(f"--batch {opts.batch} must be a positive multiple of --microbatch {micro}")
@@ -190,11 +204,22 @@ def run_training(opts: TrainOptions, *, on_record: Callable[[dict[str, Any]], No
 
     def save() -> None:
         n = trainer.iteration
+        if not _finite(trainer):  # a finite loss can still step to inf weights: never save those
+            raise TrainingStopped(f"non-finite weights after iteration {n} (try a lower --lr); stopped without "
+                                  f"saving them, {_kept(run_dir)}")
         st = trainer.state()
         st["data"], st["pool"] = source.state(), pool.state()
         st["log_step"] = {"train": n, "val": 0}
-        _save(run_dir / "ckpts" / f"model_{n}.pth", st)
-        _save(run_dir / "ema_ckpts" / f"ema_model_{n}.pth", trainer.ema.state_dict())
+        ema_path, ckpt_path = run_dir / "ema_ckpts" / f"ema_model_{n}.pth", run_dir / "ckpts" / f"model_{n}.pth"
+        kept = _kept(run_dir)
+        try:  # the EMA first: the training checkpoint, which --resume reads, is the last file of a save
+            _save(ema_path, trainer.ema.state_dict())
+            _save(ckpt_path, st)
+        except OutputError as exc:
+            if not ckpt_path.exists():
+                ema_path.unlink(missing_ok=True)
+            raise type(exc)(f"saving the checkpoint of iteration {n} failed: {exc}; {kept}; free some space "
+                            f"and continue with `invsr train --resume {run_dir}`") from exc
 
     log = (run_dir / "log.jsonl").open("a", encoding="utf-8")
 
@@ -232,12 +257,12 @@ def run_training(opts: TrainOptions, *, on_record: Callable[[dict[str, Any]], No
                 mbs.append(pool.exchange(lq, gt_latent, trainer.gen))
             rec = trainer.step(mbs)
             done += 1
-            if not all(v == v and abs(v) != float("inf") for v in rec.values()):
+            if not all(math.isfinite(v) for k, v in rec.items() if k != "lr"):
                 bad_streak += 1
                 if bad_streak >= 3 or trainer.scaler.is_enabled() is False:
                     raise TrainingStopped(
-                        f"non-finite loss at iteration {trainer.iteration}; stopped, the last good checkpoint "
-                        f"in {run_dir / 'ckpts'} is kept")
+                        f"non-finite loss at iteration {trainer.iteration} (try a lower --lr, or --dtype fp32); "
+                        f"stopped, {_kept(run_dir)}")
             else:
                 bad_streak = 0
             rec.update(kind="train", iteration=trainer.iteration, iterations=opts.iterations,
