@@ -54,7 +54,7 @@ class _Json(_Plain):
 class _Rich(_Plain):
     """A live line on stderr: iteration M/N, bar, it/s, elapsed, ETA, losses; other lines printed above it."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Any = None) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -65,7 +65,7 @@ class _Rich(_Plain):
             TimeRemainingColumn,
         )
 
-        self.console = Console(stderr=True)
+        self.console = console if console is not None else Console(stderr=True)
         self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
                                  TimeRemainingColumn(), TextColumn("{task.fields[note]}"),
