@@ -150,6 +150,7 @@ def run_training(opts: TrainOptions, *, on_record: Callable[[dict[str, Any]], No
         raise ConfigError(f"--dtype must be fp32, bf16 or fp16; got {opts.dtype!r}")
     if opts.resume:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        saved.setdefault("val_every", 0)  # a run from before validation: holding images out now would shift its data
         opts = TrainOptions(**{**saved, "resume": True, "iterations": opts.iterations or saved["iterations"]})
     if not (math.isfinite(opts.lr) and opts.lr > 0):
         raise ConfigError(f"--lr must be a positive number, got {opts.lr}")
