@@ -16,7 +16,7 @@ from invsr_cli.base.atomic import atomic_write_bytes
 __all__ = ["PAGE", "chart", "write_page"]
 
 PAGE = "report.html"
-CHART_W, CHART_H, PAD = 420, 160, 36
+CHART_W, CHART_H, PAD, LEFT = 420, 160, 24, 60  # LEFT: room for the y labels
 MAX_POINTS = 600
 _LOSSES = (("total", "loss (weighted sum)"), ("l2", "L2 on latents"), ("lpips", "latent LPIPS"),
            ("gan", "GAN (generator)"), ("d_loss", "discriminator hinge"), ("lr", "learning rate"))
@@ -48,13 +48,13 @@ def chart(points: Sequence[tuple[float, float]], title: str) -> dict[str, Any] |
         x0, x1 = x0 - 1, x1 + 1
     if y1 == y0:
         y0, y1 = y0 - (abs(y0) or 1) * 0.05, y1 + (abs(y1) or 1) * 0.05
-    w, h = CHART_W - 2 * PAD, CHART_H - 2 * PAD
+    w, h = CHART_W - LEFT - PAD, CHART_H - 2 * PAD
 
     def px(p: tuple[float, float]) -> str:
-        return f"{PAD + (p[0] - x0) / (x1 - x0) * w:.1f},{PAD + (1 - (p[1] - y0) / (y1 - y0)) * h:.1f}"
+        return f"{LEFT + (p[0] - x0) / (x1 - x0) * w:.1f},{PAD + (1 - (p[1] - y0) / (y1 - y0)) * h:.1f}"
 
     return {"title": title, "polyline": " ".join(px(p) for p in pts), "points": len(pts), "w": CHART_W,
-            "h": CHART_H, "pad": PAD, "x0": _fmt(x0), "x1": _fmt(x1), "y0": _fmt(y0), "y1": _fmt(y1),
+            "h": CHART_H, "pad": PAD, "left": LEFT, "x0": _fmt(x0), "x1": _fmt(x1), "y0": _fmt(y0), "y1": _fmt(y1),
             "dots": len(pts) <= 40, "coords": [px(p).split(",") for p in pts] if len(pts) <= 40 else []}
 
 
@@ -75,8 +75,9 @@ def write_page(run_dir: str | Path, records: Sequence[dict[str, Any]], config: d
     run_dir = Path(run_dir)
     train = [r for r in records if r.get("kind", "train") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
-    charts = [c for key, title in _LOSSES
-              if (c := chart([(r["iteration"], r.get(key)) for r in train if key in r], title)) is not None]
+    charts = [c for key, title in _LOSSES  # a term switched off (all zeros: --no-gan, --no-lpips) has no chart
+              if any(r.get(key) for r in train)
+              and (c := chart([(r["iteration"], r.get(key)) for r in train if key in r], title)) is not None]
     val_charts = [c for key, title in _SCORES
                   if (c := chart([(r["iteration"], r.get(key)) for r in val], title)) is not None]
     last = train[-1] if train else None
