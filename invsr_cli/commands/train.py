@@ -13,7 +13,9 @@ def register(app: typer.Typer) -> None:
     """Add ``train`` to ``app``."""
 
     @app.command(epilog="Examples:\n\n  invsr train manga/ --out runs/manga --iterations 2000\n\n"
-                 "  invsr train --resume runs/manga\n\n  invsr train photos/ --out runs/x --no-gan --dtype bf16")
+                 "  invsr train --resume runs/manga\n\n  invsr train photos/ --out runs/x --no-gan --dtype bf16\n\n"
+                 "  accelerate launch --num_processes 4 -m invsr_cli train photos/ --out runs/x --batch 64 "
+                 "--microbatch 16")
     def train(
         inputs: Annotated[list[str] | None, typer.Argument(help="HR training images or folders.",
                                                            show_default=False, metavar="HR...")] = None,
@@ -39,7 +41,10 @@ def register(app: typer.Typer) -> None:
                                                "GAN term reaches the predictor.")] = 10_000,
         no_gan: Annotated[bool, typer.Option("--no-gan", help="Without the GAN term (ablation).")] = False,
         no_lpips: Annotated[bool, typer.Option("--no-lpips", help="Without the latent LPIPS term.")] = False,
-        dtype: Annotated[str, typer.Option("--dtype", help="fp32, bf16 (autocast) or fp16 (CUDA).")] = "fp32",
+        dtype: Annotated[str, typer.Option("--dtype", help="auto (fp16 on CUDA, fp32 on the CPU), fp32, bf16 "
+                                           "(autocast) or fp16 (autocast + GradScaler, CUDA only).")] = "auto",
+        device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (under accelerate launch: each "
+                                            "process's own GPU).")] = "auto",
         save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N iterations.")] = 500,
         seed: Annotated[int, typer.Option("--seed", help="Seed of every random draw.")] = 123456,
         json_output: Annotated[bool, typer.Option("--json", help="One JSON object per iteration.")] = False,
@@ -49,7 +54,7 @@ def register(app: typer.Typer) -> None:
         from invsr_cli.training.run import TrainOptions, run_training
 
         if resume:
-            opts = TrainOptions(inputs=(), out=resume, resume=True, iterations=iterations or 0)
+            opts = TrainOptions(inputs=(), out=resume, resume=True, iterations=iterations or 0, device=device)
         else:
             if not inputs or not out:
                 raise ConfigError("give HR images or folders and --out RUN_DIR (or --resume RUN_DIR)")
@@ -57,7 +62,7 @@ def register(app: typer.Typer) -> None:
                 inputs=tuple(inputs), out=out, sd_model=sd_model, init=init, discriminator=discriminator,
                 lpips=lpips, iterations=iterations or 2000, batch=batch, microbatch=microbatch, crop=crop, lr=lr,
                 warmup=warmup, gan_after=gan_after, no_gan=no_gan, no_lpips=no_lpips, dtype=dtype,
-                save_every=save_every, seed=seed)
+                save_every=save_every, seed=seed, device=device)
 
         def show(rec: dict[str, Any]) -> None:
             if json_output:

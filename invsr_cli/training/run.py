@@ -6,6 +6,12 @@ and the data position they leave out), ``ema_ckpts/ema_model_N.pth`` (the bare E
 ``invsr upscale --noise-predictor`` and the authors' code), ``log.jsonl`` (one JSON object per iteration).
 Every file is written atomically; ``resume=True`` continues from the newest checkpoint exactly (bit-identical on the
 CPU); SIGTERM makes the loop save at the end of the current iteration and stop.
+
+One process or N (``accelerate launch -m invsr_cli train ...``, :mod:`invsr_cli.training.processes`): the same code
+path. ``--batch`` is the global batch: each process makes its slice of it (``batch / N`` samples in micro-batches of
+``--microbatch``), the gradients are averaged across processes, and every random draw is made per global iteration,
+so the training is the same on 1 or N processes and a checkpoint resumes on any process count that divides the
+batch. Only the main process writes the run folder.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import resource
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +59,8 @@ class TrainOptions:
     gan_after: int = 10_000
     no_gan: bool = False
     no_lpips: bool = False
-    dtype: str = "fp32"
+    dtype: str = "auto"  # auto (fp16 on CUDA, fp32 on the CPU) | fp32 | bf16 | fp16 (CUDA); config.yaml: resolved
+    device: str = "auto"  # auto | cpu | cuda: where this invocation runs (not part of the run's identity)
     save_every: int = 500
     seed: int = 123456
     grad_checkpointing: bool = True
@@ -85,7 +92,7 @@ def _check_out(run_dir: Path, opts: TrainOptions) -> None:
         raise ConfigError(f"--out {run_dir} holds another run; pass --resume to continue it or choose a new folder")
 
 
-def _build(opts: TrainOptions, warn: Callable[[str], None]):
+def _build(opts: TrainOptions, warn: Callable[[str], None], device: torch.device):
     from invsr_cli.engine.loading import load_components
     from invsr_cli.engine.noise_predictor import NoisePredictor
     from invsr_cli.training.nets import load_discriminator, load_latent_lpips
@@ -97,6 +104,11 @@ def _build(opts: TrainOptions, warn: Callable[[str], None]):
     comps = load_components(opts.sd_model, np_spec, device="cpu", dtype="fp32")
     if scratch:
         comps.noise_predictor = NoisePredictor(comps.noise_predictor.config)
+    # the frozen UNet and VAE in the autocast dtype, as the authors (fp16 weights); the text encoder stays on the
+    # CPU (one prompt, then freed); the trained networks keep float32 weights
+    frozen = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[opts.dtype]
+    comps.unet.to(device=device, dtype=frozen)
+    comps.vae.to(device=device, dtype=frozen)
     lpips = None if opts.no_lpips else load_latent_lpips(_need(opts.lpips, "latent LPIPS", "--lpips"))
     disc = None if opts.no_gan else load_discriminator(_need(opts.discriminator, "discriminator", "--discriminator"))
     weights = LossWeights(lpips=0.0 if opts.no_lpips else 2.0, gan=0.0 if opts.no_gan else 0.1,
@@ -119,42 +131,51 @@ def _need(path: str | None, what: str, flag: str) -> str:
 
 def run_training(opts: TrainOptions, *, on_record: Callable[[dict[str, Any]], None] | None = None,
                  warn: Callable[[str], None] | None = None, stop_after: int | None = None) -> dict[str, Any]:
-    """Train until ``opts.iterations`` (or ``stop_after`` iterations of this call, or SIGTERM); returns a summary."""
+    """Train until ``opts.iterations`` (or ``stop_after`` iterations of this call, or SIGTERM); returns a summary.
+    Under several processes every process calls this; ``on_record`` is called on the main one only."""
     import yaml
 
     from invsr_cli.training.data import PairPool, PairSource, expand_inputs
+    from invsr_cli.training.processes import Processes, resolve_precision, split_batch
 
-    warn = warn or (lambda m: None)
+    procs = Processes(opts.device)
+    base_warn = warn or (lambda m: None)
+    warn = base_warn if procs.is_main else (lambda m: base_warn(f"process {procs.rank}: {m}"))
     run_dir = Path(opts.out)
     _check_out(run_dir, opts)
-    if opts.dtype not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"--dtype must be fp32, bf16 or fp16; got {opts.dtype!r}")
     if opts.resume:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-        opts = TrainOptions(**{**saved, "resume": True, "iterations": opts.iterations or saved["iterations"]})
-    micro = opts.microbatch or opts.batch
-    if opts.batch <= 0 or micro <= 0 or opts.batch % micro:
-        raise ConfigError(f"--batch {opts.batch} must be a positive multiple of --microbatch {micro}")
+        opts = TrainOptions(**{**saved, "resume": True, "iterations": opts.iterations or saved["iterations"],
+                               "device": opts.device})
+    opts = replace(opts, dtype=resolve_precision(opts.dtype, procs.device))
+    micro, count = split_batch(opts.batch, opts.microbatch, procs.world)
     paths = expand_inputs(list(opts.inputs))
     if not paths:
         raise ConfigError("no training images found in the inputs")
-    if len(paths) < opts.batch:
+    if len(paths) < opts.batch and procs.is_main:
         warn(f"{len(paths)} image(s) for a batch of {opts.batch}: images repeat within a batch")
 
-    trainer = _build(opts, warn)
+    trainer = _build(opts, warn, procs.device)
     source = PairSource(paths, opts.crop, opts.seed, warn)
     pool = PairPool(10 * opts.batch)
+    procs.wait()  # every process has checked --out before the main one creates the run there
     ckpt = latest_checkpoint(run_dir) if opts.resume else None
     if ckpt is not None:
         st = torch.load(ckpt, map_location="cpu", weights_only=False)
         trainer.load_state(st)
         source.load_state(st["data"])
         pool.load_state(st["pool"])
-    elif not opts.resume:
+        was = int(st.get("processes", 1))
+        if was != procs.world and procs.is_main:
+            warn(f"resuming a run saved on {was} process(es) on {procs.world}: the same global batch "
+                 f"({opts.batch}), split {count} x {micro} per process")
+    elif not opts.resume and procs.is_main:
         (run_dir / "ckpts").mkdir(parents=True, exist_ok=True)
         (run_dir / "ema_ckpts").mkdir(parents=True, exist_ok=True)
+        config = {k: v for k, v in asdict(opts).items() if k != "device"}
         atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(
-            {**asdict(opts), "inputs": list(opts.inputs), "resume": False}, sort_keys=False).encode())
+            {**config, "inputs": list(opts.inputs), "resume": False}, sort_keys=False).encode())
+    procs.wait()
 
     stop = {"flag": False}
     old = signal.getsignal(signal.SIGTERM)
@@ -168,14 +189,18 @@ def run_training(opts: TrainOptions, *, on_record: Callable[[dict[str, Any]], No
         old = None
 
     def save() -> None:
+        if not procs.is_main:
+            return
         n = trainer.iteration
         st = trainer.state()
         st["data"], st["pool"] = source.state(), pool.state()
         st["log_step"] = {"train": n, "val": 0}
+        st["processes"] = procs.world
         _save(run_dir / "ckpts" / f"model_{n}.pth", st)
         _save(run_dir / "ema_ckpts" / f"ema_model_{n}.pth", trainer.ema.state_dict())
 
-    log = (run_dir / "log.jsonl").open("a", encoding="utf-8")
+    log = (run_dir / "log.jsonl").open("a", encoding="utf-8") if procs.is_main else None
+    cuda = procs.device.type == "cuda"
     done = 0
     bad_streak = 0
     try:
@@ -183,13 +208,8 @@ def run_training(opts: TrainOptions, *, on_record: Callable[[dict[str, Any]], No
             if stop_after is not None and done >= stop_after:
                 break
             t0 = time.perf_counter()
-            mbs = []
-            for _ in range(opts.batch // micro):
-                pairs = [source.next_pair() for _ in range(micro)]
-                lq = torch.stack([p[0] for p in pairs])
-                gt_latent = trainer.encode(torch.stack([p[1] for p in pairs]))
-                mbs.append(pool.exchange(lq, gt_latent, trainer.gen))
-            rec = trainer.step(mbs)
+            rec = trainer.step(_micro_batches(trainer, source, pool, procs, opts.batch, micro, count), procs=procs)
+            stop["flag"] = procs.any(stop["flag"])  # the processes stop at the same iteration
             done += 1
             if not all(v == v and abs(v) != float("inf") for v in rec.values()):
                 bad_streak += 1
@@ -199,19 +219,53 @@ def run_training(opts: TrainOptions, *, on_record: Callable[[dict[str, Any]], No
                         f"in {run_dir / 'ckpts'} is kept")
             else:
                 bad_streak = 0
-            rec.update(iteration=trainer.iteration, seconds=time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb())
+            if cuda:
+                torch.cuda.synchronize(procs.device)
+            rec.update(iteration=trainer.iteration, seconds=time.perf_counter() - t0, peak_rss_mb=_peak_rss_mb(),
+                       processes=procs.world)
+            if cuda:
+                rec["peak_cuda_mb"] = torch.cuda.max_memory_allocated(procs.device) / 2**20
             rec["it_per_s"] = 1.0 / rec["seconds"]
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            if on_record:
-                on_record(rec)
+            if log is not None:
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                if on_record:
+                    on_record(rec)
             if trainer.iteration % opts.save_every == 0:
                 save()
         if stop["flag"] or trainer.iteration >= opts.iterations or (stop_after and done >= stop_after):
             if latest_checkpoint(run_dir) != run_dir / "ckpts" / f"model_{trainer.iteration}.pth":
                 save()
+        procs.wait()  # no process leaves while the main one is still writing
     finally:
-        log.close()
+        if log is not None:
+            log.close()
         if old is not None:
             signal.signal(signal.SIGTERM, old)
     return {"iteration": trainer.iteration, "run_dir": str(run_dir), "stopped_by_signal": stop["flag"]}
+
+
+def _micro_batches(trainer: Any, source: Any, pool: Any, procs: Any, batch: int, micro: int,
+                   count: int) -> list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
+    """This process's ``count`` micro-batches of ``micro`` for the next global iteration: it makes its slice of the
+    global samples, encodes their GT latents, all processes pool the fresh pairs (the pair pool is global, the same
+    on every process), and the pool's output and the iteration's random draws are sliced back to this process."""
+    per = micro * count
+    mine = slice(procs.rank * per, (procs.rank + 1) * per)
+    first = source.next
+    pairs = [source.pair(first + procs.rank * per + j) for j in range(per)]
+    source.next = first + batch
+    lat = source.crop // trainer.latent_factor
+    draws = trainer.draw(batch, (lat, lat))
+    hr = torch.stack([p[1] for p in pairs])
+    gt_noise = draws["gt_noise"][mine]
+    gt_latent = torch.cat([trainer.encode(hr[i : i + micro], gt_noise[i : i + micro]).cpu()
+                           for i in range(0, per, micro)])
+    lq_all = procs.gather(torch.stack([p[0] for p in pairs]))
+    gt_all = procs.gather(gt_latent)
+    lq_b, gt_b = pool.exchange(lq_all, gt_all, trainer.gen)
+    out = []
+    for j in range(count):
+        s = slice(mine.start + j * micro, mine.start + (j + 1) * micro)
+        out.append((lq_b[s], gt_b[s], {k: v[s] for k, v in draws.items() if k != "gt_noise"}))
+    return out
