@@ -73,5 +73,5 @@ def register(app: typer.Typer) -> None:
                            f"{rec['it_per_s']:.2f} it/s")
 
         summary = run_training(opts, on_record=show, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
-        if not json_output:
+        if not json_output and summary["main_process"]:  # under accelerate: said once, by the main process
             typer.echo(f"stopped at iteration {summary['iteration']}; checkpoints in {summary['run_dir']}")

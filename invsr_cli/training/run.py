@@ -107,8 +107,15 @@ def _build(opts: TrainOptions, warn: Callable[[str], None], device: torch.device
     # the frozen UNet and VAE in the autocast dtype, as the authors (fp16 weights); the text encoder stays on the
     # CPU (one prompt, then freed); the trained networks keep float32 weights
     frozen = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[opts.dtype]
-    comps.unet.to(device=device, dtype=frozen)
-    comps.vae.to(device=device, dtype=frozen)
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # its note on casting with .to(): no module of these must stay fp32
+    try:
+        comps.unet.to(device=device, dtype=frozen)
+        comps.vae.to(device=device, dtype=frozen)
+    finally:
+        diffusers_logging.set_verbosity(level)
     lpips = None if opts.no_lpips else load_latent_lpips(_need(opts.lpips, "latent LPIPS", "--lpips"))
     disc = None if opts.no_gan else load_discriminator(_need(opts.discriminator, "discriminator", "--discriminator"))
     weights = LossWeights(lpips=0.0 if opts.no_lpips else 2.0, gan=0.0 if opts.no_gan else 0.1,
@@ -242,7 +249,8 @@ def run_training(opts: TrainOptions, *, on_record: Callable[[dict[str, Any]], No
             log.close()
         if old is not None:
             signal.signal(signal.SIGTERM, old)
-    return {"iteration": trainer.iteration, "run_dir": str(run_dir), "stopped_by_signal": stop["flag"]}
+    return {"iteration": trainer.iteration, "run_dir": str(run_dir), "stopped_by_signal": stop["flag"],
+            "processes": procs.world, "main_process": procs.is_main}
 
 
 def _micro_batches(trainer: Any, source: Any, pool: Any, procs: Any, batch: int, micro: int,
