@@ -96,7 +96,7 @@ def _build(opts: TrainOptions, warn: Callable[[str], None], device: torch.device
     from invsr_cli.engine.loading import load_components
     from invsr_cli.engine.noise_predictor import NoisePredictor
     from invsr_cli.training.nets import load_discriminator, load_latent_lpips
-    from invsr_cli.training.setup import trainer_from_components
+    from invsr_cli.training.setup import place_frozen, trainer_from_components
     from invsr_cli.training.step import LossWeights, Optim
 
     scratch = opts.init == "scratch"
@@ -104,18 +104,7 @@ def _build(opts: TrainOptions, warn: Callable[[str], None], device: torch.device
     comps = load_components(opts.sd_model, np_spec, device="cpu", dtype="fp32")
     if scratch:
         comps.noise_predictor = NoisePredictor(comps.noise_predictor.config)
-    # the frozen UNet and VAE in the autocast dtype, as the authors (fp16 weights); the text encoder stays on the
-    # CPU (one prompt, then freed); the trained networks keep float32 weights
-    frozen = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[opts.dtype]
-    from diffusers.utils import logging as diffusers_logging
-
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # its note on casting with .to(): no module of these must stay fp32
-    try:
-        comps.unet.to(device=device, dtype=frozen)
-        comps.vae.to(device=device, dtype=frozen)
-    finally:
-        diffusers_logging.set_verbosity(level)
+    place_frozen(comps, {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[opts.dtype], device)
     lpips = None if opts.no_lpips else load_latent_lpips(_need(opts.lpips, "latent LPIPS", "--lpips"))
     disc = None if opts.no_gan else load_discriminator(_need(opts.discriminator, "discriminator", "--discriminator"))
     weights = LossWeights(lpips=0.0 if opts.no_lpips else 2.0, gan=0.0 if opts.no_gan else 0.1,
