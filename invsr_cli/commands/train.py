@@ -105,7 +105,9 @@ def register(app: typer.Typer) -> None:
                  "  invsr train manga/ --out runs/manga --val manga_val/ --val-every 250\n\n"
                  "  invsr train --resume runs/manga\n\n  invsr train photos/ --out runs/x --no-gan --dtype bf16\n\n"
                  "  invsr train export runs/manga manga.safetensors [--iteration 1500]   (the EMA weights to "
-                 "share, with their provenance; then: invsr upscale in/ out/ --noise-predictor manga.safetensors)")
+                 "share, with their provenance; then: invsr upscale in/ out/ --noise-predictor manga.safetensors)\n\n"
+                 "  accelerate launch --num_processes 4 -m invsr_cli train photos/ --out runs/x --batch 64 "
+                 "--microbatch 16")
     def train(
         inputs: Annotated[list[str] | None, typer.Argument(help="HR training images or folders (or: export RUN_DIR "
                                                            "FILE.safetensors).", show_default=False,
@@ -132,7 +134,10 @@ def register(app: typer.Typer) -> None:
                                                "GAN term reaches the predictor.")] = 10_000,
         no_gan: Annotated[bool, typer.Option("--no-gan", help="Without the GAN term (ablation).")] = False,
         no_lpips: Annotated[bool, typer.Option("--no-lpips", help="Without the latent LPIPS term.")] = False,
-        dtype: Annotated[str, typer.Option("--dtype", help="fp32, bf16 (autocast) or fp16 (CUDA).")] = "fp32",
+        dtype: Annotated[str, typer.Option("--dtype", help="auto (fp16 on CUDA, fp32 on the CPU), fp32, bf16 "
+                                           "(autocast) or fp16 (autocast + GradScaler, CUDA only).")] = "auto",
+        device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (under accelerate launch: each "
+                                            "process's own GPU).")] = "auto",
         save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N iterations.")] = 500,
         seed: Annotated[int, typer.Option("--seed", help="Seed of every random draw.")] = 123456,
         val: Annotated[list[str] | None, typer.Option("--val", help="Validation HR images or folder (repeatable; "
@@ -157,7 +162,7 @@ def register(app: typer.Typer) -> None:
         from invsr_cli.training.run import TrainOptions, run_training
 
         if resume:
-            opts = TrainOptions(inputs=(), out=resume, resume=True, iterations=iterations or 0)
+            opts = TrainOptions(inputs=(), out=resume, resume=True, iterations=iterations or 0, device=device)
         else:
             if not inputs or not out:
                 raise ConfigError("give HR images or folders and --out RUN_DIR (or --resume RUN_DIR)")
@@ -166,13 +171,15 @@ def register(app: typer.Typer) -> None:
                 lpips=lpips, iterations=iterations or 2000, batch=batch, microbatch=microbatch, crop=crop, lr=lr,
                 warmup=warmup, gan_after=gan_after, no_gan=no_gan, no_lpips=no_lpips, dtype=dtype,
                 save_every=save_every, seed=seed, val=tuple(val or ()), val_every=val_every,
-                val_holdout=val_holdout)
+                val_holdout=val_holdout, device=device)
 
         show = _display(json_output)
         try:
             summary = run_training(opts, on_record=show.record, warn=show.warn)
         finally:
             show.close()
+        if not summary["main_process"]:  # under accelerate: said once, by the main process
+            return
         if json_output:
             typer.echo(json.dumps({"kind": "done", **summary}))
         else:
