@@ -23,9 +23,9 @@ from typing import Any
 from invsr_cli.work.report import Reporter
 
 __all__ = [
-    "ENV", "INVSR", "TINY_SETTINGS", "Collect", "image_lines", "invsr", "invsr_popen", "json_lines",
-    "manifest_records", "model_flags", "run_in_process", "subprocess_env", "temps", "text", "tiny_settings",
-    "upscale_json",
+    "ENV", "INVSR", "TINY_SETTINGS", "Collect", "accelerate_launch", "image_lines", "invsr", "invsr_popen",
+    "json_lines", "manifest_records", "model_flags", "run_in_process", "subprocess_env", "temps", "text",
+    "tiny_settings", "upscale_json",
 ]
 
 INVSR = str(Path(sys.executable).parent / "invsr")  # the entry point installed beside this Python
@@ -63,6 +63,17 @@ def invsr_popen(args: Iterable[Any], *, env: Mapping[str, str] | None = None,
     kw.setdefault("stderr", subprocess.PIPE)
     env = dict(environ) if environ is not None else subprocess_env(env)
     return subprocess.Popen([INVSR, *map(str, args)], env=env, **kw)
+
+
+def accelerate_launch(processes: int, args: Iterable[Any], *, timeout: float = 300,
+                      env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``accelerate launch --multi_gpu --num_processes N -m invsr_cli ARGS...`` with this Python (so this checkout's
+    code), no config file, a free rendezvous port, :func:`subprocess_env` (one torch thread per process); on a
+    machine without GPUs pass ``--device cpu`` in ``args``: the processes then talk through gloo."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "invsr_cli", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, env=subprocess_env(env), timeout=timeout)
 
 
 def text(p: subprocess.CompletedProcess) -> str:

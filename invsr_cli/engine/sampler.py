@@ -116,7 +116,10 @@ class InvSREngine:
     >>> hr = engine.upscale(lr, steps=1, seed=0)        # doctest: +SKIP
     """
 
-    def __init__(self, components: Components) -> None:
+    def __init__(self, components: Components, *, prompt_embeds: torch.Tensor | None = None) -> None:
+        """``prompt_embeds``: the positive prompt's (1, 77, D) embeddings computed already (``invsr train``
+        validates with its trained predictor and frees the text encoder: ``components.text_encoder`` may then be
+        None, and guidance > 1, which needs the negative prompt, is refused)."""
         self.components = components
         self.vae = components.vae
         self.unet = components.unet
@@ -133,7 +136,10 @@ class InvSREngine:
         self.encode_prompt_calls = 0
         self.load_seconds: float | None = None  # set by load(): finding and loading the weights, wall time
         for m in (self.vae, self.unet, self.text_encoder, self.noise_predictor):
-            m.requires_grad_(False).eval()
+            if m is not None:
+                m.requires_grad_(False).eval()
+        if prompt_embeds is not None:
+            self._prompt_cache["positive"] = prompt_embeds.detach().to(self._device, self._dtype)
         self._prepare_for_device()
 
     # -- construction ----------------------------------------------------------------------------------------
@@ -207,6 +213,9 @@ class InvSREngine:
     # -- prompt ----------------------------------------------------------------------------------------------
 
     def _encode_prompt(self, text: str) -> torch.Tensor:
+        if self.text_encoder is None:
+            raise ConfigError("this engine was built without a text encoder (fixed prompt embeddings): "
+                              "guidance > 1 needs the negative prompt")
         tok = self.tokenizer
         max_len = min(int(tok.model_max_length), int(self.text_encoder.config.max_position_embeddings))
         ids = tok(

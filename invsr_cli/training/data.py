@@ -1,8 +1,8 @@
 """Training pairs: random crops and flips of the user's HR images, the Real-ESRGAN training-profile degradations
 (:mod:`invsr_cli.quality.degrade`), and the authors' pair pool (TRAINING.md sections 2-3).
 
-All randomness comes from one numpy generator whose state, with the epoch order and position, is part of a
-checkpoint, so a resumed run draws exactly the pairs an uninterrupted one would have drawn.
+Every sample is a pure function of the seed and its global index (no stream state), so a resumed run draws exactly
+the pairs an uninterrupted one would have drawn, and N processes draw the pairs one process would, each its slice.
 """
 
 from __future__ import annotations
@@ -36,27 +36,40 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 class PairSource:
-    """Endless (LR, HR) crops: ``crop`` x ``crop`` HR (reflect-101 padded when a side is smaller), flipped with
-    p 0.5, degraded to ``crop/4``. Unreadable files are skipped and reported once through ``warn``."""
+    """(LR, HR) crops by *global sample index*: ``crop`` x ``crop`` HR (reflect-101 padded when a side is smaller),
+    flipped with p 0.5, degraded to ``crop/4``. Unreadable files are skipped and reported once through ``warn``.
+
+    Sample ``g`` is a pure function of (``seed``, ``g``, the files): epoch ``g // n`` visits the images in a
+    permutation drawn from ``(seed, epoch)``, and the crop, flip and degradations of sample ``g`` come from a
+    generator seeded with ``(seed, g)``; an unreadable image gives way to the next readable one of the permutation.
+    So every process of a run makes exactly its own slice of a global batch, and the data position is one number
+    (the next global index), the same whatever the process count."""
 
     def __init__(self, paths: list[Path], crop: int, seed: int, warn: Any = None) -> None:
         if crop <= 0 or crop % 32:
             raise InputError(f"--crop must be a positive multiple of 32, got {crop}")
-        self.paths, self.crop = list(paths), crop
-        self.rng = np.random.default_rng(seed)
-        self.order: list[int] = []
-        self.pos = 0
+        self.paths, self.crop, self.seed = list(paths), crop, int(seed)
+        self.next = 0  # the next global sample index (the loop advances it by the global batch)
         self.bad: set[int] = set()
         self.padded_said = False
         self.warn = warn or (lambda msg: None)
+        self._perm: tuple[int, list[int]] = (-1, [])
 
     def state(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state, "order": list(self.order), "pos": self.pos,
-                "bad": sorted(self.bad)}
+        return {"seed": self.seed, "next": self.next, "bad": sorted(self.bad)}
 
     def load_state(self, st: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = st["rng"]
-        self.order, self.pos, self.bad = list(st["order"]), int(st["pos"]), set(st["bad"])
+        if "next" not in st:
+            raise InputError("the checkpoint's data position is of an older layout (a per-process stream); "
+                             "start a new run to train with this version")
+        self.seed, self.next, self.bad = int(st["seed"]), int(st["next"]), set(st["bad"])
+        self._perm = (-1, [])
+
+    def _order(self, epoch: int) -> list[int]:
+        if self._perm[0] != epoch:
+            self._perm = (epoch, [int(i) for i in np.random.default_rng([self.seed, 0, epoch]).permutation(
+                len(self.paths))])
+        return self._perm[1]
 
     def _read(self, i: int) -> np.ndarray | None:
         from invsr_cli.imaging.decode import read_image
@@ -70,27 +83,35 @@ class PairSource:
             self.warn(f"{self.paths[i]}: skipped ({exc})")
             return None
 
-    def next_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``g``: LR (3, crop/4, crop/4) and HR (3, crop, crop) float32 in [0, 1]."""
         from invsr_cli.quality.degrade import degrade
 
-        for _ in range(2 * len(self.paths) + 2):
-            if self.pos >= len(self.order):
-                self.order = [int(i) for i in self.rng.permutation(len(self.paths)) if int(i) not in self.bad]
-                self.pos = 0
-                if not self.order:
-                    break
-            i = self.order[self.pos]
-            self.pos += 1
-            hr = self._read(i)
-            if hr is None:
-                continue
-            hr = self._crop(hr)
-            lr, _ = degrade(hr, "training", self.rng)
-            to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float() / 255.0  # noqa: E731
-            return to_t(lr), to_t(hr)
+        n = len(self.paths)
+        if n:
+            epoch, pos = divmod(g, n)
+            order = self._order(epoch)
+            for step in range(n):
+                i = order[(pos + step) % n]
+                if i in self.bad:
+                    continue
+                hr = self._read(i)
+                if hr is None:
+                    continue
+                rng = np.random.default_rng([self.seed, 1, g])
+                hr = self._crop(hr, rng)
+                lr, _ = degrade(hr, "training", rng)
+                to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float() / 255.0  # noqa: E731
+                return to_t(lr), to_t(hr)
         raise InputError("no readable training image left (every input was skipped)")
 
-    def _crop(self, hr: np.ndarray) -> np.ndarray:
+    def next_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pair at the data position, which then moves on by one."""
+        out = self.pair(self.next)
+        self.next += 1
+        return out
+
+    def _crop(self, hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         c = self.crop
         h, w = hr.shape[:2]
         if h < c or w < c:
@@ -99,10 +120,10 @@ class PairSource:
                 self.padded_said = True
             hr = np.pad(hr, ((0, max(0, c - h)), (0, max(0, c - w)), (0, 0)), mode="reflect")
             h, w = hr.shape[:2]
-        y = int(self.rng.integers(0, h - c + 1))
-        x = int(self.rng.integers(0, w - c + 1))
+        y = int(rng.integers(0, h - c + 1))
+        x = int(rng.integers(0, w - c + 1))
         hr = hr[y : y + c, x : x + c]
-        if self.rng.random() < 0.5:
+        if rng.random() < 0.5:
             hr = hr[:, ::-1]
         return hr
 

@@ -11,7 +11,7 @@ from invsr_cli.engine.sampler import POSITIVE_PROMPT, alphas_cumprod_from_config
 from invsr_cli.training.discriminator import DiscriminatorConfig, LatentDiscriminator
 from invsr_cli.training.step import LossWeights, Optim, Trainer
 
-__all__ = ["encode_prompt", "trainer_from_components", "tiny_discriminator_config"]
+__all__ = ["encode_prompt", "place_frozen", "trainer_from_components", "tiny_discriminator_config"]
 
 
 @torch.no_grad()
@@ -21,6 +21,15 @@ def encode_prompt(tokenizer: Any, text_encoder: Any, text: str = POSITIVE_PROMPT
     ids = tokenizer(text, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt").input_ids
     device = next(text_encoder.parameters()).device
     return text_encoder(ids.to(device)).last_hidden_state.float()
+
+
+def place_frozen(components: Any, dtype: torch.dtype, device: torch.device | str) -> None:
+    """The frozen UNet and VAE onto ``device`` in ``dtype``: the autocast dtype, as the authors train with fp16
+    weights for them (they are never updated, so they need no float32 master copy). The text encoder stays where it
+    is (one prompt on the CPU, then freed); the trained networks keep float32 (:func:`trainer_from_components`)."""
+    for m in (components.unet, components.vae):
+        # nn.Module.to: diffusers' own .to() notes its fp32-only modules, which these models do not have
+        torch.nn.Module.to(m, device=device, dtype=dtype)
 
 
 def tiny_discriminator_config(cross_attention_dim: int = 32) -> DiscriminatorConfig:

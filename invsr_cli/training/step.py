@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 TRAIN_TIMESTEPS = (250, 200, 150, 100)  # per-sample start steps; the models see t - 1
+_TERMS = ("l2", "lpips", "gan", "total")
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class Trainer:
         self.prompt_embeds = prompt_embeds.detach().to(self.device)
         self.sigma = sigma_table(alphas_cumprod).to(self.device)
         self.scaling_factor = float(vae.config.scaling_factor)
+        self.latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # image pixels per latent pixel
         self.autocast_dtype = autocast_dtype
         for frozen in (vae, unet, self.lpips):
             if frozen is not None:
@@ -137,31 +139,47 @@ class Trainer:
         return torch.randn(tuple(shape), generator=self.gen, dtype=torch.float32).to(self.device)
 
     @torch.no_grad()
-    def encode(self, img01: torch.Tensor) -> torch.Tensor:
-        """Scaled VAE posterior *sample* of images in [0, 1] (B,3,H,W) -> (B,4,H/8,W/8), float32."""
+    def encode(self, img01: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled VAE posterior *sample* of images in [0, 1] (B,3,H,W) -> (B,4,H/8,W/8), float32; the sample's
+        standard normal ``noise`` is drawn from the trainer's generator unless given."""
         vae_dtype = next(self.vae.parameters()).dtype
-        dist = self.vae.encode((2.0 * img01 - 1.0).to(self.device, vae_dtype)).latent_dist
-        noise = self._randn(dist.mean.shape)
+        with self._autocast():
+            dist = self.vae.encode((2.0 * img01 - 1.0).to(self.device, vae_dtype)).latent_dist
+        noise = self._randn(dist.mean.shape) if noise is None else noise.to(self.device, torch.float32)
         return (dist.mean.float() + dist.std.float() * noise) * self.scaling_factor
 
     def draw_timesteps(self, batch: int) -> torch.Tensor:
         idx = torch.randint(len(TRAIN_TIMESTEPS), (batch,), generator=self.gen)
         return (torch.tensor(TRAIN_TIMESTEPS)[idx] - 1).to(self.device)
 
+    def draw(self, batch: int, latent_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Every random number of the generator passes of a *global* batch, on the CPU, in a fixed order: the start
+        timesteps ``tt`` (B,), the standard normals (B,4,h,w) of the GT latent's VAE posterior sample ``gt_noise``,
+        of the LR latent's ``lq_noise`` and of the predictor's sample ``q_noise``. Each process draws them all (the same numbers) and takes its slice, so the training does not
+        depend on how the batch is split into processes and micro-batches."""
+        idx = torch.randint(len(TRAIN_TIMESTEPS), (batch,), generator=self.gen)
+        shape = (batch, 4, *latent_hw)
+        noises = [torch.randn(shape, generator=self.gen, dtype=torch.float32) for _ in range(3)]
+        return {"tt": torch.tensor(TRAIN_TIMESTEPS)[idx] - 1, "gt_noise": noises[0], "lq_noise": noises[1],
+                "q_noise": noises[2]}
+
     def forward(self, lq: torch.Tensor, gt_latent: torch.Tensor, *, tt: torch.Tensor | None = None,
-                with_gan: bool | None = None) -> dict[str, torch.Tensor]:
+                with_gan: bool | None = None, noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+                ) -> dict[str, torch.Tensor]:
         """The generator pass on one micro-batch: LR ``lq`` (B,3,h,w) in [0,1], ``gt_latent`` (B,4,h/2,w/2).
+        ``tt`` and ``noise`` (the VAE posterior's and the predictor's standard normals) are drawn from the
+        trainer's generator unless given (:meth:`draw`).
         Returns the per-sample loss terms (B,), their weighted sum ``total``, and ``z0``, ``tt`` for the D update."""
         b = lq.shape[0]
         lq = lq.to(self.device, torch.float32)
         gt_latent = gt_latent.to(self.device, torch.float32)
         tt = self.draw_timesteps(b) if tt is None else tt.to(self.device)
         up = F.interpolate(lq, scale_factor=4, mode="bicubic", align_corners=False)
-        z_lq = self.encode(up)
+        z_lq = self.encode(up, None if noise is None else noise[0])
         prompt = self.prompt_embeds.expand(b, -1, -1)
         with self._autocast():
             q = self.model(2.0 * lq - 1.0, tt)
-            noise = self._randn(q.mean.shape)
+            noise = self._randn(q.mean.shape) if noise is None else noise[1].to(self.device, torch.float32)
             sig = self.sigma[tt].view(b, 1, 1, 1)
             z_t = z_lq + sig * (q.mean.float() + q.std.float() * noise)
             unet_dtype = next(self.unet.parameters()).dtype
@@ -188,12 +206,13 @@ class Trainer:
 
     # -- one iteration ------------------------------------------------------------------------------------------
 
-    def step(self, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]], *, accumulate: int | None = None,
-             sync: Any = None) -> dict[str, float]:
-        """One iteration over ``micro_batches`` of ``(lq, gt_latent)``. The generator loss of each micro-batch is
-        divided by ``accumulate`` (default: their number; the global count under several processes); the
-        discriminator's is not (the authors sum its micro-batch gradients). ``sync(model)`` averages gradients
-        across processes before each optimiser step when given."""
+    def step(self, micro_batches: Sequence[tuple], *, procs: Any = None) -> dict[str, float]:
+        """One iteration over this process's ``micro_batches``: ``(lq, gt_latent)`` or ``(lq, gt_latent, draws)``
+        with ``draws`` the micro-batch's slice of :meth:`draw` (else each pass draws from the generator). The
+        generator and the discriminator loss of each micro-batch are divided by their number, and ``procs``
+        (:class:`~invsr_cli.training.processes.Processes`) averages the gradients over the processes before each
+        optimiser step, so both follow the mean over the global batch (the authors' 4-GPU run: one micro-batch per
+        GPU, DDP averaging) whatever the split. The record's losses are means over the global batch."""
         if not micro_batches:
             raise ValueError("an iteration needs at least one micro-batch")
         self.iteration += 1
@@ -201,28 +220,33 @@ class Trainer:
         lr = warmup_lr(n, self.optim.lr, self.optim.warmup)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        accumulate = accumulate or len(micro_batches)
+        accumulate = len(micro_batches)
         self.opt.zero_grad(set_to_none=True)
-        sums = {"l2": 0.0, "lpips": 0.0, "gan": 0.0, "total": 0.0}
+        sums = torch.zeros(5, dtype=torch.float64)  # l2, lpips, gan, total, samples
         saved = []
-        count = 0
-        for lq, gt in micro_batches:
-            out = self.forward(lq, gt)
+        for mb in micro_batches:
+            lq, gt = mb[0], mb[1]
+            draws = mb[2] if len(mb) > 2 else None
+            out = self.forward(lq, gt, tt=None if draws is None else draws["tt"],
+                               noise=None if draws is None else (draws["lq_noise"], draws["q_noise"]))
             loss = out["total"].mean() / accumulate
             self.scaler.scale(loss).backward()
-            for k in sums:
-                sums[k] += float(out[k].detach().sum())
-            count += lq.shape[0]
+            sums += torch.tensor([float(out[k].detach().sum()) for k in _TERMS] + [lq.shape[0]], dtype=torch.float64)
             saved.append((out["z0"], out["tt"], gt))
-        if sync is not None:
-            sync(self.model)
+        if procs is not None:
+            procs.mean_grads(self.model)
         self.scaler.step(self.opt)
         self.scaler.update()
         self.update_ema()
-        record = {k: v / max(count, 1) for k, v in sums.items()}
+        d_sums = self._discriminator_step(saved, procs) if self.disc is not None else torch.zeros(2, dtype=torch.float64)
+        if procs is not None:
+            both = procs.sum(torch.cat([sums, d_sums]))
+            sums, d_sums = both[:5], both[5:]
+        count = max(float(sums[4]), 1.0)
+        record = {k: float(sums[i]) / count for i, k in enumerate(_TERMS)}
         record["lr"] = lr
         if self.disc is not None:
-            record["d_loss"] = self._discriminator_step(saved, sync)
+            record["d_loss"] = float(d_sums[0]) / max(float(d_sums[1]), 1.0)
         return record
 
     @torch.no_grad()
@@ -231,7 +255,9 @@ class Trainer:
         for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
             e.sub_((1.0 - decay) * (e - p.detach()))
 
-    def _discriminator_step(self, saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], sync: Any) -> float:
+    def _discriminator_step(self, saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                            procs: Any) -> torch.Tensor:
+        """The hinge update on the generator pass's micro-batches; returns (sum of per-sample losses, samples)."""
         assert self.disc is not None and self.d_opt is not None
         self.disc.requires_grad_(True)
         self.d_opt.zero_grad(set_to_none=True)
@@ -243,16 +269,16 @@ class Trainer:
                     real = self.disc(gt.to(self.device, torch.float32), tt, prompt)
                     fake = self.disc(z0.clamp(-FAKE_CLAMP, FAKE_CLAMP), tt, prompt)
                     per = hinge_discriminator([r.float() for r in real], [f.float() for f in fake])
-                self.d_scaler.scale(per.mean()).backward()
+                self.d_scaler.scale(per.mean() / len(saved)).backward()
                 total += float(per.detach().sum())
                 count += z0.shape[0]
-            if sync is not None:
-                sync(self.disc)
+            if procs is not None:
+                procs.mean_grads(self.disc)
             self.d_scaler.step(self.d_opt)
             self.d_scaler.update()
         finally:
             self.disc.requires_grad_(False)
-        return total / max(count, 1)
+        return torch.tensor([total, count], dtype=torch.float64)
 
     # -- state --------------------------------------------------------------------------------------------------
 
@@ -276,12 +302,18 @@ class Trainer:
         self.model.load_state_dict(st["state_dict"], strict=True)
         self.ema.load_state_dict(st["ema_state_dict"], strict=True)
         self.opt.load_state_dict(st["optimizer"])
-        self.scaler.load_state_dict(st["amp_scaler"])
+        _load_scaler(self.scaler, st["amp_scaler"])
         self.gen.set_state(st["generator"])
         if self.disc is not None:
             if "state_dict_dis" not in st:
                 raise ValueError("the checkpoint has no discriminator state (it was trained with --no-gan)")
             self.disc.load_state_dict(st["state_dict_dis"], strict=True)
             self.d_opt.load_state_dict(st["optimizer_dis"])
-            self.d_scaler.load_state_dict(st["amp_scaler_dis"])
+            _load_scaler(self.d_scaler, st["amp_scaler_dis"])
 
+
+
+def _load_scaler(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
+    """A GradScaler's state; a disabled scaler's (empty: an fp32/bf16 checkpoint) leaves an enabled one fresh."""
+    if state and scaler.is_enabled():
+        scaler.load_state_dict(state)
