@@ -112,6 +112,12 @@ def pytest_configure(config):
     import subprocess
 
     platform.processor()  # runs `uname -p` once and caches it: `invsr bench`'s machine line, in process, asks
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # `make test` runs one worker per core: torch's default pool (a thread per core) in each would oversubscribe
+        # the cores and spin, as the harness's OMP_NUM_THREADS=1 avoids for the `invsr` processes
+        import torch
+
+        torch.set_num_threads(1)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(_posixsubprocess, "fork_exec", _guarded("fork_exec", _posixsubprocess.fork_exec))
