@@ -56,7 +56,7 @@ def test_empty_folder_and_missing_input_are_errors(tree):
     (tree / "empty").mkdir()
     res = discover(["empty", "nope.png", "in/a.jpg"], tree / "out")
     assert [e[0] for e in res.errors] == ["empty", "nope.png"]
-    assert "no image files in this folder (use -r to descend)" in res.errors[0][1]
+    assert "no image or video files in this folder (use -r to descend)" in res.errors[0][1]
     assert "no such file or folder" in res.errors[1][1]
     assert _outs(res, tree / "out") == ["a.jpg"]
 
@@ -75,7 +75,7 @@ def test_glob_with_double_star(tree):
 def test_glob_absolute_and_no_match(tree):
     res = discover([str(tree / "in" / "sub" / "*.png"), "in/*.gif"], tree / "out")
     assert _outs(res, tree / "out") == ["c.png"]
-    assert res.errors == [("in/*.gif", "in/*.gif: no image files match")]
+    assert res.errors == [("in/*.gif", "in/*.gif: no image or video files match")]
 
 
 def test_literal_file_with_glob_characters(tree):

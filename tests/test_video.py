@@ -200,12 +200,12 @@ def test_missing_extra_names_the_pip_line(tmp_path):
     assert "pip install 'invsr-cli[video]'" in done.stdout
 
 
-def test_upscale_reader_names_a_video_as_not_yet_taken(tmp_path):
+def test_image_reader_names_a_video_as_one(tmp_path):
     from invsr_cli.base.errors import ImageReadError
     from invsr_cli.imaging.decode import read_image
 
     clip = make_video(tmp_path / "clip.mp4", frames=6, audio=False)
-    with pytest.raises(ImageReadError, match=r"clip\.mp4: a video: `invsr upscale` does not take videos yet"):
+    with pytest.raises(ImageReadError, match=r"clip\.mp4: a video, not an image: `invsr upscale` takes videos"):
         read_image(clip)
 
 

@@ -62,6 +62,7 @@ OUTPUT = "Output"
 MODELS = "Models and device"
 RUN = "Run"
 SIZE = "Output size"
+VIDEO = "Video"
 
 
 @app.command(
@@ -77,7 +78,8 @@ SIZE = "Output size"
     "  invsr upscale in/ out/ --devices all   (one worker per GPU)\n\n"
     "  invsr upscale in/ out/ --shard 0/4   (this machine's quarter; see docs/SCALING.md)\n\n"
     "  0 3 * * * invsr upscale -q -r /srv/inbox /srv/upscaled   (crontab: nightly, errors only)\n\n"
-    "  invsr upscale in/ out/ --report out/report.html",
+    "  invsr upscale in/ out/ --report out/report.html\n\n"
+    "  invsr upscale clip.mp4 out/ --start 10 --end 15   (try five seconds of a video first)",
 )
 def upscale(
     paths: Annotated[list[str], typer.Argument(
@@ -136,6 +138,27 @@ def upscale(
     first_frame: Annotated[bool | None, typer.Option("--first-frame/--all-frames", help="Animations: upscale the "
                                                      "first frame only, to a still (default: every frame).",
                                                      rich_help_panel=OUTPUT, show_default=False)] = None,
+    segment_seconds: Annotated[float | None, typer.Option("--segment-seconds", help="Videos: cut at keyframes "
+                                                          "into segments of about this long, each a unit of work "
+                                                          "(default 10).", rich_help_panel=VIDEO,
+                                                          show_default=False)] = None,
+    start: Annotated[float | None, typer.Option("--start", help="Videos: begin at this second (moved back to the "
+                                                "keyframe before it).", rich_help_panel=VIDEO,
+                                                show_default=False)] = None,
+    end: Annotated[float | None, typer.Option("--end", help="Videos: stop before this second.",
+                                              rich_help_panel=VIDEO, show_default=False)] = None,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", help="Videos: at most this many frames.",
+                                                   rich_help_panel=VIDEO, show_default=False)] = None,
+    video_codec: Annotated[str | None, typer.Option("--video-codec", help="Videos: encoder or family (h264, hevc, "
+                                                    "vp9, av1, libx264...; default: the input's family where the "
+                                                    "bundled FFmpeg has it, else libx264).",
+                                                    rich_help_panel=VIDEO, show_default=False)] = None,
+    crf: Annotated[int | None, typer.Option("--crf", help="Videos: the encoder's constant quality, 0..63 (lower "
+                                            "is better; default 18 for x264, 20 x265, 24 VP9/AV1).",
+                                            rich_help_panel=VIDEO, show_default=False)] = None,
+    pix_fmt: Annotated[str | None, typer.Option("--pix-fmt", help="Videos: the output's pixel format (default "
+                                                "yuv420p, which plays everywhere).", rich_help_panel=VIDEO,
+                                                show_default=False)] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="auto (the input's), png, jpg, webp, tiff, avif, "
                                             "jxl (needs invsr-cli[jxl]) or gif.", rich_help_panel=OUTPUT)] = None,
     quality: Annotated[int | None, typer.Option(help="Quality 1..100 for jpg/webp/avif/jxl (default 95).",
@@ -200,7 +223,7 @@ def upscale(
                                             "joins RAY_ADDRESS, or give HOST:PORT; outputs go to a shared "
                                             "file system.", rich_help_panel=RUN)] = None,
 ) -> None:
-    """Upscale images x4: files, folders, globs or a stdin list into an output folder."""
+    """Upscale images and videos x4: files, folders, globs or a stdin list into an output folder."""
     from invsr_cli.run.discover import discover
     from invsr_cli.run.runner import run_batch
     from invsr_cli.settings.preset_files import load_policy
@@ -219,6 +242,8 @@ def upscale(
         lossless=lossless, strip_metadata=strip_metadata, provenance=False if no_provenance else None,
         width=width, height=height, fit=fit, long_side=long_side, short_side=short_side, passes=passes,
         max_input_side=max_input_side, skip_if_larger=skip_if_larger, first_frame=first_frame,
+        segment_seconds=segment_seconds, start=start, end=end, max_frames=max_frames, video_codec=video_codec,
+        crf=crf, pix_fmt=pix_fmt,
     )
     policy = load_policy(preset, {k: v for k, v in flags.items() if v is not None})
     stdin_paths = _read_stdin(null) if "-" in inputs else None

@@ -47,7 +47,7 @@ from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError, fe
 
 from invsr_cli.base.errors import ImageReadError, describe_exception
 from invsr_cli.base.paths import display_path
-from invsr_cli.imaging.video import VIDEO_EXTENSIONS
+from invsr_cli.imaging.formats import VIDEO_EXTENSIONS
 
 __all__ = [
     "ImageInfo",
@@ -285,7 +285,7 @@ def _open(path: Path, fp: Any, max_pixels: int | None = None) -> Image.Image:
         fp.seek(0)
         why = missing_plugin(_sniff(fp.read(64)) or "")
         if not why and path.suffix.lower() in VIDEO_EXTENSIONS:
-            why = "a video: `invsr upscale` does not take videos yet (only invsr_cli.imaging.video reads them)"
+            why = "a video, not an image: `invsr upscale` takes videos; this reads images only"
         raise _fail(
             path, why or "not a supported image (PNG, JPEG, WebP, TIFF, BMP, GIF, AVIF, HEIC or JPEG XL) or "
             "corrupt header"

@@ -26,7 +26,7 @@ import heapq
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -36,16 +36,16 @@ import numpy as np
 from invsr_cli.base.atomic import atomic_write_with
 from invsr_cli.base.errors import ConfigError, ImageReadError, OutputError, VideoReadError, describe_exception
 from invsr_cli.base.paths import display_path
+from invsr_cli.imaging.formats import VIDEO_EXTENSIONS
 
 __all__ = ["DEFAULT_ENCODER", "DEFAULT_SEGMENT_SECONDS", "SEGMENT_SUFFIX", "VIDEO_EXTENSIONS", "NotAVideoError", "Segment",
-           "VideoFrame", "VideoInfo", "VideoReadError", "choose_encoder", "encode_segment", "iter_frames", "plan_segments", "probe",
+           "SegmentWriter", "VideoFrame", "VideoInfo", "VideoReadError", "choose_encoder", "encode_segment", "first_frame",
+           "iter_frames", "plan_segments", "probe",
            "remux", "require_av", "segment_suffix"]
 
 DEFAULT_SEGMENT_SECONDS = 10.0
 DEFAULT_ENCODER = "libx264"  # when the input's codec family has no encoder in the bundled FFmpeg
 DEFAULT_PIX_FMT = "yuv420p"
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".ts", ".m2ts", ".mts", ".flv", ".wmv",
-                    ".mpg", ".mpeg", ".3gp", ".ogv")
 # Input codec family -> encoders of that family, best first (the first the bundled FFmpeg has is used).
 _FAMILY_ENCODERS = {
     "h264": ("libx264",), "hevc": ("libx265",), "vp9": ("libvpx-vp9",), "vp8": ("libvpx",),
@@ -106,13 +106,43 @@ class VideoInfo:
     color: Mapping[str, int] = field(default_factory=dict)  # primaries, trc, colorspace, range (FFmpeg enums)
     other_streams: tuple[tuple[int, str, str], ...] = ()  # (index, type, codec) of the streams copied as they are
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # A trimmed info (:meth:`trimmed`: one segment's frames, what a worker is sent) keeps the place of its frames
+    # in the whole video: the index of ``pts[0]`` and the video's first pts, from which seconds are counted.
+    first_index: int = 0
+    origin_pts: int | None = None
 
     @property
     def frames(self) -> int:
         return len(self.pts)
 
     def seconds(self, pts: int) -> float:
-        return float((pts - self.pts[0]) * self.time_base) if self.pts else 0.0
+        if not self.pts:
+            return 0.0
+        return float((pts - (self.pts[0] if self.origin_pts is None else self.origin_pts)) * self.time_base)
+
+    def trimmed(self, segment: Segment) -> VideoInfo:
+        """This info with only ``segment``'s frames (their timestamps, their place in the video): small enough to
+        send to a worker with the segment, which then decodes it without probing the whole file again."""
+        lo = segment.first - self.first_index
+        return replace(self, pts=self.pts[lo:lo + segment.frames], keyframes=(0,),
+                       first_index=segment.first, origin_pts=self.pts[0] if self.origin_pts is None else self.origin_pts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON: a Ray row); :meth:`from_dict` reads it back."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update(path=os.fspath(self.path), time_base=str(self.time_base), pts=list(self.pts),
+                 keyframes=list(self.keyframes), frame_rate=None if self.frame_rate is None else str(self.frame_rate),
+                 other_streams=[list(s) for s in self.other_streams], color=dict(self.color),
+                 metadata=dict(self.metadata))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VideoInfo:
+        kw = dict(d)
+        kw.update(path=Path(d["path"]), time_base=Fraction(d["time_base"]), pts=tuple(d["pts"]),
+                  keyframes=tuple(d["keyframes"]), other_streams=tuple(tuple(s) for s in d["other_streams"]),
+                  frame_rate=None if d["frame_rate"] is None else Fraction(d["frame_rate"]))
+        return cls(**kw)
 
     @property
     def duration(self) -> float:
@@ -295,12 +325,14 @@ def plan_segments(info: VideoInfo, segment_seconds: float = DEFAULT_SEGMENT_SECO
 
 
 def iter_frames(info: VideoInfo, segment: Segment | None = None) -> Iterator[VideoFrame]:
-    """Decode ``segment``'s frames (all frames when None) in presentation order as RGB uint8, one at a time."""
+    """Decode ``segment``'s frames (all of ``info``'s frames when None; a :meth:`VideoInfo.trimmed` info holds one
+    segment's) in presentation order as RGB uint8, one at a time."""
     av = require_av()
-    first = segment.first if segment else 0
+    first = segment.first - info.first_index if segment else 0
     count = segment.frames if segment else info.frames
     wanted = info.pts[first:first + count]
     lo, hi = wanted[0], wanted[-1]
+    base = info.first_index + first  # the first frame's index in the whole video
     yielded = 0
     where = info.seconds(lo)
     with _open_input(av, info.path) as container:
@@ -309,26 +341,40 @@ def iter_frames(info: VideoInfo, segment: Segment | None = None) -> Iterator[Vid
         # early (a segment's end, a corrupt frame) can hang in close (PyAV issues 367 and 1849); decoding is a
         # negligible part of a frame's time next to the upscale.
         try:
-            if first > 0:
+            if base > 0:
                 container.seek(lo, stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
                 if frame.pts is None or frame.pts < lo or frame.pts > hi:
                     continue
-                where = float((frame.pts - info.pts[0]) * info.time_base)
+                where = info.seconds(frame.pts)
                 if frame.is_corrupt:
                     raise VideoReadError(f"{display_path(info.path)}: corrupt video at {where:.3f} s (frame "
-                                         f"{first + yielded}): the decoder flagged the frame corrupt")
+                                         f"{base + yielded}): the decoder flagged the frame corrupt")
                 yield VideoFrame(rgb=frame.to_ndarray(format="rgb24"), pts=int(frame.pts),
-                                 time_base=info.time_base, index=first + yielded)
+                                 time_base=info.time_base, index=base + yielded)
                 yielded += 1
                 if yielded == count:
                     return
         except av.error.FFmpegError as exc:
             raise VideoReadError(f"{display_path(info.path)}: cannot decode the video at {where:.3f} s (frame "
-                                 f"{first + yielded}): {describe_exception(exc)}") from exc
+                                 f"{base + yielded}): {describe_exception(exc)}") from exc
     if yielded < count:
         raise VideoReadError(f"{display_path(info.path)}: the video ends early at {where:.3f} s (frame "
-                             f"{first + yielded} of {info.frames}): truncated or corrupt")
+                             f"{base + yielded}, {count - yielded} of the segment's {count} frames missing): "
+                             "truncated or corrupt")
+
+
+def first_frame(info: VideoInfo) -> np.ndarray:
+    """The video's first frame (RGB uint8), from the start of the file: what ``auto`` measures, once per video."""
+    av = require_av()
+    with _open_input(av, info.path) as container:
+        try:
+            for frame in container.decode(container.streams[info.stream_index]):
+                return frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as exc:
+            raise VideoReadError(f"{display_path(info.path)}: cannot decode the first frame: "
+                                 f"{describe_exception(exc)}") from exc
+    raise VideoReadError(f"{display_path(info.path)}: the video stream has no frames")
 
 
 def choose_encoder(input_codec: str, requested: str | None = None, *, suffix: str = ".mp4") -> str:
@@ -405,6 +451,89 @@ def encode_segment(path: str | os.PathLike[str], frames: Iterable[np.ndarray | t
         raise OutputError(f"{display_path(path)}: cannot encode the video ({encoder}): "
                           f"{describe_exception(exc)}") from exc
     return written
+
+
+class _Abandoned(Exception):
+    """A segment writer was abandoned: the temporary file goes, nothing appears."""
+
+
+_END = object()
+
+
+class SegmentWriter:
+    """:func:`encode_segment` fed one frame at a time: :meth:`add` hands a frame (RGB uint8 and its pts) to a
+    background thread that encodes it, so encoding overlaps the upscale; at most ``depth`` frames wait. After
+    :meth:`finish`, :meth:`done` says when the file is written (atomically) and :meth:`result` gives the frames
+    written or raises what the encoder raised (an OutputError; DiskFullError on a full disk). :meth:`abandon`
+    stops it and leaves nothing."""
+
+    def __init__(self, path: str | os.PathLike[str], info: VideoInfo, *, encoder: str, crf: int | None = None,
+                 pix_fmt: str = DEFAULT_PIX_FMT, depth: int = 4) -> None:
+        import queue
+        import threading
+
+        self.path = Path(path)
+        self._queue: Any = queue.Queue(depth)
+        self._full = queue.Full
+        self._error: BaseException | None = None
+        self._frames = 0
+        self._thread = threading.Thread(
+            target=self._encode, args=(info, encoder, crf, pix_fmt), name="invsr-encode", daemon=True)
+        self._thread.start()
+
+    def _items(self) -> Iterator[Any]:
+        while (item := self._queue.get()) is not _END:
+            if isinstance(item, _Abandoned):
+                raise item
+            yield item
+
+    def _encode(self, info: VideoInfo, encoder: str, crf: int | None, pix_fmt: str) -> None:
+        try:
+            self._frames = encode_segment(self.path, self._items(), info, encoder=encoder, crf=crf, pix_fmt=pix_fmt)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+            self._error = exc
+
+    def _put(self, item: Any) -> None:
+        while True:
+            if self._error is not None and not isinstance(self._error, _Abandoned):
+                raise self._error
+            if not self._thread.is_alive():
+                return
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except self._full:
+                continue
+
+    def add(self, rgb: np.ndarray, pts: int) -> None:
+        self._put((rgb, pts))
+
+    def finish(self) -> None:
+        """No more frames: the encoder flushes and the file is renamed into place."""
+        self._put(_END)
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self) -> int:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._frames
+
+    def abandon(self) -> None:
+        """Stop encoding; the temporary file is removed and nothing appears at :attr:`path`."""
+        while self._thread.is_alive():
+            try:
+                while True:
+                    self._queue.get_nowait()
+            except Exception:  # noqa: BLE001 - queue.Empty: room for the stop now
+                pass
+            try:
+                self._queue.put_nowait(_Abandoned())
+            except self._full:
+                continue
+            self._thread.join(timeout=5)
 
 
 def _add_video_stream(out: Any, encoder: str, rgb: np.ndarray, info: VideoInfo, crf: int | None, pix_fmt: str,

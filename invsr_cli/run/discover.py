@@ -43,7 +43,7 @@ from pathlib import Path, PurePosixPath
 
 from invsr_cli.base.errors import ConfigError
 from invsr_cli.base.paths import display_path
-from invsr_cli.imaging.formats import LOSSY_ONLY_FORMATS, OUTPUT_FORMATS
+from invsr_cli.imaging.formats import LOSSY_ONLY_FORMATS, OUTPUT_FORMATS, VIDEO_EXTENSIONS
 from invsr_cli.work.job import Job
 
 __all__ = [
@@ -107,7 +107,9 @@ class DiscoveryResult:
 
 
 def _is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    """An image or a video (:data:`VIDEO_EXTENSIONS`): what folders and globs find."""
+    ext = os.path.splitext(name)[1].lower()
+    return ext in IMAGE_EXTENSIONS or ext in VIDEO_EXTENSIONS
 
 
 def _sort_key(name: str) -> bytes:
@@ -122,6 +124,8 @@ def output_name(
     stem, ext = os.path.splitext(name)
     if not stem:  # ".png" alone: splitext treats it as a stem
         stem, ext = name, ""
+    if ext.lower() in VIDEO_EXTENSIONS:  # a video stays a video in its own container (--format is for images)
+        return rel.with_name(stem + suffix + ext), "video"
     if fmt == "auto":
         out_fmt = _EXT_FORMAT.get(ext.lower())
         if out_fmt is None:
@@ -245,7 +249,7 @@ class _Expansion:
             where = (
                 "in this folder or its subfolders" if self.recursive else "in this folder (use -r to descend)"
             )
-            self.result.errors.append((spec, f"{display_path(root)}: no image files {where}"))
+            self.result.errors.append((spec, f"{display_path(root)}: no image or video files {where}"))
 
     def glob(self, spec: str) -> None:
         prefix, pattern = _split_glob(spec)
@@ -259,7 +263,7 @@ class _Expansion:
                         continue
                     found |= self.add(spec, os.path.join(prefix, *rel.parts), rel, explicit=False)
         if not found:
-            self.result.errors.append((spec, f"{display_path(spec)}: no image files match"))
+            self.result.errors.append((spec, f"{display_path(spec)}: no image or video files match"))
 
     def explicit(self, spec: str, path: str, *, from_stdin: bool) -> None:
         raw = PurePosixPath(path.replace(os.sep, "/")) if os.sep != "/" else PurePosixPath(path)

@@ -84,11 +84,18 @@ class Recorder:
         if self.manifest is not None and o.status in ("done", "failed"):
             self._append(o, job)
 
-    def _append(self, o: Outcome, job: Job | None) -> None:
+    def record_segment(self, o: Outcome, job: Job, count: int, progress: dict[str, Any]) -> None:
+        """A video segment's outcome: the reporter's progress line and a manifest line (keyed by the segment's
+        file, with the video's output); the summary counts the video, once, when it is recorded."""
+        self.reporter.segment(o, str(job.output), count, progress)
+        if self.manifest is not None:
+            self._append(o, job, video=str(job.output), segments=count)
+
+    def _append(self, o: Outcome, job: Job | None, **extra: Any) -> None:
         # What was loaded: e.g. the commit a first run has just fetched (its revision was unknown before the fetch).
         models = o.models if o.models is not None else self.models
         rec: dict[str, Any] = {**replace(o, models=models).to_record(),
-                               "fingerprint": run_fingerprint(self.policy, models)}
+                               "fingerprint": run_fingerprint(self.policy, models), **extra}
         if job is not None:
             with contextlib.suppress(OSError):
                 rec.update(input_stamp(job.input))
@@ -267,16 +274,31 @@ class Run:
         if self.stopping:
             return
         with contextlib.suppress(_StoppedWhileLoading):  # the summary says which signal
-            _compute(todo, self.policy, self.executor, self._context(), rec)
+            _compute(todo, self.policy, self.executor, self._context(), rec, self.output_dir)
 
 
 def _compute(todo: list[tuple[int, Job, Any]], policy: SettingsPolicy, executor: Executor, ctx: RunContext,
-             rec: Recorder) -> None:
+             rec: Recorder, output_dir: Path) -> None:
+    """Hand the images and the videos' segments (:mod:`invsr_cli.run.videos`) to the executor in one stream,
+    record what comes back; a video is recorded when its last segment is in."""
+    from invsr_cli.run.videos import Videos, is_video_job
     from invsr_cli.work.process import ImageTask
 
     jobs = {(str(job.input), str(job.output)): job for _, job, _ in todo}
-    for outcome in executor.run([ImageTask(job, index, info=info) for index, job, info in todo], policy, ctx):
-        rec.record(outcome, jobs.get((outcome.input, outcome.output)))
+    videos = Videos(rec, output_dir, policy)
+    tasks: list[ImageTask] = []
+    for _, job, info in todo:  # tasks are numbered in this order: older first, a video's segments in order
+        for task in videos.plan(job) if is_video_job(job) else [ImageTask(job, 0, info=info)]:
+            tasks.append(replace(task, index=len(tasks)))
+    for outcome in executor.run(tasks, policy, ctx) if tasks else ():
+        if videos.owns(outcome):
+            videos.take(outcome)
+        else:
+            rec.record(outcome, jobs.get((outcome.input, outcome.output)))
+    for plan in videos.unfinished():
+        done = len(plan.reused) + sum(1 for o in plan.outcomes.values() if o.status == "done")
+        rec.reporter.warning(f"{plan.job.input}: {done} of {plan.count} segments done and kept in {plan.folder}; "
+                             "run again to finish it")
     rec.summary.stopped = rec.summary.stopped or executor.stopped
 
 

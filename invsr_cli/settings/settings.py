@@ -86,7 +86,8 @@ KEYS: tuple[str, ...] = (
     "timesteps", "guidance", "posterior", "seed", "color_fix", "tile", "overlap", "blend", "batch_size", "scale",
     "device", "dtype", "vae_fp32", "compile", "sd_model", "noise_predictor", "format", "quality", "suffix",
     "skip_existing", "max_pixels", "max_tiles", "lossless", "strip_metadata", "provenance", "width", "height", "fit", "long_side",
-    "short_side", "passes", "max_input_side", "skip_if_larger", "first_frame", "preset",
+    "short_side", "passes", "max_input_side", "skip_if_larger", "first_frame", "segment_seconds", "start", "end",
+    "max_frames", "video_codec", "crf", "pix_fmt", "preset",
 )
 
 
@@ -111,6 +112,15 @@ class RunSettings:
     max_input_side: int | None = None
     skip_if_larger: int | None = None
     first_frame: bool = False
+    # Videos (invsr_cli.run.videos): the segments (units of work) they are cut into at keyframes, the part kept,
+    # the encoder (None: the input's codec family where the bundled FFmpeg has it, else libx264) and its quality.
+    segment_seconds: float = 10.0
+    start: float | None = None
+    end: float | None = None
+    max_frames: int | None = None
+    video_codec: str | None = None
+    crf: int | None = None
+    pix_fmt: str = "yuv420p"
 
 
 @dataclass(frozen=True)
@@ -218,7 +228,8 @@ class Settings:
 
 DEFAULTS = Settings()
 _LATER_OUTPUT_KEYS = ("lossless", "strip_metadata", "provenance", "width", "height", "fit", "long_side",
-                      "short_side", "passes", "max_input_side", "first_frame")
+                      "short_side", "passes", "max_input_side", "first_frame", "segment_seconds", "start", "end",
+                      "max_frames", "video_codec", "crf", "pix_fmt")
 # -- validation ---------------------------------------------------------------------------------------------------
 # Each validator gets the raw value and returns the normalised one, or raises ValueError with the allowed values.
 
@@ -306,6 +317,18 @@ def _opt_side(v: Any) -> int | None:
     return None if v is None else _int(1, 1_000_000)(v)
 
 
+def _opt_seconds(v: Any) -> float | None:
+    return None if v is None else _float(0.0, 1e7)(v)
+
+
+def _opt_count(v: Any) -> int | None:
+    return None if v is None else _int(1, None)(v)
+
+
+def _opt_crf(v: Any) -> int | None:
+    return None if v is None else _int(0, 63)(v)
+
+
 def _box(v: Any) -> tuple[int, int] | None:
     return None if v is None else parse_box(v)
 
@@ -370,6 +393,13 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "max_input_side": _opt_side,
     "skip_if_larger": _opt_side,
     "first_frame": _bool,
+    "segment_seconds": _float(0.0, 1e6, lo_open=True),
+    "start": _opt_seconds,
+    "end": _opt_seconds,
+    "max_frames": _opt_count,
+    "video_codec": _opt_str,
+    "crf": _opt_crf,
+    "pix_fmt": _str,
 }
 
 # Keys a preset (or a flag) may set. `steps` and `timesteps` are two spellings of one setting, the schedule.

@@ -24,7 +24,8 @@ from typing import Any
 from invsr_cli.geometry.sizing import SizePlan, input_size, target_size
 
 __all__ = ["InputInfo", "ImagePlan", "probe_input", "probe_inputs", "read_input", "skip_reason", "check_pixels",
-           "plan_for", "plan_image", "tile_plan", "check_container", "count_tiles", "check_tiles", "is_animation"]
+           "plan_for", "plan_image", "tile_plan", "check_container", "count_tiles", "check_tiles", "is_animation",
+           "reduce_still"]
 
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 
@@ -202,12 +203,12 @@ def read_input(path: str | os.PathLike[str], run: Any, info: InputInfo | None = 
         size = input_size(anim.width, anim.height, run.max_input_side)
         loaded: Any = anim if not run.first_frame else _still(anim)
         if size != source:
-            loaded = resize_animation(anim, size) if not run.first_frame else _reduce(loaded, size)
+            loaded = resize_animation(anim, size) if not run.first_frame else reduce_still(loaded, size)
         return loaded, source
     loaded = read_image(path, max_pixels=None)
     source = (loaded.width, loaded.height)
     size = input_size(loaded.width, loaded.height, run.max_input_side)
-    return _reduce(loaded, size), source
+    return reduce_still(loaded, size), source
 
 
 def _still(anim: Any) -> Any:
@@ -217,7 +218,7 @@ def _still(anim: Any) -> Any:
                        format=anim.format, icc=None, exif=None, width=anim.width, height=anim.height, mode=anim.mode)
 
 
-def _reduce(loaded: Any, size: tuple[int, int]) -> Any:
+def reduce_still(loaded: Any, size: tuple[int, int]) -> Any:
     """A still reduced to ``size`` (area averaging, alpha too); unchanged when it is that size already."""
     from invsr_cli.imaging.encode import resize_rgb, upscale_alpha
 

@@ -18,6 +18,7 @@ result, reduced to a quarter of the target, is re-planned and queued as the imag
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from invsr_cli.base.errors import InvSRError, describe_exception, reason_of
+from invsr_cli.base.errors import DiskFullError, InvSRError, describe_exception, reason_of
 from invsr_cli.settings.settings import ImageChoice, ImageSettings, RunSettings, Settings, SettingsPolicy
 from invsr_cli.work.batching import Ran, Split, TileRef, TileScheduler, TooLarge, run_tiles
 from invsr_cli.work.job import Job
@@ -41,6 +42,7 @@ MPS_BATCH = 4  # `--batch-size auto` on Apple MPS, which reports no free memory 
 MAX_AUTO_BATCH = 32  # past this a GPU gains nothing more from batching; a bound on host memory too
 AUTO_MARGIN = 0.8  # use at most this share of the free device memory
 READERS = 2
+FRAME_INDEX = 1 << 40  # video frames' task indices start here, above any run's own
 STAGES = ("noise_predictor", "vae_encode", "unet", "vae_decode")
 
 
@@ -59,12 +61,14 @@ class ImageTask:
     finishes older images first), optionally its pixels already decoded (``image``, an
     :class:`invsr_cli.imaging.decode.LoadedImage`-like object; ``None`` reads ``job.input``), and its header as
     the driver probed it (``info``, an :class:`invsr_cli.work.inputs.InputInfo`; ``None``: read it with the
-    pixels)."""
+    pixels). With ``segment`` the task is one segment of a video (:mod:`invsr_cli.work.segment`): its frames
+    are decoded one at a time and upscaled as stills, and its outcome is the segment's."""
 
     job: Job
     index: int = 0
     image: Any = None
     info: Any = None
+    segment: Any = None  # a video segment (work.segment.SegmentSpec): job.output is the segment's file
 
 
 @dataclass(eq=False)
@@ -236,6 +240,23 @@ def _prepare(task: ImageTask, policy: SettingsPolicy, pin: bool) -> PreparedImag
     return img
 
 
+def _prepare_frame(task: ImageTask, chosen: ImageChoice, run: RunSettings, pin: bool) -> PreparedImage:
+    """Plan and pad one decoded video frame (a still) with its video's settings. Runs in a reader thread."""
+    from invsr_cli.geometry.sizing import input_size
+    from invsr_cli.work.inputs import check_pixels, plan_for, reduce_still
+
+    started = time.perf_counter()
+    loaded = task.image
+    source = (loaded.width, loaded.height)
+    check_pixels(task.job.input, input_size(*source, run.max_input_side), 1, run.max_pixels)  # one frame
+    loaded = reduce_still(loaded, input_size(*source, run.max_input_side))
+    img = PreparedImage(task, chosen, loaded, started, run=run)
+    img.size = plan_for(task.job.input, *source, 1, img.image, run)
+    img.replan(img.image.tile, pin=pin)
+    img.own_seconds = time.perf_counter() - started
+    return img
+
+
 def process_images(
     tasks: Iterable[ImageTask],
     policy: SettingsPolicy,
@@ -292,11 +313,19 @@ class Processing:
         self.sink = ImageSink(self.device, write, blend_stage=self._stage,
                               models=getattr(engine, "identity", None))
         self.readers = ThreadPoolExecutor(READERS, thread_name_prefix="invsr-read")
+        # Video segments (work.segment): the ones started, by their file; the one whose frames are being read;
+        # each frame's task index -> (its segment, its number in it). Frame indices follow the run's own.
+        self.segments: dict[str, Any] = {}
+        self.current: Any = None
+        self.frame_of: dict[int, tuple[Any, int]] = {}
+        self.frame_ids = itertools.count(FRAME_INDEX)
+        self.segment_outcomes: deque[Outcome] = deque()
+        self._stopped: str | None = None
         self._outcomes = self._run()
 
     @property
     def stopped(self) -> str | None:
-        return self.sink.stopped
+        return self.sink.stopped or self._stopped
 
     def __iter__(self) -> Iterator[Outcome]:
         return self._outcomes
@@ -306,12 +335,115 @@ class Processing:
 
     # reading ------------------------------------------------------------------------------------------------
     def _top_up(self) -> None:
-        while not self.todo_done and len(self.reads) + len(self.inflight) < self.cap:
+        while len(self.reads) + len(self.inflight) < self.cap:
+            if self.current is not None and not self.current.exhausted:
+                self._read_frame(self.current)  # a segment's frames are read one after the other
+                continue
+            self.current = None
+            if self.todo_done:
+                return
             task = next(self.todo, None)
             if task is None:
                 self.todo_done = True
                 return
+            if task.segment is not None:
+                self._start_segment(task)
+                continue
             self.reads.append((task, self.readers.submit(_prepare, task, self.policy, self.pin)))
+
+    # video segments ---------------------------------------------------------------------------------------------
+    def _start_segment(self, task: ImageTask) -> None:
+        """Choose the video's settings (``auto``: from its first frame, the same in every segment) and open the
+        segment's decoder and encoder."""
+        from invsr_cli.work.segment import SegmentInFlight
+
+        try:
+            rgb = None
+            if self.policy.measures:
+                import numpy as np
+
+                from invsr_cli.imaging.video import first_frame
+
+                rgb = first_frame(task.segment.video).astype(np.float32) * np.float32(1 / 255)
+            seg = SegmentInFlight(task, self.policy.for_image(rgb))
+        except InvSRError as e:
+            self.segment_outcomes.append(failed(task, reason_of(e, task.job)))
+            return
+        except Exception as e:  # noqa: BLE001 - one hostile video fails alone
+            self.segment_outcomes.append(self._failed_by(task, e, "cannot read: "))
+            return
+        self.segments[str(task.job.output)] = seg
+        self.current = seg
+
+    def _read_frame(self, seg: Any) -> None:
+        """Decode the segment's next frame (here: one decoder per segment) and queue it to be planned."""
+        try:
+            n, loaded = seg.next_frame()
+        except InvSRError as e:
+            self._segment_failed(seg, reason_of(e, seg.job))
+            return
+        except Exception as e:  # noqa: BLE001 - a decoder bug on one hostile file fails that segment alone
+            self._segment_failed(seg, self._failed_by(seg.task, e, "cannot read: ").reason)
+            return
+        task = ImageTask(seg.job, next(self.frame_ids), image=loaded)
+        self.frame_of[task.index] = (seg, n)
+        self.reads.append((task, self.readers.submit(_prepare_frame, task, seg.choice, self.policy.run, self.pin)))
+
+    def _segment_failed(self, seg: Any, reason: str) -> None:
+        outcome = seg.fail(reason)
+        for index, (s, _) in list(self.frame_of.items()):  # its frames in flight are dropped
+            if s is seg:
+                del self.frame_of[index]
+                self.inflight.pop(index, None)
+        if outcome is not None:
+            self.segment_outcomes.append(outcome)
+
+    def _frame_done(self, img: PreparedImage) -> None:
+        seg, n = self.frame_of.pop(img.task.index)
+        if seg.ended:
+            return
+        try:
+            seg.frame_done(n, img)
+        except DiskFullError as e:
+            self._stopped = f"disk full or I/O error writing {seg.job.output}"
+            self._segment_failed(seg, reason_of(e, seg.job))
+            return
+        except InvSRError as e:
+            self._segment_failed(seg, reason_of(e, seg.job))
+            return
+        spec = seg.spec
+        self.reporter.frame_done(f"{seg.job.input} (segment {spec.index + 1}/{spec.count})", seg.next_out,
+                                 spec.frames)
+
+    def _segments_ready(self, wait: bool = False) -> Iterator[Outcome]:
+        """The outcomes of segments whose encoder has finished (``wait``: of every segment finishing), and of
+        segments that failed."""
+        while self.segment_outcomes:
+            yield self.segment_outcomes.popleft()
+        for seg in list(self.segments.values()):
+            if seg.ended or not seg.finishing or not (wait or seg.writer.done()):
+                continue
+            try:
+                outcome = seg.outcome(getattr(self.engine, "identity", None))
+            except DiskFullError as e:
+                self._stopped = f"disk full or I/O error writing {seg.job.output}"
+                outcome = failed(seg.task, reason_of(e, seg.job))
+            except InvSRError as e:
+                outcome = failed(seg.task, reason_of(e, seg.job))
+            except Exception as e:  # noqa: BLE001 - an encoder bug fails that segment alone
+                outcome = failed(seg.task, f"cannot write: {describe_exception(e)}")
+            seg.result = outcome
+            yield outcome
+
+    def _route(self, outcomes: Iterator[Outcome]) -> Iterator[Outcome]:
+        """A video frame's own failure (read, compute, stop) fails its segment, once; every other outcome passes."""
+        for o in outcomes:
+            seg = self.segments.get(o.output)
+            if seg is None or o is seg.result:
+                yield o
+                continue
+            self._segment_failed(seg, o.reason)
+            yield from self._segments_ready()
 
     def _drop_unread(self) -> None:
         """Stopping: read nothing more (the images not yet read are left for a later run)."""
@@ -321,6 +453,10 @@ class Processing:
 
     def _take_read(self) -> Iterator[Outcome]:
         task, fut = self.reads.popleft()
+        if task.index in self.frame_of and self.frame_of[task.index][0].ended:
+            fut.cancel()  # a frame of a segment that failed meanwhile
+            del self.frame_of[task.index]
+            return
         try:
             img = fut.result()
         except InvSRError as e:
@@ -479,6 +615,9 @@ class Processing:
             self._enqueue(img)
             return
         del self.inflight[img.task.index]
+        if img.task.index in self.frame_of:
+            self._frame_done(img)  # a video frame goes to its segment's encoder
+            return
         yield from self.sink.finish(img)
 
     def _stage(self, name: str) -> Any:
@@ -496,6 +635,9 @@ class Processing:
 
     # the loop -----------------------------------------------------------------------------------------------
     def _run(self) -> Iterator[Outcome]:
+        yield from self._route(self._loop())
+
+    def _loop(self) -> Iterator[Outcome]:
         try:
             while self.stopped is None:
                 if self.should_stop():
@@ -509,11 +651,15 @@ class Processing:
                     yield from self._run_batch(batch[1])
                 elif self.reads:
                     yield from self._take_read()  # more tiles are needed to fill a batch
+                elif self.current is not None and not self.current.exhausted:
+                    continue  # the segment being read has more frames: _top_up reads them
                 else:
                     break
                 yield from self.sink.ready()
+                yield from self._segments_ready()
             # Stopping (signal, disk full) or done: finish the writes in flight.
             yield from self.sink.drain()
+            yield from self._segments_ready(wait=True)
             if self.stopped is not None:
                 yield from self._not_attempted()
         finally:
@@ -521,6 +667,8 @@ class Processing:
                 fut.cancel()
             self.readers.shutdown(wait=True, cancel_futures=True)
             self.sink.close()
+            for seg in self.segments.values():
+                seg.close()  # a segment not finished leaves no file
 
     def _not_attempted(self) -> Iterator[Outcome]:
         for img in list(self.inflight.values()):
@@ -528,5 +676,8 @@ class Processing:
         self.inflight.clear()
         while self.reads:
             yield not_attempted(self.reads.popleft()[0], self.stopped)
+        for seg in list(self.segments.values()):  # a segment with no frame in flight right now
+            if not seg.ended:
+                yield not_attempted(seg.task, self.stopped)
         for task in self.todo:
             yield not_attempted(task, self.stopped)

@@ -81,7 +81,9 @@ class Outcome:
     settings: Any = field(default=None, compare=False, repr=False)  # the Settings it was made with
     models: dict[str, Any] | None = field(default=None, compare=False, repr=False)  # the weights' identity
     passes: int = 1  # model passes (2: a target above x4)
-    frames: int = 1  # an animation's frames
+    frames: int = 1  # an animation's (or a video's, or a video segment's) frames
+    segment: int | None = None  # a video segment's index (its output: the segment's file); None otherwise
+    segments: int = 0  # a video: the segments it was made of
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON lines and the manifest (the settings and the models go in as their own dicts, by
@@ -90,11 +92,13 @@ class Outcome:
              if k not in ("settings", "models")}
         d["timesteps"] = list(self.timesteps)
         d["batch_sizes"] = list(self.batch_sizes)
-        for optional in ("degradation", "stage_seconds"):
+        for optional in ("degradation", "stage_seconds", "segment"):
             if d[optional] is None:
                 del d[optional]
         if not d["rule"]:
             del d["rule"]
+        if not d["segments"]:
+            del d["segments"]
         return d
 
     def to_record(self) -> dict[str, Any]:
@@ -190,6 +194,10 @@ class Reporter:
         """An animation's frame is finished: ``done`` of its ``frames`` (in this pass), so a long animation shows
         progress frame by frame. Not called for stills."""
 
+    def segment(self, o: Outcome, video: str, count: int, progress: dict[str, Any]) -> None:
+        """A video segment came back (``o.segment`` of ``count``; ``o.output`` its file; ``video`` the video's
+        output); ``progress``: ``segments_done``, ``frames_done``, ``frames`` and ``eta_seconds`` of the video."""
+
     def stage(self, text: str) -> None:
         """What the run is doing before its first tile (e.g. ``"loading the models"``); ``""`` when it is done.
         The progress display shows it; logs need no line for it."""
@@ -234,6 +242,22 @@ def _detail_lines(o: Outcome) -> list[str]:
     return lines
 
 
+def _segment_line(o: Outcome, video: str, count: int, progress: dict[str, Any]) -> str:
+    k = (o.segment or 0) + 1
+    eta = progress.get("eta_seconds")
+    when = f", about {_duration(eta)} left" if eta else ""
+    what = f"done {o.frames} frames {o.seconds:.2f}s" if o.status == "done" else f"failed: {o.reason}"
+    return (f"segment {k}/{count} of {video}: {what}; video {progress['frames_done']}/{progress['frames']} "
+            f"frames{when}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
 def _clean(text: str) -> str:
     """No control characters in plain output (file names can hold anything)."""
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
@@ -270,6 +294,11 @@ class PlainReporter(Reporter):
         if not self.quiet and frames >= LONG_ANIMATION and done * 10 // frames != (done - 1) * 10 // frames:
             _write_line(self.err, _clean(f"frames {done}/{frames} of {path}"))
 
+    def segment(self, o: Outcome, video: str, count: int, progress: dict[str, Any]) -> None:
+        """A line per video segment on ``err`` (stdout keeps one line per input)."""
+        if not self.quiet or o.status != "done":
+            _write_line(self.err, _clean(_segment_line(o, video, count, progress)))
+
     def warning(self, text: str) -> None:
         _write_line(self.err, _clean(f"warning: {text}"))
 
@@ -294,6 +323,9 @@ class JsonReporter(Reporter):
 
     def outcome(self, o: Outcome) -> None:
         self._emit({"type": "image", **o.to_dict()})
+
+    def segment(self, o: Outcome, video: str, count: int, progress: dict[str, Any]) -> None:
+        self._emit({"type": "segment", **o.to_dict(), "video": video, "segments": count, **progress})
 
     def finish(self, summary: Summary) -> None:
         self._emit(summary.to_dict())
@@ -377,6 +409,24 @@ class RichReporter(PlainReporter):
         self.progress.update(bar, completed=done)
         if done >= frames:
             self.progress.remove_task(self._frames.pop(path))
+
+    def segment(self, o: Outcome, video: str, count: int, progress: dict[str, Any]) -> None:
+        """A bar per video in progress (its frames, with the time remaining), removed when it is all done."""
+        from pathlib import Path
+
+        if o.status != "done" or self.verbose:
+            super().segment(o, video, count, progress)
+        if self._images is None:
+            return
+        key = f"video:{video}"
+        bar = self._frames.get(key)
+        if bar is None:
+            bar = self._frames[key] = self.progress.add_task(f"video {_clean(Path(video).name)}",
+                                                              total=progress["frames"], rate="", note="")
+        self.progress.update(bar, completed=progress["frames_done"],
+                             note=f"segment {progress['segments_done']}/{count}")
+        if progress["frames_done"] >= progress["frames"]:
+            self.progress.remove_task(self._frames.pop(key))
 
     def outcome(self, o: Outcome) -> None:
         from rich.markup import escape

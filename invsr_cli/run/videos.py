@@ -1,0 +1,247 @@
+"""Videos in a run: the driver's side. A video is cut at keyframes into segments (about ``segment_seconds`` each);
+each segment is a unit of work (:mod:`invsr_cli.work.segment`) that any executor runs; this process records each
+segment's outcome in the manifest and, when the last is in, joins them (:func:`invsr_cli.imaging.video.remux`, no
+re-encoding) with the input's audio, subtitle and data streams into the video's output, written atomically.
+
+Segment files live in ``OUTPUT_DIR/.invsr-segments/<output>-<key>/``. The key hashes everything a segment's bytes
+depend on: the output path, the input's size and mtime, the run's fingerprint (settings and weights), the segment
+plan and the encoder. A run that was killed therefore finds the segments it finished (each was renamed into place
+only when complete) and computes only the missing ones; a changed input or other settings get a fresh folder, and
+the old one is removed. The folder is removed when the video's output is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from invsr_cli.base.errors import DiskFullError, InvSRError, reason_of
+from invsr_cli.work.job import Job
+from invsr_cli.work.report import Outcome
+
+__all__ = ["SEGMENTS_FOLDER", "VideoPlan", "Videos", "is_video_job", "plan_video"]
+
+SEGMENTS_FOLDER = ".invsr-segments"
+
+
+def is_video_job(job: Job) -> bool:
+    return job.format == "video"
+
+
+@dataclass(eq=False)
+class VideoPlan:
+    """One video of the run: its probe, its segments and their files, what came back so far."""
+
+    job: Job
+    info: Any  # imaging.video.VideoInfo
+    segments: list[Any]  # imaging.video.Segment
+    files: list[Path]
+    encoder: str
+    folder: Path
+    outcomes: dict[int, Outcome] = field(default_factory=dict)  # segment index -> its outcome (this run)
+    reused: set[int] = field(default_factory=set)  # segments an earlier run finished
+    failed: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def count(self) -> int:
+        return len(self.segments)
+
+    @property
+    def frames(self) -> int:
+        return sum(s.frames for s in self.segments)
+
+    def missing(self) -> list[int]:
+        return [s.index for s in self.segments if s.index not in self.reused]
+
+    def complete(self) -> bool:
+        return all(i in self.reused or (i in self.outcomes and self.outcomes[i].status == "done")
+                   for i in range(self.count))
+
+    def tasks(self, run: Any) -> list[Any]:
+        """The segments to compute, as tasks (``index`` is renumbered by the caller)."""
+        from invsr_cli.work.inputs import InputInfo
+        from invsr_cli.work.process import ImageTask
+        from invsr_cli.work.segment import SegmentSpec
+
+        tasks = []
+        for i in self.missing():
+            seg = self.segments[i]
+            spec = SegmentSpec(self.info.trimmed(seg), seg.index, self.count, self.encoder, crf=run.crf,
+                               pix_fmt=run.pix_fmt)
+            job = replace(self.job, output=self.files[i])
+            info = InputInfo(self.info.width, self.info.height, "video", seg.frames, True)
+            tasks.append(ImageTask(job, 0, info=info, segment=spec))
+        return tasks
+
+
+def plan_video(job: Job, run: Any, output_dir: Path, fingerprint: str) -> VideoPlan:
+    """Probe ``job``'s video, cut it into segments, find the segment files an earlier run finished (and remove
+    the folders of other configurations of this output). Raises InvSRError naming the file."""
+    from invsr_cli.base.errors import InputError
+    from invsr_cli.base.paths import display_path
+    from invsr_cli.imaging.video import choose_encoder, plan_segments, probe, segment_suffix
+    from invsr_cli.run.manifest import input_stamp
+    from invsr_cli.work.inputs import check_pixels
+
+    info = probe(job.input)
+    check_pixels(job.input, (info.width, info.height), 1, run.max_pixels)  # --max-pixels counts one frame
+    segments = plan_segments(info, run.segment_seconds, start=run.start, end=run.end, max_frames=run.max_frames)
+    if not segments:
+        raise InputError(f"{display_path(job.input)}: no frames between --start {run.start} and --end {run.end} "
+                         f"(the video lasts {info.duration:.3f} s)")
+    encoder = choose_encoder(info.codec, run.video_codec, suffix=job.output.suffix)
+    from invsr_cli.imaging.video import muxer_for
+
+    muxer_for(job.output)  # an output extension no container writes fails now, not after compute
+    key = {"output": str(job.output), **input_stamp(job.input), "fingerprint": fingerprint, "encoder": encoder,
+           "crf": run.crf, "pix_fmt": run.pix_fmt,
+           "segments": [(s.first, s.frames) for s in segments]}
+    folder = segment_folder(output_dir, job.output, _digest(key))
+    _remove_other_configurations(folder)
+    suffix = segment_suffix(encoder)
+    files = [folder / f"{s.index:05d}{suffix}" for s in segments]
+    reused = {s.index for s, f in zip(segments, files, strict=True) if f.is_file()}
+    return VideoPlan(job, info, segments, files, encoder, folder, reused=reused)
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def segment_folder(output_dir: Path, output: Path, key: str) -> Path:
+    """``OUTPUT_DIR/.invsr-segments/<output's name>-<hash of its path>-<key>``."""
+    return Path(output_dir) / SEGMENTS_FOLDER / f"{output.name}-{_digest(str(output))[:8]}-{key}"
+
+
+def _remove_other_configurations(folder: Path) -> None:
+    prefix = folder.name.rsplit("-", 1)[0] + "-"
+    parent = folder.parent
+    if not parent.is_dir():
+        return
+    for other in parent.iterdir():
+        if other.name.startswith(prefix) and other != folder and other.is_dir():
+            shutil.rmtree(other, ignore_errors=True)
+
+
+class Videos:
+    """The run's videos: plans them into segment tasks, takes the segments' outcomes, records them and, when a
+    video's segments are all in, writes the video and records its outcome (through ``rec``, the run's
+    Recorder)."""
+
+    def __init__(self, rec: Any, output_dir: Path, policy: Any) -> None:
+        self.rec = rec
+        self.output_dir = Path(output_dir)
+        self.policy = policy
+        self.plans: list[VideoPlan] = []
+        self.by_file: dict[str, tuple[VideoPlan, int]] = {}
+
+    def plan(self, job: Job) -> list[Any]:
+        """The segment tasks of ``job``'s video (none when an earlier run made every segment: it is joined now).
+        A video that cannot be planned is recorded as failed."""
+        from invsr_cli.work.inputs import skip_reason
+
+        run = self.policy.run
+        try:
+            plan = plan_video(job, run, self.output_dir, self.rec.fingerprint)
+        except InvSRError as e:
+            self.rec.record(Outcome(str(job.input), str(job.output), "failed", reason=reason_of(e, job)), job)
+            return []
+        if (why := skip_reason(plan.info, run)) is not None:
+            self.rec.record(Outcome(str(job.input), str(job.output), "skipped", reason=why))
+            return []
+        self.plans.append(plan)
+        for i, f in enumerate(plan.files):
+            self.by_file[str(f)] = (plan, i)
+        if plan.reused:
+            self.rec.reporter.info(f"{job.input}: {len(plan.reused)} of {plan.count} segments kept from an "
+                                   f"earlier run")
+        tasks = plan.tasks(run)
+        if not tasks:
+            self._join(plan)
+        return tasks
+
+    def owns(self, o: Outcome) -> bool:
+        return o.output in self.by_file
+
+    def take(self, o: Outcome) -> None:
+        """A segment's outcome: record it (manifest, progress) and join the video when it was the last."""
+        plan, i = self.by_file[o.output]
+        o = replace(o, segment=i)
+        plan.outcomes[i] = o
+        self.rec.record_segment(o, plan.job, plan.count, self._progress(plan))
+        if o.status != "done":
+            if not plan.failed:
+                plan.failed = True
+                self.rec.record(Outcome(str(plan.job.input), str(plan.job.output), "failed",
+                                        reason=f"segment {i + 1}/{plan.count}: {o.reason}", frames=plan.frames,
+                                        segments=plan.count), plan.job)
+            return
+        if not plan.failed and plan.complete():
+            self._join(plan)
+
+    def _progress(self, plan: VideoPlan) -> dict[str, Any]:
+        done = [s for s in plan.segments if s.index in plan.reused
+                or (s.index in plan.outcomes and plan.outcomes[s.index].status == "done")]
+        frames_done = sum(s.frames for s in done)
+        made = sum(plan.outcomes[s.index].frames for s in done if s.index in plan.outcomes)
+        elapsed = time.perf_counter() - plan.started
+        left = plan.frames - frames_done
+        eta = elapsed / made * left if made and left else (0.0 if not left else None)
+        return {"segments_done": len(done), "frames_done": frames_done, "frames": plan.frames,
+                "eta_seconds": None if eta is None else round(eta, 1)}
+
+    def _join(self, plan: VideoPlan) -> None:
+        """Every segment is in: remux them with the input's other streams into the output (atomically), record
+        the video's outcome, remove the segments. A failure (a full disk) keeps the segments for the next run."""
+        from invsr_cli.imaging.video import probe, remux
+
+        job = plan.job
+        start = time.perf_counter()
+        sample = next((o for o in plan.outcomes.values() if o.status == "done"), None)
+        settings = sample.settings if sample is not None else None
+        try:
+            remux(job.output, plan.files, plan.info, provenance=self._provenance(settings, sample))
+            out = probe(job.output)
+        except InvSRError as e:
+            if isinstance(e, DiskFullError):
+                self.rec.summary.stopped = f"disk full or I/O error writing {job.output}"
+            self.rec.record(Outcome(str(job.input), str(job.output), "failed",
+                                    reason=f"joining the segments: {reason_of(e, job)} (the {plan.count} segments "
+                                    "are kept: run again to retry)", frames=plan.frames, segments=plan.count), job)
+            return
+        seconds = sum(o.seconds for o in plan.outcomes.values()) + time.perf_counter() - start
+        base = sample or Outcome(str(job.input), str(job.output), "done")
+        self.rec.record(replace(
+            base, input=str(job.input), output=str(job.output), status="done", reason="", seconds=round(seconds, 3),
+            width=out.width, height=out.height, tiles=sum(o.tiles for o in plan.outcomes.values()),
+            batch_sizes=(), frames=out.frames, segment=None, segments=plan.count), job)
+        shutil.rmtree(plan.folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            plan.folder.parent.rmdir()  # the last video's: leave no empty folder behind
+
+    def _provenance(self, settings: Any, sample: Outcome | None) -> dict[str, Any] | None:
+        from invsr_cli.imaging.provenance import provenance_record
+
+        if settings is None:
+            s = self.policy.unmeasured
+            from invsr_cli.settings.settings import Settings
+
+            settings = Settings(self.policy.run, s)
+        if not settings.provenance:
+            return None
+        models = sample.models if sample is not None and sample.models is not None else self.rec.models
+        return provenance_record(settings.to_dict(), models=models)
+
+    def unfinished(self) -> Iterator[VideoPlan]:
+        """Videos the run left before their last segment (a stop, a full disk): their segments are kept."""
+        for plan in self.plans:
+            if not plan.failed and not plan.complete():
+                yield plan
