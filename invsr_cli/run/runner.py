@@ -150,7 +150,8 @@ def run_batch(
         if dry_run:  # what the run would skip, from the same manifests (read only)
             manifest = _read_manifest(output_dir, manifest_path, shard)
             kept = _skip_existing(jobs, infos, policy, rec, manifest)
-            _plan_only([job for _, job, _ in kept], [info for _, _, info in kept], policy, rec)
+            _plan_only([job for _, job, _ in kept], [info for _, _, info in kept], policy, rec,
+                       output_dir=Path(output_dir), manifest=manifest)
         else:
             reporter.start(0, 0, 0)
         rec.summary.wall_seconds = time.perf_counter() - start
@@ -354,15 +355,20 @@ def _record_input_errors(errors: Sequence[tuple[str, str]], rec: Recorder) -> No
         rec.record(Outcome(spec, "", "failed", reason=reason))
 
 
-def _plan_only(jobs: Sequence[Job], infos: Sequence[Any], policy: SettingsPolicy, rec: Recorder) -> None:
+def _plan_only(jobs: Sequence[Job], infos: Sequence[Any], policy: SettingsPolicy, rec: Recorder, *,
+               output_dir: Path, manifest: Manifest | None = None) -> None:
     """--dry-run: read headers only, print files, their final sizes, passes and tiles, planned as processing plans
     them (:func:`invsr_cli.work.inputs.plan_image`); compute nothing, write nothing."""
     from invsr_cli.base.errors import reason_of
+    from invsr_cli.run.videos import is_video_job, plan_outcome
     from invsr_cli.work.inputs import check_container, check_pixels, plan_image, probe_input, skip_reason
 
     run, image = policy.run, policy.unmeasured
     for job, info in zip(jobs, infos, strict=True):
         try:
+            if is_video_job(job):
+                rec.record(plan_outcome(job, run, image, output_dir, rec.fingerprint, manifest))
+                continue
             if info is None:  # unreadable: probe again for its reason
                 info = probe_input(job.input, first_frame=run.first_frame)
             if (why := skip_reason(info, run)) is not None:

@@ -48,7 +48,7 @@ class VideoPlan:
     outcomes: dict[int, Outcome] = field(default_factory=dict)  # segment index -> its outcome (this run)
     reused: set[int] = field(default_factory=set)  # segments an earlier run finished
     failed: bool = False
-    started: float = field(default_factory=time.perf_counter)
+    first_back: float = 0.0  # when its first segment came back
 
     @property
     def count(self) -> int:
@@ -131,6 +131,44 @@ def _remove_other_configurations(folder: Path) -> None:
             shutil.rmtree(other, ignore_errors=True)
 
 
+def seconds_per_tile(manifest: Any, fingerprint: str) -> tuple[float, int] | None:
+    """The median seconds per tile of the outputs this folder's manifests say were made with these settings and
+    weights (``fingerprint``), and how many: what a dry run's estimate rests on (None: no such output yet)."""
+    rates = sorted(r["seconds"] / r["tiles"] for r in manifest.records()
+                   if r.get("status") == "done" and r.get("fingerprint") == fingerprint and r.get("tiles")
+                   and isinstance(r.get("seconds"), (int, float)) and "video" not in r)
+    if not rates:
+        return None
+    return rates[len(rates) // 2], len(rates)
+
+
+def plan_outcome(job: Job, run: Any, image: Any, output_dir: Path, fingerprint: str, manifest: Any) -> Outcome:
+    """``--dry-run`` for a video: its frames, segments (those an earlier run finished), each frame's tiles and
+    output size, and an estimate of the compute from this folder's earlier outputs."""
+    from invsr_cli.work.inputs import plan_image
+    from invsr_cli.work.segment import even_size
+
+    plan = plan_video(job, run, output_dir, fingerprint)
+    frame = plan_image(job.input, plan.info.width, plan.info.height, 1, image, run)
+    tiles = frame.n_tiles * plan.frames
+    w, h = even_size(frame.size.output, run.pix_fmt)
+    notes = [f"{plan.count} segments of about {run.segment_seconds:g} s"]
+    if plan.reused:
+        notes.append(f"{len(plan.reused)} done by an earlier run")
+    todo_tiles = frame.n_tiles * sum(s.frames for s in plan.segments if s.index not in plan.reused)
+    rate = seconds_per_tile(manifest, fingerprint) if manifest is not None else None
+    if rate is not None:
+        from invsr_cli.work.report import duration
+
+        notes.append(f"about {duration(rate[0] * todo_tiles)} of compute at {rate[0]:.3g} s/tile (the median of "
+                     f"{rate[1]} earlier outputs in this folder)")
+    else:
+        notes.append("no estimate: no output made with these settings in this folder yet")
+    return Outcome(str(job.input), str(job.output), "planned", width=w, height=h, tiles=tiles,
+                   preset=image.preset, timesteps=image.timesteps, reason="; ".join(notes), tile=frame.tiles[0].tile,
+                   overlap=frame.tiles[0].overlap, passes=frame.size.passes, frames=plan.frames, segments=plan.count)
+
+
 class Videos:
     """The run's videos: plans them into segment tasks, takes the segments' outcomes, records them and, when a
     video's segments are all in, writes the video and records its outcome (through ``rec``, the run's
@@ -188,15 +226,24 @@ class Videos:
             self._join(plan)
 
     def _progress(self, plan: VideoPlan) -> dict[str, Any]:
+        """How far the video is, and the time left at the rate its segments have come back at so far (the first
+        segment's own seconds per frame until a second one is in: the wall time before it includes loading)."""
         done = [s for s in plan.segments if s.index in plan.reused
                 or (s.index in plan.outcomes and plan.outcomes[s.index].status == "done")]
         frames_done = sum(s.frames for s in done)
-        made = sum(plan.outcomes[s.index].frames for s in done if s.index in plan.outcomes)
-        elapsed = time.perf_counter() - plan.started
+        made = [plan.outcomes[s.index] for s in done if s.index in plan.outcomes]
+        now = time.perf_counter()
+        if len(made) == 1:
+            plan.first_back = now
         left = plan.frames - frames_done
-        eta = elapsed / made * left if made and left else (0.0 if not left else None)
-        return {"segments_done": len(done), "frames_done": frames_done, "frames": plan.frames,
-                "eta_seconds": None if eta is None else round(eta, 1)}
+        eta = None
+        if made and left:
+            if len(made) == 1:
+                eta = made[0].seconds / max(made[0].frames, 1) * left
+            else:
+                eta = (now - plan.first_back) / sum(o.frames for o in made[1:]) * left
+        return {"segments_done": len(done), "frames_done": frames_done, "video_frames": plan.frames,
+                "eta_seconds": 0.0 if not left else None if eta is None else round(eta, 1)}
 
     def _join(self, plan: VideoPlan) -> None:
         """Every segment is in: remux them with the input's other streams into the output (atomically), record

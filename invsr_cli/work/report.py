@@ -196,7 +196,7 @@ class Reporter:
 
     def segment(self, o: Outcome, video: str, count: int, progress: dict[str, Any]) -> None:
         """A video segment came back (``o.segment`` of ``count``; ``o.output`` its file; ``video`` the video's
-        output); ``progress``: ``segments_done``, ``frames_done``, ``frames`` and ``eta_seconds`` of the video."""
+        output); ``progress``: ``segments_done``, ``frames_done``, ``video_frames`` and ``eta_seconds`` of the video."""
 
     def stage(self, text: str) -> None:
         """What the run is doing before its first tile (e.g. ``"loading the models"``); ``""`` when it is done.
@@ -225,6 +225,8 @@ def _plain_line(o: Outcome) -> str:
     timing = "" if o.status == "planned" else f" {o.seconds:.2f}s"
     steps = f" steps={len(o.timesteps)}" if o.timesteps else ""
     extra += (f" passes={o.passes}" if o.passes > 1 else "") + (f" frames={o.frames}" if o.frames > 1 else "")
+    if o.segments:  # a video: its segments, and in a dry run what the plan says of them and the estimate
+        extra += f" segments={o.segments}" + (f" ({o.reason})" if o.status == "planned" and o.reason else "")
     return f"{verb} {o.input} -> {o.output} {o.width}x{o.height} tiles={o.tiles}{steps}{extra}{timing}"
 
 
@@ -245,13 +247,14 @@ def _detail_lines(o: Outcome) -> list[str]:
 def _segment_line(o: Outcome, video: str, count: int, progress: dict[str, Any]) -> str:
     k = (o.segment or 0) + 1
     eta = progress.get("eta_seconds")
-    when = f", about {_duration(eta)} left" if eta else ""
+    when = f", about {duration(eta)} left" if eta else ""
     what = f"done {o.frames} frames {o.seconds:.2f}s" if o.status == "done" else f"failed: {o.reason}"
-    return (f"segment {k}/{count} of {video}: {what}; video {progress['frames_done']}/{progress['frames']} "
+    return (f"segment {k}/{count} of {video}: {what}; video {progress['frames_done']}/{progress['video_frames']} "
             f"frames{when}")
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s``, ``42s``."""
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     m, sec = divmod(rest, 60)
@@ -422,10 +425,10 @@ class RichReporter(PlainReporter):
         bar = self._frames.get(key)
         if bar is None:
             bar = self._frames[key] = self.progress.add_task(f"video {_clean(Path(video).name)}",
-                                                              total=progress["frames"], rate="", note="")
+                                                              total=progress["video_frames"], rate="", note="")
         self.progress.update(bar, completed=progress["frames_done"],
                              note=f"segment {progress['segments_done']}/{count}")
-        if progress["frames_done"] >= progress["frames"]:
+        if progress["frames_done"] >= progress["video_frames"]:
             self.progress.remove_task(self._frames.pop(key))
 
     def outcome(self, o: Outcome) -> None:

@@ -168,7 +168,8 @@ class SegmentInFlight:
         self.ended = True
         self.writer.abandon()
         self.waiting.clear()
-        return failed(self.task, reason)
+        self.result = failed(self.task, reason)
+        return self.result
 
     def close(self) -> None:
         """Leave nothing running (the run ended or stopped before the segment was finished)."""

@@ -3,7 +3,7 @@
 Ray Data's batch-inference idiom, nothing home-made:
 
 * the driver makes a dataset of small task records with :func:`ray.data.from_items` (input path, output path,
-  output format, relative path, run index; never pixels: images never go through the object store);
+  output format, relative path, run index, a video segment's timestamps; never pixels: images never go through the object store);
 * :meth:`~ray.data.Dataset.map_batches` runs :class:`RayWorker`, a callable class, on an actor pool
   (``compute=ActorPoolStrategy(...)``; Ray 2.60 deprecates ``concurrency=`` in favour of it), with an explicit
   ``batch_size`` (images per call), ``num_gpus=1`` per worker on a cluster with GPUs, ``num_cpus`` per worker
@@ -116,12 +116,15 @@ class RayWorker:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         from invsr_cli.work.inputs import InputInfo
         from invsr_cli.work.job import Job
+        from invsr_cli.work.segment import SegmentSpec
 
         tasks = [
             ImageTask(Job(Path(str(i)), Path(str(o)), PurePosixPath(str(r)), str(f), str(s)), int(x),
-                      info=InputInfo(**json.loads(str(h))) if str(h) else None)
-            for i, o, r, f, s, x, h in zip(batch["input"], batch["output"], batch["rel"], batch["format"],
-                                           batch["spec"], batch["index"], batch["info"], strict=True)
+                      info=InputInfo(**json.loads(str(h))) if str(h) else None,
+                      segment=SegmentSpec.from_dict(json.loads(str(g))) if str(g) else None)
+            for i, o, r, f, s, x, h, g in zip(batch["input"], batch["output"], batch["rel"], batch["format"],
+                                              batch["spec"], batch["index"], batch["info"], batch["segment"],
+                                              strict=True)
         ]
         start = time.perf_counter()
         reporter = _Collect()
@@ -303,7 +306,9 @@ class RayExecutor:
         reporter = ctx.reporter
         records = [{"input": str(t.job.input), "output": str(t.job.output), "rel": str(t.job.rel),
                     "format": t.job.format, "spec": t.job.spec, "index": t.index,
-                    "info": json.dumps(asdict(t.info)) if t.info is not None else ""} for t in tasks]
+                    "info": json.dumps(asdict(t.info)) if t.info is not None else "",
+                    # a video segment: its frames' timestamps and encoder (a few kB), never pixels
+                    "segment": json.dumps(t.segment.to_dict()) if t.segment is not None else ""} for t in tasks]
         plan = self.plan(ray, policy, len(tasks))
         reporter.info(f"ray: {len(tasks)} images in {plan['blocks']} blocks of {self.batch_size}, up to "
                       f"{plan['size']} workers with {plan['resources']}")
