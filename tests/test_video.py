@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from fractions import Fraction
 from pathlib import Path
 
@@ -150,44 +149,6 @@ def test_encoder_choice():
     assert V.choose_encoder("h264", "vp9") == "libvpx-vp9"
     with pytest.raises(Exception, match="--video-codec"):
         V.choose_encoder("h264", "no-such-encoder")
-
-
-_RSS_SCRIPT = textwrap.dedent("""
-    import sys
-    from pathlib import Path
-    import numpy as np
-    from invsr_cli.imaging import video as V
-    src, out = Path(sys.argv[1]), Path(sys.argv[2])
-    info = V.probe(src)
-    files = []
-    for seg in V.plan_segments(info, 2.0):
-        f = out.with_name(f"seg{seg.index}{V.SEGMENT_SUFFIX}")
-        frames = ((np.repeat(np.repeat(fr.rgb, 4, 0), 4, 1), fr.pts) for fr in V.iter_frames(info, seg))
-        V.encode_segment(f, frames, info, encoder="libx264", options={"preset": "ultrafast"})
-        files.append(f)
-    V.remux(out, files, info)
-    # VmHWM: this process's own peak (ru_maxrss would include the parent's size at fork, which exec keeps)
-    print([line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")][0])
-""")
-
-
-def _peak_rss_kib(tmp_path: Path, frames: int) -> int:
-    src = make_video(tmp_path / f"in{frames}.mkv", frames=frames, width=96, height=72, gop=24)
-    out = tmp_path / f"o{frames}" / "out.mkv"
-    out.parent.mkdir()
-    done = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(src), str(out)], capture_output=True, text=True,
-                          check=True, cwd=Path(__file__).resolve().parents[1])
-    assert V.probe(out).frames == frames
-    return int(done.stdout.split()[-1])
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc (Linux)")
-def test_peak_memory_does_not_grow_with_length(tmp_path):
-    short, long = _peak_rss_kib(tmp_path, 60), _peak_rss_kib(tmp_path, 600)
-    # 600 upscaled frames (384x288 RGB) held at once would be ~200 MB; streaming keeps it flat (allow 20 MB of noise)
-    assert long - short < 20 * 1024, (short, long)
-    print(f"peak RSS: 60 frames {short} KiB, 600 frames {long} KiB")
 
 
 @pytest.mark.slow

@@ -316,6 +316,7 @@ class Processing:
         # Video segments (work.segment): the ones started, by their file; the one whose frames are being read;
         # each frame's task index -> (its segment, its number in it). Frame indices follow the run's own.
         self.segments: dict[str, Any] = {}
+        self.ended_segments: set[str] = set()
         self.current: Any = None
         self.frame_of: dict[int, tuple[Any, int]] = {}
         self.frame_ids = itertools.count(FRAME_INDEX)
@@ -391,10 +392,10 @@ class Processing:
 
     def _segment_failed(self, seg: Any, reason: str) -> None:
         outcome = seg.fail(reason)
-        for index, (s, _) in list(self.frame_of.items()):  # its frames in flight are dropped
-            if s is seg:
+        for index, (s, _) in list(self.frame_of.items()):  # its frames in flight are dropped (those still being
+            if s is seg and index in self.inflight:        # read are dropped when taken: _take_read)
                 del self.frame_of[index]
-                self.inflight.pop(index, None)
+                del self.inflight[index]
         if outcome is not None:
             self.segment_outcomes.append(outcome)
 
@@ -438,7 +439,12 @@ class Processing:
     def _route(self, outcomes: Iterator[Outcome]) -> Iterator[Outcome]:
         """A video frame's own failure (read, compute, stop) fails its segment, once; every other outcome passes."""
         for o in outcomes:
+            if o.output in self.ended_segments:
+                continue  # a frame of a segment that has its outcome already
             seg = self.segments.get(o.output)
+            if seg is not None and o is seg.result:  # the segment's own outcome: it is over, keep nothing of it
+                del self.segments[o.output]
+                self.ended_segments.add(o.output)
             if seg is None or o is seg.result:
                 yield o
                 continue

@@ -115,6 +115,8 @@ class SegmentInFlight:
         frame = next(self._frames)
         n = self.decoded
         self.decoded += 1
+        if self.decoded == self.spec.frames:
+            self._frames.close()  # the last frame: close the file and free the decoder now, not at the run's end
         self.pts[n] = frame.pts
         h, w = frame.rgb.shape[:2]
         rgb = frame.rgb.astype(np.float32) * np.float32(1 / 255)  # what the reader gives for an 8-bit still
@@ -167,6 +169,7 @@ class SegmentInFlight:
             return None
         self.ended = True
         self.writer.abandon()
+        self._frames.close()
         self.waiting.clear()
         self.result = failed(self.task, reason)
         return self.result
