@@ -167,6 +167,36 @@ def test_ray_writes_the_same_bytes_and_every_input_ends_in_exactly_one_record(fa
 
 @needs_ray
 @pytest.mark.slow
+def test_ray_spreads_one_video_over_the_workers_and_the_driver_joins_it(fake_gpu_cluster, tiny_models, tmp_path):
+    """A video's segments are Ray rows (their frames' timestamps as JSON, never pixels); the workers write the
+    segment files, the driver joins them: the decoded frames equal a single-process run's exactly (--crf 0: x264
+    is lossless on the frames it is given) and each segment has one manifest line."""
+    pytest.importorskip("av")
+    from invsr_cli.engine.sampler import InvSREngine
+    from invsr_cli.imaging import video as V
+    from invsr_cli.run.executors.ray_data import RayExecutor
+    from tests.videogen import make_video
+
+    (tmp_path / "in").mkdir()
+    make_video(tmp_path / "in" / "clip.mp4", frames=12, fps=12, gop=3, width=32, height=32)
+    settings = _settings(tiny_models, segment_seconds=0.25, crf=0)
+    outs = {}
+    for name, kw in (("ray", {"executor": RayExecutor("local", batch_size=1)}),
+                     ("one", {"engine": InvSREngine.load(tiny_models.sd_dir, tiny_models.noise_predictor_path,
+                                                         device="cpu", dtype="fp32")})):
+        out = outs[name] = tmp_path / name
+        with torch_threads(1):
+            summary = run_batch(discover([str(tmp_path / "in")], out).jobs, settings, output_dir=out,
+                                reporter=_Quiet(), handle_signals=False, **kw)
+        assert (summary.processed, summary.failed) == (1, 0)
+    segments = [r for r in _manifest(outs["ray"]) if "video" in r]
+    assert sorted(r["segment"] for r in segments) == [0, 1, 2, 3] and all(r["status"] == "done" for r in segments)
+    a, b = ([f.rgb for f in V.iter_frames(V.probe(o / "clip.mp4"))] for o in outs.values())
+    assert len(a) == len(b) == 12 and all((x == y).all() for x, y in zip(a, b, strict=True))
+
+
+@needs_ray
+@pytest.mark.slow
 def test_an_error_outside_the_per_file_handling_fails_only_its_image(fake_gpu_cluster, tiny_models,
                                                                      single_process, tmp_path):
     """An unexpected exception (here: the engine raising a plain RuntimeError on one image's tiles) fails that

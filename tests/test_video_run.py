@@ -332,3 +332,32 @@ def test_peak_memory_does_not_grow_with_length(tmp_path):
     # generous and still far below what holding the frames would cost.
     assert long - short < 40 * 1024, (short, long)
     print(f"peak RSS: 60 frames {short} KiB, 600 frames {long} KiB")
+
+
+@pytest.mark.parametrize("finish", [False, True])
+def test_a_stop_mid_segment_leaves_no_file_and_ends(tmp_path, tiny_models, tiny_engine, finish):
+    """A stop (a signal; `invsr watch` finishes what is in flight) in the middle of a segment ends the processing:
+    the segment is abandoned, its file never appears and no outcome claims it."""
+    from invsr_cli.run.discover import discover
+    from invsr_cli.run.videos import plan_video
+    from invsr_cli.settings.settings import FixedPolicy
+    from invsr_cli.work.process import process_images
+
+    _clip(tmp_path / "in", audio=False)
+    policy = FixedPolicy(tiny_settings(tiny_models, segment_seconds=100))
+    (job,) = discover([str(tmp_path / "in")], tmp_path / "out").jobs
+    plan = plan_video(job, policy.run, tmp_path / "out", "test")
+    (task,) = plan.tasks(policy.run)
+    calls = []
+
+    class StopAfterTwoFrames:
+        device = tiny_engine.device
+
+        def upscale(self, lr, **kw):
+            calls.append(1)
+            return tiny_engine.upscale(lr, **kw)
+
+    outcomes = list(process_images([task], policy, StopAfterTwoFrames(), should_stop=lambda: len(calls) >= 2,
+                                   finish_in_flight=finish))
+    assert outcomes == [] and 2 <= len(calls) < FRAMES
+    assert not plan.files[0].exists() and not temps(tmp_path / "out")

@@ -308,6 +308,7 @@ class Processing:
         self.cap = self.scheduler.batch * len(schedules) + 2
         self.todo: Iterator[ImageTask] = iter(tasks)
         self.todo_done = False
+        self.draining = False  # stopping with finish_in_flight: nothing more is read
         self.reads: deque[tuple[ImageTask, Future]] = deque()
         self.inflight: dict[int, PreparedImage] = {}
         self.sink = ImageSink(self.device, write, blend_stage=self._stage,
@@ -452,8 +453,9 @@ class Processing:
             yield from self._segments_ready()
 
     def _drop_unread(self) -> None:
-        """Stopping: read nothing more (the images not yet read are left for a later run)."""
-        self.todo_done = True
+        """Stopping: read nothing more (the images not yet read, and the frames of a segment being read, are left
+        for a later run)."""
+        self.todo_done = self.draining = True
         while self.reads:
             self.reads.popleft()[1].cancel()
 
@@ -657,7 +659,7 @@ class Processing:
                     yield from self._run_batch(batch[1])
                 elif self.reads:
                     yield from self._take_read()  # more tiles are needed to fill a batch
-                elif self.current is not None and not self.current.exhausted:
+                elif self.current is not None and not self.current.exhausted and not self.draining:
                     continue  # the segment being read has more frames: _top_up reads them
                 else:
                     break
