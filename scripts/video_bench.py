@@ -52,9 +52,10 @@ def io_alone(d: Path, src: Path) -> float:
 
 
 def pipeline(d: Path, src: Path, io: float) -> None:
+    from PIL import Image
+
     from invsr_cli.engine.sampler import InvSREngine
     from invsr_cli.engine.testing import build_tiny_models
-    from PIL import Image
 
     tiny = build_tiny_models(d / "models")
     engine = InvSREngine.load(tiny.sd_dir, tiny.noise_predictor_path, device="cpu", dtype="fp32")
