@@ -361,3 +361,22 @@ def test_a_stop_mid_segment_leaves_no_file_and_ends(tmp_path, tiny_models, tiny_
                                    finish_in_flight=finish))
     assert outcomes == [] and 2 <= len(calls) < FRAMES
     assert not plan.files[0].exists() and not temps(tmp_path / "out")
+
+
+def test_shards_share_one_video_and_the_last_joins_it(tmp_path, tiny_models, tiny_engine):
+    """--shard spreads a video's segments (by "<rel>#<segment>": here 3 to shard 1 and 1 to shard 0); a shard
+    that finishes before the others says so (skipped), the last one finds every segment and joins the video."""
+    from invsr_cli.run.shard import Shard, shard_of
+
+    assert sorted(shard_of(f"clip.mp4#{i}", 2) for i in range(4)) == [0, 1, 1, 1]
+    _clip(tmp_path / "in")
+    out = tmp_path / "out"
+    settings = tiny_settings(tiny_models, segment_seconds=0.25)
+    first, _ = run_in_process([tmp_path / "in"], out, settings=settings, engine=tiny_engine, shard=Shard(1, 2))
+    status, why = first.status("clip.mp4")
+    assert status == "skipped" and "1 of its 4 segments are other shards'" in why
+    assert not (out / "clip.mp4").exists()
+    last, summary = run_in_process([tmp_path / "in"], out, settings=settings, engine=tiny_engine, shard=Shard(0, 2))
+    assert last.status("clip.mp4")[0] == "done" and last.outcomes[0].tiles == 3  # its one segment: 3 frames of 1 tile
+    assert V.probe(out / "clip.mp4").pts == V.probe(tmp_path / "in" / "clip.mp4").pts
+    assert sorted(r["segment"] for r in _segment_records(out)) == [0, 1, 2, 3]  # across the shards' manifests

@@ -137,8 +137,10 @@ def run_batch(
     ``WeightsUnavailableError``/``ModelLoadError`` when the models cannot be loaded.
     """
     policy = FixedPolicy(settings) if isinstance(settings, Settings) else settings
-    if shard is not None:
-        jobs = [job for job in jobs if shard.holds(job.rel)]
+    if shard is not None:  # a video is every shard's: its segments are spread over them (run.videos)
+        from invsr_cli.run.videos import is_video_job
+
+        jobs = [job for job in jobs if is_video_job(job) or shard.holds(job.rel)]
         input_errors = [(spec, why) for spec, why in input_errors if shard.holds(spec)]
     reporter = reporter or Reporter()
     infos = _probe(jobs, policy)
@@ -275,18 +277,18 @@ class Run:
         if self.stopping:
             return
         with contextlib.suppress(_StoppedWhileLoading):  # the summary says which signal
-            _compute(todo, self.policy, self.executor, self._context(), rec, self.output_dir)
+            _compute(todo, self.policy, self.executor, self._context(), rec, self.output_dir, self.shard)
 
 
 def _compute(todo: list[tuple[int, Job, Any]], policy: SettingsPolicy, executor: Executor, ctx: RunContext,
-             rec: Recorder, output_dir: Path) -> None:
+             rec: Recorder, output_dir: Path, shard: Shard | None = None) -> None:
     """Hand the images and the videos' segments (:mod:`invsr_cli.run.videos`) to the executor in one stream,
     record what comes back; a video is recorded when its last segment is in."""
     from invsr_cli.run.videos import Videos, is_video_job
     from invsr_cli.work.process import ImageTask
 
     jobs = {(str(job.input), str(job.output)): job for _, job, _ in todo}
-    videos = Videos(rec, output_dir, policy)
+    videos = Videos(rec, output_dir, policy, shard)
     tasks: list[ImageTask] = []
     for _, job, info in todo:  # tasks are numbered in this order: older first, a video's segments in order
         for task in videos.plan(job) if is_video_job(job) else [ImageTask(job, 0, info=info)]:

@@ -47,7 +47,9 @@ class VideoPlan:
     folder: Path
     outcomes: dict[int, Outcome] = field(default_factory=dict)  # segment index -> its outcome (this run)
     reused: set[int] = field(default_factory=set)  # segments an earlier run finished
+    mine: set[int] | None = None  # with --shard: the missing segments this shard computes (None: all of them)
     failed: bool = False
+    waiting: bool = False  # its segments are done here, others are other shards' to make
     first_back: float = 0.0  # when its first segment came back
 
     @property
@@ -62,8 +64,9 @@ class VideoPlan:
         return [s.index for s in self.segments if s.index not in self.reused]
 
     def complete(self) -> bool:
-        return all(i in self.reused or (i in self.outcomes and self.outcomes[i].status == "done")
-                   for i in range(self.count))
+        """Every segment this run computes is done (with --shard: this shard's; the others are on disk or not)."""
+        own = range(self.count) if self.mine is None else self.mine
+        return all(i in self.reused or (i in self.outcomes and self.outcomes[i].status == "done") for i in own)
 
     def tasks(self, run: Any) -> list[Any]:
         """The segments to compute, as tasks (``index`` is renumbered by the caller)."""
@@ -72,7 +75,7 @@ class VideoPlan:
         from invsr_cli.work.segment import SegmentSpec
 
         tasks = []
-        for i in self.missing():
+        for i in self.missing() if self.mine is None else sorted(self.mine):
             seg = self.segments[i]
             spec = SegmentSpec(self.info.trimmed(seg), seg.index, self.count, self.encoder, crf=run.crf,
                                pix_fmt=run.pix_fmt)
@@ -174,10 +177,11 @@ class Videos:
     video's segments are all in, writes the video and records its outcome (through ``rec``, the run's
     Recorder)."""
 
-    def __init__(self, rec: Any, output_dir: Path, policy: Any) -> None:
+    def __init__(self, rec: Any, output_dir: Path, policy: Any, shard: Any = None) -> None:
         self.rec = rec
         self.output_dir = Path(output_dir)
         self.policy = policy
+        self.shard = shard  # --shard: a video's segments are spread over the shards (by "<rel>#<segment>")
         self.plans: list[VideoPlan] = []
         self.by_file: dict[str, tuple[VideoPlan, int]] = {}
 
@@ -201,9 +205,11 @@ class Videos:
         if plan.reused:
             self.rec.reporter.info(f"{job.input}: {len(plan.reused)} of {plan.count} segments kept from an "
                                    f"earlier run")
+        if self.shard is not None:
+            plan.mine = {i for i in plan.missing() if self.shard.holds(f"{job.rel}#{i}")}
         tasks = plan.tasks(run)
         if not tasks:
-            self._join(plan)
+            self._join_when_all_there(plan)
         return tasks
 
     def owns(self, o: Outcome) -> bool:
@@ -223,7 +229,19 @@ class Videos:
                                         segments=plan.count), plan.job)
             return
         if not plan.failed and plan.complete():
+            self._join_when_all_there(plan)
+
+    def _join_when_all_there(self, plan: VideoPlan) -> None:
+        """This run's segments are done: join the video when every segment file is there. With --shard, the others
+        are other shards': the shard that finishes last finds them all and joins."""
+        missing = [i for i, f in enumerate(plan.files) if not f.is_file()]
+        if not missing:
             self._join(plan)
+            return
+        plan.waiting = True
+        self.rec.record(Outcome(str(plan.job.input), str(plan.job.output), "skipped",
+                                reason=f"{len(missing)} of its {plan.count} segments are other shards' (the last "
+                                "shard to finish joins them)", frames=plan.frames, segments=plan.count))
 
     def _progress(self, plan: VideoPlan) -> dict[str, Any]:
         """How far the video is, and the time left at the rate its segments have come back at so far (the first
@@ -290,5 +308,5 @@ class Videos:
     def unfinished(self) -> Iterator[VideoPlan]:
         """Videos the run left before their last segment (a stop, a full disk): their segments are kept."""
         for plan in self.plans:
-            if not plan.failed and not plan.complete():
+            if not plan.failed and not plan.waiting and not plan.complete():
                 yield plan
