@@ -380,3 +380,22 @@ def test_shards_share_one_video_and_the_last_joins_it(tmp_path, tiny_models, tin
     assert last.status("clip.mp4")[0] == "done" and last.outcomes[0].tiles == 3  # its one segment: 3 frames of 1 tile
     assert V.probe(out / "clip.mp4").pts == V.probe(tmp_path / "in" / "clip.mp4").pts
     assert sorted(r["segment"] for r in _segment_records(out)) == [0, 1, 2, 3]  # across the shards' manifests
+
+
+def test_variable_frame_rate_kept_and_an_unknown_encoder_refused_before_work(tmp_path, tiny_models, tiny_engine):
+    from fractions import Fraction
+
+    from invsr_cli.base.errors import ConfigError
+
+    pts = [0, 40, 120, 130, 300, 310, 500, 900]  # in 1/1000 s: gaps of 10 to 400 ms
+    src = _clip(tmp_path / "in", frames=len(pts), pts=pts, time_base=Fraction(1, 1000), gop=4, audio=False)
+    out = tmp_path / "out"
+    rec, summary = run_in_process([src], out, settings=tiny_settings(tiny_models, segment_seconds=0.2),
+                                  engine=tiny_engine)
+    assert summary.processed == 1 and rec.outcomes[0].segments == 2
+    got = V.probe(out / "clip.mp4")
+    assert [got.seconds(p) for p in got.pts] == pytest.approx([p / 1000 for p in pts], abs=1e-6)
+    with pytest.raises(ConfigError, match="--video-codec: the bundled FFmpeg has no encoder 'nope'"):
+        run_in_process([src], tmp_path / "o2", settings=tiny_settings(tiny_models, video_codec="nope"),
+                       engine=tiny_engine)
+    assert not (tmp_path / "o2").exists()

@@ -145,6 +145,9 @@ def run_batch(
     reporter = reporter or Reporter()
     infos = _probe(jobs, policy)
     _refuse_unreachable_sizes(jobs, infos, policy)
+    from invsr_cli.run.videos import refuse_unknown_encoder
+
+    refuse_unknown_encoder(jobs, policy.run)
     if dry_run or not jobs:  # nothing to write: no lock, no manifest, no folder
         start = time.perf_counter()
         rec = Recorder(reporter, None, policy, _expected_models(engine, policy) if jobs else None)

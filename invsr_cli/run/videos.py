@@ -26,7 +26,8 @@ from invsr_cli.base.errors import DiskFullError, InvSRError, reason_of
 from invsr_cli.work.job import Job
 from invsr_cli.work.report import Outcome
 
-__all__ = ["SEGMENTS_FOLDER", "VideoPlan", "Videos", "is_video_job", "plan_video"]
+__all__ = ["SEGMENTS_FOLDER", "VideoPlan", "Videos", "is_video_job", "plan_outcome", "plan_video",
+           "refuse_unknown_encoder", "seconds_per_tile", "segment_folder"]
 
 SEGMENTS_FOLDER = ".invsr-segments"
 
@@ -85,12 +86,22 @@ class VideoPlan:
         return tasks
 
 
-def plan_video(job: Job, run: Any, output_dir: Path, fingerprint: str) -> VideoPlan:
-    """Probe ``job``'s video, cut it into segments, find the segment files an earlier run finished (and remove
-    the folders of other configurations of this output). Raises InvSRError naming the file."""
+def refuse_unknown_encoder(jobs: Any, run: Any) -> None:
+    """Before any work: a ``--video-codec`` the bundled FFmpeg has no encoder for is a usage error (exit 2) when
+    there is a video to encode, not a failure of every video."""
+    if run.video_codec and any(is_video_job(job) for job in jobs):
+        from invsr_cli.imaging.video import choose_encoder
+
+        choose_encoder("", run.video_codec)
+
+
+def plan_video(job: Job, run: Any, output_dir: Path, fingerprint: str, *, tidy: bool = True) -> VideoPlan:
+    """Probe ``job``'s video, cut it into segments, find the segment files an earlier run finished (and, with
+    ``tidy``, remove the folders of other configurations of this output; a dry run removes nothing). Raises
+    InvSRError naming the file."""
     from invsr_cli.base.errors import InputError
     from invsr_cli.base.paths import display_path
-    from invsr_cli.imaging.video import choose_encoder, plan_segments, probe, segment_suffix
+    from invsr_cli.imaging.video import choose_encoder, muxer_for, plan_segments, probe, segment_suffix
     from invsr_cli.run.manifest import input_stamp
     from invsr_cli.work.inputs import check_pixels
 
@@ -101,14 +112,13 @@ def plan_video(job: Job, run: Any, output_dir: Path, fingerprint: str) -> VideoP
         raise InputError(f"{display_path(job.input)}: no frames between --start {run.start} and --end {run.end} "
                          f"(the video lasts {info.duration:.3f} s)")
     encoder = choose_encoder(info.codec, run.video_codec, suffix=job.output.suffix)
-    from invsr_cli.imaging.video import muxer_for
-
     muxer_for(job.output)  # an output extension no container writes fails now, not after compute
     key = {"output": str(job.output), **input_stamp(job.input), "fingerprint": fingerprint, "encoder": encoder,
            "crf": run.crf, "pix_fmt": run.pix_fmt,
            "segments": [(s.first, s.frames) for s in segments]}
     folder = segment_folder(output_dir, job.output, _digest(key))
-    _remove_other_configurations(folder)
+    if tidy:
+        _remove_other_configurations(folder)
     suffix = segment_suffix(encoder)
     files = [folder / f"{s.index:05d}{suffix}" for s in segments]
     reused = {s.index for s, f in zip(segments, files, strict=True) if f.is_file()}
@@ -151,7 +161,7 @@ def plan_outcome(job: Job, run: Any, image: Any, output_dir: Path, fingerprint: 
     from invsr_cli.work.inputs import plan_image
     from invsr_cli.work.segment import even_size
 
-    plan = plan_video(job, run, output_dir, fingerprint)
+    plan = plan_video(job, run, output_dir, fingerprint, tidy=False)
     frame = plan_image(job.input, plan.info.width, plan.info.height, 1, image, run)
     tiles = frame.n_tiles * plan.frames
     w, h = even_size(frame.size.output, run.pix_fmt)

@@ -70,12 +70,11 @@ class SegmentInFlight:
 
     :meth:`next_frame` decodes the next frame as a still to upscale; :meth:`frame_done` takes a finished frame
     (in any order) and encodes the frames in order; when the last is handed over the encoder finishes in the
-    background and :meth:`ready` becomes true; :meth:`outcome` is then the segment's outcome. :meth:`fail` (a frame
+    background (``finishing``); once its writer is done, :meth:`outcome` is the segment's outcome. :meth:`fail` (a frame
     failed, decoding failed, the run stopped) abandons the file and gives the failed outcome, once."""
 
     task: Any  # ImageTask with .segment
     choice: ImageChoice
-    started: float = field(default_factory=time.perf_counter)
     decoded: int = 0
     next_out: int = 0
     ended: bool = False  # failed, or its outcome given
@@ -150,9 +149,6 @@ class SegmentInFlight:
         if self.next_out == self.spec.frames:
             self.writer.finish()
             self.finishing = True
-
-    def ready(self) -> bool:
-        return self.finishing and not self.ended and self.writer.done()
 
     def outcome(self, models: dict[str, Any] | None = None) -> Outcome:
         """The segment's outcome once :meth:`ready` (raises what the encoder raised: OutputError, DiskFullError)."""
