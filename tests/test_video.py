@@ -15,7 +15,7 @@ av = pytest.importorskip("av")
 
 from invsr_cli.base.errors import OutputError, VideoReadError  # noqa: E402
 from invsr_cli.imaging import video as V  # noqa: E402
-from tests.videogen import make_video  # noqa: E402
+from tests.videogen import make_audio, make_video  # noqa: E402
 
 
 def _upscale4(info: V.VideoInfo, segment: V.Segment | None):
@@ -116,16 +116,7 @@ def test_truncated_and_corrupt_inputs_name_time_and_frame(tmp_path):
 
 
 def test_audio_only_is_not_an_input(tmp_path):
-    path = tmp_path / "tone.m4a"
-    with av.open(str(path), "w", format="mp4") as out:
-        s = out.add_stream("aac", rate=16000, layout="mono")
-        for start in range(0, 16000, 1024):
-            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            f.sample_rate, f.pts = 16000, start
-            for p in s.encode(f):
-                out.mux(p)
-        for p in s.encode(None):
-            out.mux(p)
+    path = make_audio(tmp_path / "tone.m4a")
     with pytest.raises(V.NotAVideoError, match=r"tone\.m4a: not an input: no video stream \(audio\)"):
         V.probe(path)
 

@@ -31,7 +31,7 @@ from tests.harness import (  # noqa: E402
     temps,
     tiny_settings,
 )
-from tests.videogen import make_video  # noqa: E402
+from tests.videogen import make_audio, make_video  # noqa: E402
 
 FRAMES = 12  # 1 s at 12 fps, a keyframe every 3 frames: 4 segments at --segment-seconds 0.25
 
@@ -139,16 +139,7 @@ def test_bad_videos_fail_alone_naming_the_reason(tmp_path, tiny_models, tiny_eng
     (src / "corrupt.mkv").write_bytes(data[:third] + bytes(2000) + data[third + 2000:])
     (src / "trunc.mkv").write_bytes(data[: len(data) // 2])
     (src / "notvideo.mp4").write_bytes(b"\0" * 4000)
-    with av.open(str(src / "tone.m4a"), "w", format="mp4") as out:
-        a = out.add_stream("aac", rate=16000, layout="mono")
-        for start in range(0, 16000, 1024):
-            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            f.sample_rate, f.pts = 16000, start
-            for p in a.encode(f):
-                out.mux(p)
-        for p in a.encode(None):
-            out.mux(p)
-    os.rename(src / "tone.m4a", src / "tone.mp4")  # an audio file with a video extension
+    make_audio(src / "tone.mp4")  # an audio file with a video extension
     imagegen.rgb(src / "still.png", 32, 32)
     (src / "good.mkv").unlink()
     rec, summary = run_in_process([src], tmp_path / "out", engine=tiny_engine,

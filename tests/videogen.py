@@ -59,3 +59,19 @@ def make_video(path: Path, *, frames: int = 36, fps: int = 12, width: int = 64, 
             for pkt in aus.encode(None):
                 out.mux(pkt)
     return path
+
+
+def make_audio(path: Path, *, seconds: float = 1.0, fmt: str = "mp4") -> Path:
+    """An audio-only file (one second of silence in AAC): not a video, whatever its extension."""
+    import av
+
+    with av.open(str(path), "w", format=fmt) as out:
+        s = out.add_stream("aac", rate=16000, layout="mono")
+        for start in range(0, int(16000 * seconds), 1024):
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            f.sample_rate, f.pts = 16000, start
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode(None):
+            out.mux(p)
+    return path
