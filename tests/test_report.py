@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from PIL import Image
 from invsr_cli.commands.htmlreport import page_path, write_report
 from tests import imagegen
 from tests.cdp import Browser, find_chromium
-from tests.harness import invsr
+from tests.harness import invsr, run_in_process, tiny_settings
 
 HOSTILE = "<b>x&y\"'.png"  # a legal file name that is also markup
 
@@ -248,3 +250,148 @@ def test_settings_and_models_tables_show_values_not_python_reprs(tmp_path):
         assert repr_ not in html, repr_
     assert "<code>–</code>" in html and "<code>no</code>" in html and "<code>250, 200</code>" in html
     assert "<code>source local, path /w/sd, sha256 ab12</code>" in html
+
+
+# -- videos -------------------------------------------------------------------------------------------------------
+
+
+def _corrupt_frame(path: Path, index: int) -> None:
+    """Overwrite the payload of the video packet of frame ``index`` (presentation order) with noise: the file
+    still probes, decoding that frame fails (the decoder flags it corrupt)."""
+    import av
+
+    with av.open(str(path)) as c:
+        packets = sorted((p.pts, p.pos, p.size) for p in c.demux(c.streams.video[0]) if p.size)
+    _, pos, size = packets[index]
+    data = bytearray(path.read_bytes())
+    data[pos + 16:pos + size - 4] = np.random.default_rng(0).integers(0, 256, size - 20, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def video_run(tmp_path_factory, tiny_models, tiny_engine):
+    """One run through the tiny models, from 0.25 s (--start): a still; ``clip.mp4`` (3 frames of 32x24 at 4 fps,
+    each a keyframe, turned 90 degrees, with audio), so frames 1 and 2, one segment each; and ``bad.mp4`` like it
+    but frame 2 corrupt, so its second segment fails. Returns the output folder."""
+    pytest.importorskip("av")
+    from tests.videogen import make_video
+
+    root = tmp_path_factory.mktemp("video_run")
+    src, out = root / "in", root / "out"
+    src.mkdir()
+    imagegen.rgb(src / "a.png", 32, 24, seed=3)
+    make_video(src / "clip.mp4", frames=3, fps=4, gop=1, width=32, height=24, rotation=90)
+    _corrupt_frame(make_video(src / "bad.mp4", frames=3, fps=4, gop=1, width=32, height=32, audio=False), 2)
+    rec, _ = run_in_process([src], out, engine=tiny_engine,
+                            settings=tiny_settings(tiny_models, segment_seconds=0.25, start=0.25))
+    status = {Path(o.input).name: (o.status, o.reason) for o in rec.outcomes}
+    assert status["a.png"][0] == status["clip.mp4"][0] == "done", status
+    assert status["bad.mp4"][0] == "failed" and status["bad.mp4"][1].startswith("segment 2/2: "), status
+    return out
+
+
+def _article(page: str, cls: str) -> str:
+    (found,) = re.findall(rf'<article class="{cls}">(.*?)</article>', page, re.S)
+    return found
+
+
+def _rows(html: str) -> list[list[str]]:
+    """The cells of each row of the segment table in ``html`` (tags stripped), header left out."""
+    table = re.search(r'<table class="segments">(.*?)</table>', html, re.S).group(1)
+    return [[re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)[1:]]
+
+
+def _webp(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.float32)
+
+
+def _like(shown: np.ndarray, frame: np.ndarray, resample) -> float:
+    """The mean difference between a poster and ``frame`` brought to the poster's size."""
+    want = Image.fromarray(np.ascontiguousarray(frame)).resize((shown.shape[1], shown.shape[0]), resample)
+    return float(np.abs(shown - np.asarray(want, dtype=np.float32)).mean())
+
+
+def test_a_video_entry_has_poster_frames_and_a_segment_table_and_its_segments_are_no_entries(video_run, tmp_path):
+    from invsr_cli.imaging import video as V
+
+    result = write_report(video_run, tmp_path / "r.html")
+    page = result.pages[0].read_text(encoding="utf-8")
+    # entries: the still and the video; the failed video with the failures; its segments' lines in neither
+    assert (result.images, result.failed) == (2, 1)
+    assert page.count('<article class="item') == 2 and ".invsr-segments" not in page
+    assert re.search(r'<b id="n-done">2</b>', page) and re.search(r'<b id="n-failed">1</b>', page)
+    records = [json.loads(line) for line in (video_run / ".invsr-manifest.jsonl").read_text().splitlines()]
+    entries = [r for r in records if "video" not in r and r["status"] == "done"]
+    assert f"<b>{sum(r['seconds'] for r in entries):.1f} s</b>compute" in page  # segments' seconds not twice
+
+    video = _article(page, "item video")
+    assert '<a href="../' in video and "clip.mp4</a></h3>" in video  # the output video is linked
+    assert "2 frames, 0.5 s, 4 fps, 2 segment(s)" in video and "frame 1 of 2, at 0.0 s" in video
+    assert "24×32 → 96×128" in video  # turned as a player shows it
+    shown = {alt: (result.pages[0].parent / src, int(w), int(h)) for src, w, h, alt in
+             re.findall(r'<img[^>]* src="([^"]+)" width="(\d+)" height="(\d+)" alt="([^"]+)"', video)}
+    assert sorted(shown) == ["input", "input detail", "output", "output detail"]
+    for path, w, h in shown.values():
+        assert path.is_file() and _webp(path).shape == (h, w, 3), path  # each exists and decodes
+    assert (shown["input"][1], shown["input"][2]) == (360, 480)
+
+    # the poster frames are of one time: the output's first frame (from 0.25 s) and the input frame at 0.25 s
+    src, res = V.probe(video_run.parent / "in" / "clip.mp4"), V.probe(video_run / "clip.mp4")
+    src_frames = [f.rgb for f in V.iter_frames(src)]
+    before, after = _webp(shown["input"][0]), _webp(shown["output"][0])
+    bicubic = Image.Resampling.BICUBIC
+    right = _like(before, np.rot90(src_frames[1]), bicubic)
+    assert right < 4 and right < _like(before, np.rot90(src_frames[0]), bicubic) - 2, right  # not the same index
+    assert right < _like(before, np.rot90(src_frames[1], -1), bicubic) - 2  # turned the right way
+    out_frames = [np.rot90(f.rgb) for f in V.iter_frames(res)]
+    lanczos = Image.Resampling.LANCZOS
+    assert _like(after, out_frames[0], lanczos) < min(4, _like(after, out_frames[1], lanczos) - 2)
+
+    rows = _rows(video)
+    assert [r[:2] + r[3:] for r in rows] == [["1/2", "1", "1", "done"], ["2/2", "1", "1", "done"]], rows
+    segment_seconds = sorted(r["seconds"] for r in records if r.get("video") == str(video_run / "clip.mp4"))
+    assert sorted(float(r[2]) for r in rows) == pytest.approx(segment_seconds, abs=0.006)
+
+    failed = page[page.index('<table class="failures">'):page.index("<h2>Settings</h2>")]
+    assert "bad.mp4" in failed and "segment 2/2: " in failed
+    (one, two) = _rows(failed)
+    assert one[0] == "1/2" and one[4] == "done"
+    assert two[:4] == ["2/2", "–", "–", "–"], two  # a failed segment made no frames
+    assert two[4].startswith("failed: ") and "corrupt video at 0.500 s (frame 2)" in two[4], two
+
+
+def test_without_pyav_the_report_has_a_note_instead_of_the_poster_frames(video_run, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` fails, as when the video extra is not installed
+    result = write_report(video_run, tmp_path / "r.html")
+    page = result.pages[0].read_text(encoding="utf-8")
+    video = _article(page, "item video")
+    assert "cannot make poster frames: VideoReadError: video needs PyAV" in video and "<img" not in video
+    assert "clip.mp4</a></h3>" in video and "2 frames, 2 segment(s)" in video and len(_rows(video)) == 2
+    assert len(list(result.files_dir.glob("*.webp"))) == 4  # the still's thumbnails all the same
+    assert (result.images, result.failed) == (2, 1)
+
+
+@pytest.mark.slow
+def test_a_video_entry_renders_in_chromium(video_run, tmp_path, chromium):
+    write_report(video_run, tmp_path / "r.html")
+    with Browser(chromium, width=1200, height=1600) as b:
+        b.goto((tmp_path / "r.html").as_uri())
+        widths = _all_images_loaded(b)
+        assert len(widths) == 2 * 4 and all(w > 0 for w in widths), widths  # the still's four, the video's four
+        video = "document.querySelector('article.video')"
+        assert b.eval(f"[...{video}.querySelectorAll('img')].map(i => i.naturalWidth > 0)") == [True] * 4
+        assert b.eval(f"{video}.querySelector('dd.video').textContent") == "2 frames, 0.5 s, 4 fps, 2 segment(s)"
+        cells = b.eval(f"[...{video}.querySelectorAll('table.segments tr')].map(r => r.cells.length)")
+        assert cells == [5, 5, 5], cells  # the header and two segments
+        box = b.eval(f"""(() => {{ const c = {video}.querySelector('.compare'); c.scrollIntoView();
+                         const r = c.getBoundingClientRect();
+                         return {{x: r.x + window.scrollX, y: r.y + window.scrollY, width: r.width,
+                                 height: r.height}}; }})()""")
+        assert box["height"] > box["width"] > 300, box  # the poster's display size: portrait, as turned
+        pixels = np.asarray(Image.open(io.BytesIO(b.screenshot(clip=box))).convert("RGB"), dtype=np.float32)
+        assert pixels.std() > 10, pixels.std()  # the poster frames drew, not an empty box
+        failed = b.eval("[...document.querySelectorAll('table.failures table.segments tr.failed')]"
+                        ".map(r => r.textContent)")
+        assert len(failed) == 1 and "corrupt video" in failed[0], failed

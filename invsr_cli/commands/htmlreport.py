@@ -8,7 +8,12 @@ and any shards; the latest record per output wins) and writes ``html_path`` plus
 * per image: the input beside the output at the same display size with a before/after slider, a zoomed crop of the
   region with the most detail (input pixels enlarged without smoothing, and the output), the preset and, for
   ``auto``, the measured noise/blur/blockiness and the rule that chose it, and the time taken. An animation is
-  shown by its first frame (composited, as a viewer shows it), with its frame count and timing.
+  shown by its first frame (composited, as a viewer shows it), with its frame count and timing;
+* per video: a poster frame of the input and of the output at the same time (the output's frame near 10% of its
+  length and the input frame it was made from), with the same slider and crops, the frame count, duration, frame
+  rate and segments, and a table of its segments (frames, seconds, tiles, status and reason) from the manifest's
+  segment lines, which are not entries of their own. A failed video is listed with the failures, with its segment
+  table. Without PyAV (the ``video`` extra) the page is still written, with a note instead of the poster frames.
 
 The page needs no server and no network (it works from ``file://``): CSS and a few lines of JavaScript are inline;
 thumbnails and crops are WebP files in ``<stem>_files/``, never inlined, so a page stays small (about 1.5 kB of
@@ -105,12 +110,15 @@ def write_report(
         raise ConfigError(f"no run manifest (.invsr-manifest*.jsonl) in {output_dir}: run `invsr upscale ... "
                           f"{output_dir}` first, or give the manifest with --manifest")
     records = read_records(paths)
+    segments = _segment_lines(records)
+    entries = [r for r in records if not _is_segment(r)]
     files_dir = html_path.with_name(f"{html_path.stem}_files")
     try:
         files_dir.mkdir(parents=True, exist_ok=True)
-        done = sorted((r for r in records if r.get("status") == "done"), key=lambda r: str(r.get("output")))
-        failed = sorted((r for r in records if r.get("status") == "failed"), key=lambda r: str(r.get("input")))
-        items = [_item(r, output_dir, html_path.parent, files_dir) for r in done]
+        done = sorted((r for r in entries if r.get("status") == "done"), key=lambda r: str(r.get("output")))
+        failed = sorted(({**r, "segment_rows": _segment_rows(r, segments)} for r in entries
+                         if r.get("status") == "failed"), key=lambda r: str(r.get("input")))
+        items = [_item(r, output_dir, html_path.parent, files_dir, _segment_rows(r, segments)) for r in done]
         _prune(files_dir, {name for it in items for name in it["files"]})
         pages = max(1, -(-len(items) // page_size))
         context = _summary_context(records, done, failed, paths, summary, output_dir)
@@ -189,7 +197,7 @@ def _href(target: Path, base: Path) -> str:
 def _summary_context(records: list[dict[str, Any]], done: list[dict[str, Any]], failed: list[dict[str, Any]],
                      paths: list[Path], summary: Any, output_dir: Path) -> dict[str, Any]:
     settings_sets: dict[str, dict[str, Any]] = {}
-    for r in done or records:
+    for r in done or [r for r in records if not _is_segment(r)]:
         s = r.get("settings")
         if isinstance(s, dict):
             key = json.dumps(s, sort_keys=True, default=str)
@@ -220,7 +228,39 @@ def _summary_context(records: list[dict[str, Any]], done: list[dict[str, Any]], 
         "settings_sets": [{"settings": v["settings"], "presets": ", ".join(sorted(p for p in v["presets"] if p)),
                            "count": v["count"]} for v in settings_sets.values()],
         "models": list(models.values()),
+        "has_video": any(r.get("segments") for r in done),
     }
+
+
+# -- a video's segments -----------------------------------------------------------------------------------------
+
+
+def _is_segment(rec: dict[str, Any]) -> bool:
+    """A video segment's line (it names its video): a unit of work, not an entry of the report."""
+    return "video" in rec
+
+
+def _segment_lines(records: list[dict[str, Any]]) -> dict[tuple[str, Any], dict[Any, dict[str, Any]]]:
+    """The segment lines by (video output, segment count), the latest line per segment index."""
+    by_video: dict[tuple[str, Any], dict[Any, dict[str, Any]]] = {}
+    for r in records:
+        if _is_segment(r):
+            lines = by_video.setdefault((str(r["video"]), r.get("segments")), {})
+            k = r.get("segment")
+            if k not in lines or str(r.get("time", "")) >= str(lines[k].get("time", "")):
+                lines[k] = r
+    return by_video
+
+
+def _segment_rows(rec: dict[str, Any], segments: dict[tuple[str, Any], dict[Any, dict[str, Any]]]
+                  ) -> list[dict[str, Any]] | None:
+    """A video's segment table (None for an image): one row per segment of the plan its line names."""
+    if not rec.get("segments"):
+        return None
+    lines = segments.get((str(rec.get("output")), rec.get("segments")), {})
+    return [{"n": (r.get("segment") or 0) + 1, "frames": r.get("frames"), "seconds": r.get("seconds"),
+             "tiles": r.get("tiles"), "status": r.get("status", ""), "reason": r.get("reason") or ""}
+            for r in sorted(lines.values(), key=lambda r: r.get("segment") or 0)]
 
 
 # -- per image --------------------------------------------------------------------------------------------------
@@ -249,7 +289,8 @@ def _outcome(rec: dict[str, Any]) -> Outcome:
         return Outcome.from_record({**rec, "settings": None})
 
 
-def _item(rec: dict[str, Any], output_dir: Path, page_dir: Path, files_dir: Path) -> dict[str, Any]:
+def _item(rec: dict[str, Any], output_dir: Path, page_dir: Path, files_dir: Path,
+          segment_rows: list[dict[str, Any]] | None) -> dict[str, Any]:
     o = _outcome(rec)
     inp = Path(str(o.input))
     out = _find_output(rec, output_dir)
@@ -272,6 +313,8 @@ def _item(rec: dict[str, Any], output_dir: Path, page_dir: Path, files_dir: Path
         "problem": None,
         "input_href": _href(inp, page_dir) if inp.is_file() else None,
         "output_href": _href(out, page_dir) if out is not None else None,
+        "video": None if segment_rows is None else {"frames": o.frames, "segments": o.segments,
+                                                    "rows": segment_rows},
     }
     if out is None:
         item["problem"] = "the output file is no longer there"
@@ -280,9 +323,10 @@ def _item(rec: dict[str, Any], output_dir: Path, page_dir: Path, files_dir: Path
         item["problem"] = "the input file is no longer there (or the report is built from another folder than the run)"
         return item
     try:
-        item["images"] = _thumbnails(inp, out, files_dir)
-    except Exception as e:  # one unreadable file must not stop a report of thousands
-        item["problem"] = f"cannot make thumbnails: {type(e).__name__}: {e}"
+        item["images"] = _thumbnails(inp, out, files_dir, video=segment_rows is not None)
+    except Exception as e:  # one unreadable file (or no PyAV for a video) must not stop a report of thousands
+        what = "thumbnails" if segment_rows is None else "poster frames"
+        item["problem"] = f"cannot make {what}: {type(e).__name__}: {e}"
         return item
     item["files"] = [item["images"][k] for k in ("before", "after", "crop_in", "crop_out")]
     base = quote(files_dir.name)
@@ -299,8 +343,9 @@ def _key(inp: Path, out: Path) -> str:
     return h.hexdigest()[:20]
 
 
-def _thumbnails(inp: Path, out: Path, files_dir: Path) -> dict[str, Any]:
-    """Writes (or reuses) four WebP files; returns their names, the display size and the crop box."""
+def _thumbnails(inp: Path, out: Path, files_dir: Path, *, video: bool) -> dict[str, Any]:
+    """Writes (or reuses) four WebP files; returns their names, the display size and the crop box (and, for an
+    animation or a video, what :func:`_first_frame` or :func:`_poster_frames` tells of it)."""
     key = _key(inp, out)
     names = {k: f"{key}-{k}.webp" for k in ("before", "after", "crop_in", "crop_out")}
     meta_path = files_dir / f"{key}.json"
@@ -309,20 +354,37 @@ def _thumbnails(inp: Path, out: Path, files_dir: Path) -> dict[str, Any]:
             return {**json.loads(meta_path.read_text(encoding="utf-8")), **names}
         except ValueError:
             pass
+    import numpy as np
+
+    extra: dict[str, Any] = {}
+    if video:
+        a, b, extra["video"] = _poster_frames(inp, out)
+        detail = a.astype(np.float32) / 255.0
+    else:
+        src, src_anim = _first_frame(inp)
+        res, res_anim = _first_frame(out)
+        a, b, detail = _to_uint8(src), _to_uint8(res), src.rgb
+        if res_anim or src_anim:  # an animation: its first frame is what is shown
+            extra["animation"] = res_anim or src_anim
+    meta = {**_draw(a, b, detail, files_dir, names), **extra}
+    atomic_write_bytes(meta_path, json.dumps(meta).encode())
+    return {**meta, **names}
+
+
+def _draw(a: Any, b: Any, detail: Any, files_dir: Path, names: dict[str, str]) -> dict[str, Any]:
+    """The before/after pair at one display size and the zoomed crops of the region of most detail of ``detail``
+    (the input as float RGB), from the input ``a`` and the output ``b`` (RGB uint8); returns the sizes and the box."""
     from PIL import Image
 
-    src, src_anim = _first_frame(inp)
-    res, res_anim = _first_frame(out)
-    a = _to_uint8(src)
-    b = _to_uint8(res)
-    ow, oh = res.width, res.height
+    ow, oh = b.shape[1], b.shape[0]
+    iw, ih = a.shape[1], a.shape[0]
     f = THUMB / max(ow, oh)  # both at one display size: the output's shape, THUMB px on its long side
     dw, dh = max(1, round(ow * f)), max(1, round(oh * f))
     _save_webp(Image.fromarray(a).resize((dw, dh), Image.Resampling.BICUBIC), files_dir / names["before"])
     _save_webp(Image.fromarray(b).resize((dw, dh), Image.Resampling.LANCZOS), files_dir / names["after"])
 
-    x0, y0, c = _most_detail(src.rgb)
-    sx, sy = ow / src.width, oh / src.height
+    x0, y0, c = _most_detail(detail)
+    sx, sy = ow / iw, oh / ih
     box = (round(x0 * sx), round(y0 * sy), round((x0 + c) * sx), round((y0 + c) * sy))
     crop_out = Image.fromarray(b).crop(box)
     crop_in = Image.fromarray(a[y0:y0 + c, x0:x0 + c]).resize(crop_out.size, Image.Resampling.NEAREST)
@@ -331,12 +393,39 @@ def _thumbnails(inp: Path, out: Path, files_dir: Path) -> dict[str, Any]:
     resample = Image.Resampling.NEAREST if crop_out.width <= zw else Image.Resampling.LANCZOS
     _save_webp(crop_in.resize((zw, zh), Image.Resampling.NEAREST), files_dir / names["crop_in"])
     _save_webp(crop_out.resize((zw, zh), resample), files_dir / names["crop_out"])
-    meta = {"dw": dw, "dh": dh, "zw": zw, "zh": zh, "crop": [x0, y0, c], "zoom": round(zw / max(c, 1), 1),
-            "in_size": [src.width, src.height], "out_size": [ow, oh]}
-    if res_anim or src_anim:  # an animation: its first frame is what is shown
-        meta["animation"] = res_anim or src_anim
-    atomic_write_bytes(meta_path, json.dumps(meta).encode())
-    return {**meta, **names}
+    return {"dw": dw, "dh": dh, "zw": zw, "zh": zh, "crop": [x0, y0, c], "zoom": round(zw / max(c, 1), 1),
+            "in_size": [iw, ih], "out_size": [ow, oh]}
+
+
+def _poster_frames(inp: Path, out: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """A video's poster frames: the output's frame ``frames // 10`` (near 10% of its length) and the input's frame
+    with the nearest timestamp (the output keeps the input's, so it is the frame it was made from, with --start
+    too), each turned as a player shows it (its rotation); and the output's frame count, duration and rate."""
+    import bisect
+
+    from invsr_cli.imaging import video as V
+
+    res, src = V.probe(out), V.probe(inp)
+    k = res.frames // 10
+    at = res.pts[k] * res.time_base / src.time_base  # in the input's time base
+    j = bisect.bisect_left(src.pts, at)
+    j = min((i for i in (j - 1, j) if 0 <= i < src.frames), key=lambda i: abs(src.pts[i] - at))
+    facts = {"frames": res.frames, "seconds": round(res.duration, 3),
+             "fps": round(float(res.frame_rate), 3) if res.frame_rate else None,
+             "shown": k + 1, "at": round(res.seconds(res.pts[k]), 3)}
+    return _video_frame(src, j), _video_frame(res, k), facts
+
+
+def _video_frame(info: Any, i: int) -> Any:
+    """Frame ``i`` of a probed video (decoded from the keyframe before it), RGB uint8, turned by its rotation."""
+    import numpy as np
+
+    from invsr_cli.imaging import video as V
+
+    t = info.seconds(info.pts[i])
+    (frame,) = V.iter_frames(info, V.Segment(index=0, first=i, frames=1, start_pts=info.pts[i], end_pts=None,
+                                             start_s=t, end_s=t))
+    return np.ascontiguousarray(np.rot90(frame.rgb, round(info.rotation / 90))) if info.rotation else frame.rgb
 
 
 def _first_frame(path: Path) -> tuple[Any, dict[str, Any] | None]:
