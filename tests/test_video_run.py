@@ -142,8 +142,9 @@ def test_bad_videos_fail_alone_naming_the_reason(tmp_path, tiny_models, tiny_eng
     make_audio(src / "tone.mp4")  # an audio file with a video extension
     imagegen.rgb(src / "still.png", 32, 32)
     (src / "good.mkv").unlink()
+    # --end 2: two segments of the good frames' worth at most (the corruption is in the second), to keep it short
     rec, summary = run_in_process([src], tmp_path / "out", engine=tiny_engine,
-                                  settings=tiny_settings(tiny_models, segment_seconds=1))
+                                  settings=tiny_settings(tiny_models, segment_seconds=1, end=2.0))
     assert rec.status("still.png")[0] == "done"  # the batch goes on
     status, why = rec.status("corrupt.mkv")
     assert status == "failed" and "segment" in why and " s (frame " in why, why
