@@ -184,7 +184,7 @@ def test_supported_ranges_match_pyproject():
     for dist, spec in SUPPORTED.items():
         if dist == "accelerate":
             continue
-        assert f'"{dist}{spec}"' in text, (dist, spec)
+        assert f'"{dist}{spec}"' in text, (dist, spec)  # av: the `video` extra's range
 
 
 def test_weight_lines_and_cache_line_agree_about_offline_mode(tmp_path, monkeypatch):

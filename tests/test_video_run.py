@@ -356,22 +356,36 @@ def test_a_stop_mid_segment_leaves_no_file_and_ends(tmp_path, tiny_models, tiny_
 
 
 def test_shards_share_one_video_and_the_last_joins_it(tmp_path, tiny_models, tiny_engine):
-    """--shard spreads a video's segments (by "<rel>#<segment>": here 3 to shard 1 and 1 to shard 0); a shard
-    that finishes before the others says so (skipped), the last one finds every segment and joins the video."""
+    """--shard spreads a video's segments (by "<rel>#<segment>": here segment 3 to shard 0, the rest to shard 1);
+    a shard that finishes before the others says so (skipped), the last one finds every segment and joins the
+    video. A shard cleans only its own segments' temporary files (others may be writing theirs)."""
+    from invsr_cli.run.discover import discover
+    from invsr_cli.run.runner import run_fingerprint
     from invsr_cli.run.shard import Shard, shard_of
+    from invsr_cli.run.videos import plan_video
+    from invsr_cli.settings.settings import FixedPolicy
 
-    assert sorted(shard_of(f"clip.mp4#{i}", 2) for i in range(4)) == [0, 1, 1, 1]
+    assert [shard_of(f"clip.mp4#{i}", 2) for i in range(4)] == [1, 1, 1, 0]
     _clip(tmp_path / "in")
     out = tmp_path / "out"
     settings = tiny_settings(tiny_models, segment_seconds=0.25)
-    first, _ = run_in_process([tmp_path / "in"], out, settings=settings, engine=tiny_engine, shard=Shard(1, 2))
+    (job,) = discover([str(tmp_path / "in")], out).jobs
+    policy = FixedPolicy(settings)
+    folder = plan_video(job, policy.run, out, run_fingerprint(policy, tiny_engine.identity)).folder
+    folder.mkdir(parents=True)
+    mine, other = (folder / f".0000{i}.mp4.0badf00d{TEMP_SUFFIX}" for i in (3, 0))  # what kills would leave
+    mine.write_bytes(b"half")
+    other.write_bytes(b"half")
+    first, _ = run_in_process([tmp_path / "in"], out, settings=settings, engine=tiny_engine, shard=Shard(0, 2))
     status, why = first.status("clip.mp4")
-    assert status == "skipped" and "1 of its 4 segments are other shards'" in why
-    assert not (out / "clip.mp4").exists()
-    last, summary = run_in_process([tmp_path / "in"], out, settings=settings, engine=tiny_engine, shard=Shard(0, 2))
-    assert last.status("clip.mp4")[0] == "done" and last.outcomes[0].tiles == 3  # its one segment: 3 frames of 1 tile
+    assert status == "skipped" and "3 of its 4 segments are other shards'" in why
+    assert not (out / "clip.mp4").exists() and (folder / "00003.mp4").is_file()
+    assert not mine.exists() and other.exists()
+    last, summary = run_in_process([tmp_path / "in"], out, settings=settings, engine=tiny_engine, shard=Shard(1, 2))
+    assert last.status("clip.mp4")[0] == "done" and last.outcomes[0].tiles == 9  # its 3 segments of 3 frames
     assert V.probe(out / "clip.mp4").pts == V.probe(tmp_path / "in" / "clip.mp4").pts
     assert sorted(r["segment"] for r in _segment_records(out)) == [0, 1, 2, 3]  # across the shards' manifests
+    assert not folder.exists()
 
 
 def test_variable_frame_rate_kept_and_an_unknown_encoder_refused_before_work(tmp_path, tiny_models, tiny_engine):

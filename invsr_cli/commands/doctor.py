@@ -33,15 +33,19 @@ __all__ = ["Check", "SUPPORTED", "OPTIONAL", "run_checks", "is_ready", "format_l
 PASS, WARN, FAIL = "pass", "warn", "fail"
 
 # Supported version ranges (PEP 440). The required ones mirror pyproject.toml's dependencies (a test keeps them
-# equal); accelerate is optional: diffusers uses it to load faster when present, so a present but too-old one fails.
+# equal); the optional ones may be missing (a warning saying what they give), but a present one that is too old
+# fails: accelerate (diffusers uses it to load faster when present) and PyAV (videos: the `video` extra's range).
 SUPPORTED: dict[str, str] = {
     "torch": ">=2.1,<3",
     "diffusers": ">=0.30",
     "transformers": ">=4.40",
     "huggingface_hub": ">=0.23",
     "accelerate": ">=0.30",
+    "av": ">=14",
 }
-OPTIONAL = frozenset({"accelerate"})
+OPTIONAL_WHY = {"accelerate": "diffusers loads models faster with it",
+                "av": "videos need it: pip install 'invsr-cli[video]'"}
+OPTIONAL = frozenset(OPTIONAL_WHY)
 
 SD_DOWNLOAD_BYTES = 5_300_000_000  # SD-Turbo's files invsr fetches, plus the noise predictor, rounded up
 MIN_OUTPUT_FREE = 1_000_000_000  # below this, a batch of 4k outputs may not fit
@@ -266,7 +270,7 @@ def _check_packages() -> list[Check]:
         if version is None:
             if dist in OPTIONAL:
                 out.append(Check(name, WARN, f"not installed (optional; supported {spec})",
-                                 f"pip install '{dist}{spec}' (diffusers loads models faster with it)"))
+                                 f"pip install '{dist}{spec}' ({OPTIONAL_WHY[dist]})"))
             else:
                 out.append(Check(name, FAIL, f"not installed (needs {spec})", f"pip install '{dist}{spec}'"))
             continue

@@ -216,7 +216,11 @@ class Videos:
             self.rec.reporter.info(f"{job.input}: {len(plan.reused)} of {plan.count} segments kept from an "
                                    f"earlier run")
         if self.shard is not None:
+            from invsr_cli.base.atomic import remove_temps_of
+
             plan.mine = {i for i in plan.missing() if self.shard.holds(f"{job.rel}#{i}")}
+            # a shard cleans only its own segments' temporary files (a plain run cleans the whole folder at start)
+            remove_temps_of(plan.files[i] for i in plan.mine)
         tasks = plan.tasks(run)
         if not tasks:
             self._join_when_all_there(plan)
