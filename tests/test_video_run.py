@@ -405,3 +405,19 @@ def test_variable_frame_rate_kept_and_an_unknown_encoder_refused_before_work(tmp
         run_in_process([src], tmp_path / "o2", settings=tiny_settings(tiny_models, video_codec="nope"),
                        engine=tiny_engine)
     assert not (tmp_path / "o2").exists()
+
+
+def test_a_video_flag_makes_videos_stale_not_images(tmp_path, tiny_models, tiny_engine):
+    """`--crf` changes a video's output, not an image's: a second run with another one recomputes the video only."""
+    _clip(tmp_path / "in", audio=False)
+    imagegen.rgb(tmp_path / "in" / "still.png", 32, 32)
+    out = tmp_path / "out"
+    run_in_process([tmp_path / "in"], out, settings=tiny_settings(tiny_models, segment_seconds=100), engine=tiny_engine)
+    rec, _ = run_in_process([tmp_path / "in"], out, engine=tiny_engine,
+                            settings=tiny_settings(tiny_models, segment_seconds=100, crf=30))
+    assert rec.status("still.png") == ("skipped", "up to date")
+    assert rec.status("clip.mp4")[0] == "done"
+    assert any("clip.mp4 is stale" in w for w in rec.warnings)
+    rec, _ = run_in_process([tmp_path / "in"], out, engine=tiny_engine,  # and then it is up to date itself
+                            settings=tiny_settings(tiny_models, segment_seconds=100, crf=30))
+    assert rec.status("clip.mp4") == ("skipped", "up to date")

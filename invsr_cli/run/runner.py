@@ -66,6 +66,14 @@ class Recorder:
     def stopping(self) -> bool:
         return self.stop_signal is not None
 
+    def fingerprint_for(self, job: Job, fingerprint: str | None = None) -> str:
+        """What ``job``'s output depends on: the run's fingerprint (or ``fingerprint``), and for a video the video
+        keys too (:func:`invsr_cli.run.videos.video_fingerprint`)."""
+        from invsr_cli.run.videos import is_video_job, video_fingerprint
+
+        fingerprint = self.fingerprint if fingerprint is None else fingerprint
+        return video_fingerprint(fingerprint, self.policy.run) if is_video_job(job) else fingerprint
+
     def record(self, o: Outcome, job: Job | None = None) -> None:
         s = self.summary
         s.outcomes.append(o)
@@ -94,8 +102,10 @@ class Recorder:
     def _append(self, o: Outcome, job: Job | None, **extra: Any) -> None:
         # What was loaded: e.g. the commit a first run has just fetched (its revision was unknown before the fetch).
         models = o.models if o.models is not None else self.models
+        fingerprint = run_fingerprint(self.policy, models)
         rec: dict[str, Any] = {**replace(o, models=models).to_record(),
-                               "fingerprint": run_fingerprint(self.policy, models), **extra}
+                               "fingerprint": self.fingerprint_for(job, fingerprint) if job is not None else fingerprint,
+                               **extra}
         if job is not None:
             with contextlib.suppress(OSError):
                 rec.update(input_stamp(job.input))
@@ -343,8 +353,12 @@ def _require_weights(jobs: Sequence[Job], policy: SettingsPolicy, manifest: Mani
     missing, see :func:`invsr_cli.engine.weights.resolve`); WeightsUnavailableError names every missing file."""
     s = policy.run
     if s.skip_existing:
-        fingerprint = run_fingerprint(policy, _expected_models(None, policy))
-        if all(job.output.is_file() and manifest.is_up_to_date(job.input, job.output, fingerprint) is not False
+        from invsr_cli.run.videos import is_video_job, video_fingerprint
+
+        plain = run_fingerprint(policy, _expected_models(None, policy))
+        video = video_fingerprint(plain, s)
+        if all(job.output.is_file() and manifest.is_up_to_date(
+                job.input, job.output, video if is_video_job(job) else plain) is not False
                for job in jobs):
             return  # everything would be skipped: no weights needed
     from invsr_cli.engine.weights import resolve
@@ -450,7 +464,7 @@ def _skip_existing(jobs: Sequence[Job], infos: Sequence[Any], policy: SettingsPo
     todo = []
     for index, job, info in _skip_larger(list(zip(range(len(jobs)), jobs, infos, strict=True)), policy.run, rec):
         if policy.run.skip_existing and job.output.is_file():
-            state = manifest.is_up_to_date(job.input, job.output, rec.fingerprint) if manifest else None
+            state = manifest.is_up_to_date(job.input, job.output, rec.fingerprint_for(job)) if manifest else None
             if state is not False:
                 why = "up to date" if state else "output exists"
                 rec.record(Outcome(str(job.input), str(job.output), "skipped", reason=why))

@@ -27,7 +27,7 @@ from invsr_cli.work.job import Job
 from invsr_cli.work.report import Outcome
 
 __all__ = ["SEGMENTS_FOLDER", "VideoPlan", "Videos", "is_video_job", "plan_outcome", "plan_video",
-           "refuse_unknown_encoder", "seconds_per_tile", "segment_folder"]
+           "refuse_unknown_encoder", "seconds_per_tile", "segment_folder", "video_fingerprint"]
 
 SEGMENTS_FOLDER = ".invsr-segments"
 
@@ -84,6 +84,15 @@ class VideoPlan:
             info = InputInfo(self.info.width, self.info.height, "video", seg.frames, True)
             tasks.append(ImageTask(job, 0, info=info, segment=spec))
         return tasks
+
+
+def video_fingerprint(fingerprint: str, run: Any) -> str:
+    """A video's fingerprint: the run's (settings and weights, what an image's depends on) and the video keys
+    (:data:`~invsr_cli.settings.settings.VIDEO_OUTPUT_KEYS`): another ``--crf`` makes the videos stale, not the
+    images."""
+    from invsr_cli.settings.settings import VIDEO_OUTPUT_KEYS
+
+    return f"{fingerprint}-v{_digest({k: getattr(run, k) for k in VIDEO_OUTPUT_KEYS})[:8]}"
 
 
 def refuse_unknown_encoder(jobs: Any, run: Any) -> None:
@@ -148,8 +157,8 @@ def seconds_per_tile(manifest: Any, fingerprint: str) -> tuple[float, int] | Non
     """The median seconds per tile of the outputs this folder's manifests say were made with these settings and
     weights (``fingerprint``), and how many: what a dry run's estimate rests on (None: no such output yet)."""
     rates = sorted(r["seconds"] / r["tiles"] for r in manifest.records()
-                   if r.get("status") == "done" and r.get("fingerprint") == fingerprint and r.get("tiles")
-                   and isinstance(r.get("seconds"), (int, float)) and "video" not in r)
+                   if r.get("status") == "done" and str(r.get("fingerprint")).split("-v")[0] == fingerprint
+                   and r.get("tiles") and isinstance(r.get("seconds"), (int, float)) and "video" not in r)
     if not rates:
         return None
     return rates[len(rates) // 2], len(rates)

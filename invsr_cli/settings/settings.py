@@ -45,6 +45,7 @@ __all__ = [
     "IMAGE_KEYS",
     "KEYS",
     "RUN_KEYS",
+    "VIDEO_OUTPUT_KEYS",
     "FixedPolicy",
     "ImageChoice",
     "ImageSettings",
@@ -228,8 +229,10 @@ class Settings:
 
 DEFAULTS = Settings()
 _LATER_OUTPUT_KEYS = ("lossless", "strip_metadata", "provenance", "width", "height", "fit", "long_side",
-                      "short_side", "passes", "max_input_side", "first_frame", "segment_seconds", "start", "end",
-                      "max_frames", "video_codec", "crf", "pix_fmt")
+                      "short_side", "passes", "max_input_side", "first_frame")
+# What a video's output depends on beyond an image's (invsr_cli.run.videos.video_fingerprint adds them for videos
+# only, so that `--crf` does not make every image stale). Not segment_seconds: it moves keyframes, not frames.
+VIDEO_OUTPUT_KEYS = ("start", "end", "max_frames", "video_codec", "crf", "pix_fmt")
 # -- validation ---------------------------------------------------------------------------------------------------
 # Each validator gets the raw value and returns the normalised one, or raises ValueError with the allowed values.
 
