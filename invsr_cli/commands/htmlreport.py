@@ -422,10 +422,8 @@ def _video_frame(info: Any, i: int) -> Any:
 
     from invsr_cli.imaging import video as V
 
-    t = info.seconds(info.pts[i])
-    (frame,) = V.iter_frames(info, V.Segment(index=0, first=i, frames=1, start_pts=info.pts[i], end_pts=None,
-                                             start_s=t, end_s=t))
-    return np.ascontiguousarray(np.rot90(frame.rgb, round(info.rotation / 90))) if info.rotation else frame.rgb
+    rgb = V.frame_at(info, i)
+    return np.ascontiguousarray(np.rot90(rgb, round(info.rotation / 90))) if info.rotation else rgb
 
 
 def _first_frame(path: Path) -> tuple[Any, dict[str, Any] | None]:

@@ -157,9 +157,6 @@ def resize_animation(anim: Animation, size: tuple[int, int], frames: Sequence[np
     return replace(anim, frames=new, alphas=alphas, width=size[0], height=size[1])
 
 
-def _u8(x: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(x, 0.0, 1.0) * 255).astype(np.uint8)
-
 
 def _gif_frames(rgbs: Sequence[np.ndarray], alphas: Sequence[np.ndarray] | None) -> tuple[list[Any], int | None]:
     """Palette images sharing one adaptive palette (see the module docstring); the transparent index or None."""
@@ -202,8 +199,10 @@ def write_animation(path: str | os.PathLike[str], frames: Sequence[np.ndarray], 
     if format not in ANIMATION_WRITE_FORMATS:
         raise OutputError(f"{display_path(path)}: {format} cannot hold an animation; write it as gif, png or webp "
                           "(--format), or upscale the first frame only (--first-frame)")
-    rgbs = [_u8(f) for f in frames]
-    a8 = None if alphas is None else [_u8(a) for a in alphas]
+    from invsr_cli.imaging.encode import quantise
+
+    rgbs = [quantise(f) for f in frames]
+    a8 = None if alphas is None else [quantise(a) for a in alphas]
     n = len(rgbs)
     durations = list(source.durations) if source is not None else [100] * n
     loop = source.loop if source is not None else None

@@ -63,6 +63,7 @@ __all__ = [
     "check_writable",
     "upscale_alpha",
     "resize_rgb",
+    "quantise",
 ]
 
 DEFAULT_QUALITY = 95
@@ -71,7 +72,8 @@ _JPEG_MAX_EXIF = 65533
 _TIFF_XMP = 700
 
 
-def _quantise(x: np.ndarray, bits: int) -> np.ndarray:
+def quantise(x: np.ndarray, bits: int = 8) -> np.ndarray:
+    """Floats in [0, 1] (clamped) to uint8, or uint16 with ``bits=16``, rounded to nearest."""
     top = 65535 if bits == 16 else 255
     return np.rint(np.clip(x, 0.0, 1.0) * top).astype(np.uint16 if bits == 16 else np.uint8)
 
@@ -246,7 +248,7 @@ def _encode(
     if alpha is not None:
         planes.append(alpha[..., None])
     bits = 16 if source.bit_depth == 16 and fmt in ("png", "tiff") else 8
-    arr = _quantise(np.concatenate(planes, axis=2), bits)
+    arr = quantise(np.concatenate(planes, axis=2), bits)
     given = _Meta() if strip_metadata else _Meta(source.icc, source.exif, xmp)
     meta = given.held_by(fmt)
     q = DEFAULT_QUALITY if quality is None else int(quality)

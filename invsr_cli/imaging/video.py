@@ -38,10 +38,10 @@ from invsr_cli.base.errors import ConfigError, ImageReadError, OutputError, Vide
 from invsr_cli.base.paths import display_path
 from invsr_cli.imaging.formats import VIDEO_EXTENSIONS
 
-__all__ = ["DEFAULT_ENCODER", "DEFAULT_SEGMENT_SECONDS", "SEGMENT_SUFFIX", "VIDEO_EXTENSIONS", "NotAVideoError", "Segment",
-           "SegmentWriter", "VideoFrame", "VideoInfo", "VideoReadError", "choose_encoder", "encode_segment", "first_frame",
-           "iter_frames", "plan_segments", "probe",
-           "remux", "require_av", "segment_suffix"]
+__all__ = ["DEFAULT_ENCODER", "DEFAULT_SEGMENT_SECONDS", "SEGMENT_SUFFIX", "VIDEO_EXTENSIONS", "NotAVideoError",
+           "Segment", "SegmentWriter", "VideoFrame", "VideoInfo", "VideoReadError", "choose_encoder", "encode_segment",
+           "first_frame", "frame_at", "iter_frames", "plan_segments", "probe", "remux", "require_av",
+           "segment_suffix"]
 
 DEFAULT_SEGMENT_SECONDS = 10.0
 DEFAULT_ENCODER = "libx264"  # when the input's codec family has no encoder in the bundled FFmpeg
@@ -362,6 +362,16 @@ def iter_frames(info: VideoInfo, segment: Segment | None = None) -> Iterator[Vid
         raise VideoReadError(f"{display_path(info.path)}: the video ends early at {where:.3f} s (frame "
                              f"{base + yielded}, {count - yielded} of the segment's {count} frames missing): "
                              "truncated or corrupt")
+
+
+def frame_at(info: VideoInfo, i: int) -> np.ndarray:
+    """Frame ``i`` of ``info``'s frames (RGB uint8, as decoded: no rotation applied), decoded from the keyframe
+    before it."""
+    t = info.seconds(info.pts[i])
+    segment = Segment(index=0, first=info.first_index + i, frames=1, start_pts=info.pts[i], end_pts=None,
+                      start_s=t, end_s=t)
+    (frame,) = iter_frames(info, segment)
+    return frame.rgb
 
 
 def first_frame(info: VideoInfo) -> np.ndarray:

@@ -126,13 +126,13 @@ class SegmentInFlight:
     def frame_done(self, n: int, img: Any) -> None:
         """Frame ``n`` (a finished PreparedImage) is done: resize it to the output size (even sides), queue it, and
         encode every frame whose turn has come."""
-        from invsr_cli.imaging.encode import resize_rgb
+        from invsr_cli.imaging.encode import quantise, resize_rgb
 
         rgb = img.results[0]
         size = even_size(img.size.output, self.spec.pix_fmt)
         if rgb.shape[1::-1] != size:
             rgb = resize_rgb(rgb, size)
-        rgb = np.rint(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
+        rgb = quantise(rgb)
         img.results = []
         img.lr = None
         self.seconds += img.own_seconds
