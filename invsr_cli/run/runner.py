@@ -68,11 +68,10 @@ class Recorder:
 
     def fingerprint_for(self, job: Job, fingerprint: str | None = None) -> str:
         """What ``job``'s output depends on: the run's fingerprint (or ``fingerprint``), and for a video the video
-        keys too (:func:`invsr_cli.run.videos.video_fingerprint`)."""
-        from invsr_cli.run.videos import is_video_job, video_fingerprint
+        keys too (:func:`invsr_cli.run.videos.job_fingerprint`)."""
+        from invsr_cli.run.videos import job_fingerprint
 
-        fingerprint = self.fingerprint if fingerprint is None else fingerprint
-        return video_fingerprint(fingerprint, self.policy.run) if is_video_job(job) else fingerprint
+        return job_fingerprint(job, self.fingerprint if fingerprint is None else fingerprint, self.policy.run)
 
     def record(self, o: Outcome, job: Job | None = None) -> None:
         s = self.summary
@@ -312,9 +311,8 @@ def _compute(todo: list[tuple[int, Job, Any]], policy: SettingsPolicy, executor:
         else:
             rec.record(outcome, jobs.get((outcome.input, outcome.output)))
     for plan in videos.unfinished():
-        done = len(plan.reused) + sum(1 for o in plan.outcomes.values() if o.status == "done")
-        rec.reporter.warning(f"{plan.job.input}: {done} of {plan.count} segments done and kept in {plan.folder}; "
-                             "run again to finish it")
+        rec.reporter.warning(f"{plan.job.input}: {plan.done_count()} of {plan.count} segments done and kept in "
+                             f"{plan.folder}; run again to finish it")
     rec.summary.stopped = rec.summary.stopped or executor.stopped
 
 
@@ -353,13 +351,11 @@ def _require_weights(jobs: Sequence[Job], policy: SettingsPolicy, manifest: Mani
     missing, see :func:`invsr_cli.engine.weights.resolve`); WeightsUnavailableError names every missing file."""
     s = policy.run
     if s.skip_existing:
-        from invsr_cli.run.videos import is_video_job, video_fingerprint
+        from invsr_cli.run.videos import job_fingerprint
 
-        plain = run_fingerprint(policy, _expected_models(None, policy))
-        video = video_fingerprint(plain, s)
+        fingerprint = run_fingerprint(policy, _expected_models(None, policy))
         if all(job.output.is_file() and manifest.is_up_to_date(
-                job.input, job.output, video if is_video_job(job) else plain) is not False
-               for job in jobs):
+                job.input, job.output, job_fingerprint(job, fingerprint, s)) is not False for job in jobs):
             return  # everything would be skipped: no weights needed
     from invsr_cli.engine.weights import resolve
 

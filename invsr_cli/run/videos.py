@@ -27,7 +27,7 @@ from invsr_cli.work.job import Job
 from invsr_cli.work.report import Outcome
 
 __all__ = ["SEGMENTS_FOLDER", "VideoPlan", "Videos", "is_video_job", "plan_outcome", "plan_video",
-           "refuse_unknown_encoder", "seconds_per_tile", "segment_folder", "video_fingerprint"]
+           "refuse_unknown_encoder", "seconds_per_tile", "segment_folder", "job_fingerprint"]
 
 SEGMENTS_FOLDER = ".invsr-segments"
 
@@ -64,10 +64,16 @@ class VideoPlan:
     def missing(self) -> list[int]:
         return [s.index for s in self.segments if s.index not in self.reused]
 
+    def is_done(self, i: int) -> bool:
+        """Segment ``i`` was made by an earlier run or came back done in this one."""
+        return i in self.reused or (i in self.outcomes and self.outcomes[i].status == "done")
+
+    def done_count(self) -> int:
+        return sum(1 for i in range(self.count) if self.is_done(i))
+
     def complete(self) -> bool:
         """Every segment this run computes is done (with --shard: this shard's; the others are on disk or not)."""
-        own = range(self.count) if self.mine is None else self.mine
-        return all(i in self.reused or (i in self.outcomes and self.outcomes[i].status == "done") for i in own)
+        return all(map(self.is_done, range(self.count) if self.mine is None else self.mine))
 
     def tasks(self, run: Any) -> list[Any]:
         """The segments to compute, as tasks (``index`` is renumbered by the caller)."""
@@ -86,13 +92,18 @@ class VideoPlan:
         return tasks
 
 
-def video_fingerprint(fingerprint: str, run: Any) -> str:
-    """A video's fingerprint: the run's (settings and weights, what an image's depends on) and the video keys
-    (:data:`~invsr_cli.settings.settings.VIDEO_OUTPUT_KEYS`): another ``--crf`` makes the videos stale, not the
-    images."""
+_VIDEO_MARK = "-v"  # run fingerprints are hex with "-": this marks the video part
+
+
+def job_fingerprint(job: Job, fingerprint: str, run: Any) -> str:
+    """What ``job``'s output depends on: the run's ``fingerprint`` (settings and weights, what an image's depends
+    on), and for a video the video keys too (:data:`~invsr_cli.settings.settings.VIDEO_OUTPUT_KEYS`): another
+    ``--crf`` makes the videos stale, not the images."""
+    if not is_video_job(job):
+        return fingerprint
     from invsr_cli.settings.settings import VIDEO_OUTPUT_KEYS
 
-    return f"{fingerprint}-v{_digest({k: getattr(run, k) for k in VIDEO_OUTPUT_KEYS})[:8]}"
+    return f"{fingerprint}{_VIDEO_MARK}{_digest({k: getattr(run, k) for k in VIDEO_OUTPUT_KEYS})[:8]}"
 
 
 def refuse_unknown_encoder(jobs: Any, run: Any) -> None:
@@ -157,7 +168,7 @@ def seconds_per_tile(manifest: Any, fingerprint: str) -> tuple[float, int] | Non
     """The median seconds per tile of the outputs this folder's manifests say were made with these settings and
     weights (``fingerprint``), and how many: what a dry run's estimate rests on (None: no such output yet)."""
     rates = sorted(r["seconds"] / r["tiles"] for r in manifest.records()
-                   if r.get("status") == "done" and str(r.get("fingerprint")).split("-v")[0] == fingerprint
+                   if r.get("status") == "done" and str(r.get("fingerprint")).split(_VIDEO_MARK)[0] == fingerprint
                    and r.get("tiles") and isinstance(r.get("seconds"), (int, float)) and "video" not in r)
     if not rates:
         return None
@@ -269,8 +280,7 @@ class Videos:
     def _progress(self, plan: VideoPlan) -> dict[str, Any]:
         """How far the video is, and the time left at the rate its segments have come back at so far (the first
         segment's own seconds per frame until a second one is in: the wall time before it includes loading)."""
-        done = [s for s in plan.segments if s.index in plan.reused
-                or (s.index in plan.outcomes and plan.outcomes[s.index].status == "done")]
+        done = [s for s in plan.segments if plan.is_done(s.index)]
         frames_done = sum(s.frames for s in done)
         made = [plan.outcomes[s.index] for s in done if s.index in plan.outcomes]
         now = time.perf_counter()

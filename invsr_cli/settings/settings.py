@@ -230,7 +230,7 @@ class Settings:
 DEFAULTS = Settings()
 _LATER_OUTPUT_KEYS = ("lossless", "strip_metadata", "provenance", "width", "height", "fit", "long_side",
                       "short_side", "passes", "max_input_side", "first_frame")
-# What a video's output depends on beyond an image's (invsr_cli.run.videos.video_fingerprint adds them for videos
+# What a video's output depends on beyond an image's (invsr_cli.run.videos.job_fingerprint adds them for videos
 # only, so that `--crf` does not make every image stale). Not segment_seconds: it moves keyframes, not frames.
 VIDEO_OUTPUT_KEYS = ("start", "end", "max_frames", "video_codec", "crf", "pix_fmt")
 # -- validation ---------------------------------------------------------------------------------------------------
