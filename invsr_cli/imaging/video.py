@@ -484,7 +484,7 @@ class SegmentWriter:
 
         self.path = Path(path)
         self._queue: Any = queue.Queue(depth)
-        self._full = queue.Full
+        self._full, self._empty = queue.Full, queue.Empty
         self._error: BaseException | None = None
         self._frames = 0
         self._thread = threading.Thread(
@@ -537,7 +537,7 @@ class SegmentWriter:
             try:
                 while True:
                     self._queue.get_nowait()
-            except Exception:  # noqa: BLE001 - queue.Empty: room for the stop now
+            except self._empty:  # room for the stop now
                 pass
             try:
                 self._queue.put_nowait(_Abandoned())

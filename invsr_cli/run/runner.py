@@ -183,10 +183,14 @@ def run_batch(
 
 
 def _probe(jobs: Sequence[Job], policy: SettingsPolicy) -> list[Any]:
-    """Each input's header, read once (:func:`invsr_cli.work.inputs.probe_inputs`): every later step uses it."""
+    """Each image's header, read once (:func:`invsr_cli.work.inputs.probe_inputs`): every later step uses it.
+    A video's is None here: :mod:`invsr_cli.run.videos` probes it with PyAV when it plans its segments."""
+    from invsr_cli.run.videos import is_video_job
     from invsr_cli.work.inputs import probe_inputs
 
-    return probe_inputs((job.input for job in jobs), first_frame=policy.run.first_frame)
+    images = iter(probe_inputs((job.input for job in jobs if not is_video_job(job)),
+                               first_frame=policy.run.first_frame))
+    return [None if is_video_job(job) else next(images) for job in jobs]
 
 
 class Run:

@@ -16,7 +16,7 @@ segment's worker, so every segment gets the same.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,7 @@ class SegmentSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON: a Ray row); :meth:`from_dict` reads it back."""
-        return {**{k: v for k, v in asdict(replace(self, video=None)).items() if k != "video"},
-                "video": self.video.to_dict()}
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "video": self.video.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SegmentSpec:
@@ -151,7 +150,8 @@ class SegmentInFlight:
             self.finishing = True
 
     def outcome(self, models: dict[str, Any] | None = None) -> Outcome:
-        """The segment's outcome once :meth:`ready` (raises what the encoder raised: OutputError, DiskFullError)."""
+        """The segment's outcome once its writer is done (raises what the encoder raised: OutputError,
+        DiskFullError)."""
         self.ended = True
         frames = self.writer.result()
         o = self.sample
